@@ -1,0 +1,71 @@
+"""The pure-functional face of the model: split once, merge inside jit.
+
+    graphdef, params = init(cfg, seed=0)
+    logits, _ = apply(graphdef, params, tokens_BxT, positions_BxT, mask_BxTxT)
+
+The policy and a frozen reference are two `params` trees of one `graphdef`.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax.model.config import ModelConfig
+from r1jax.model.transformer import Cache, Transformer
+
+Params = nnx.State
+
+
+def build(cfg: ModelConfig, seed: int = 0) -> Transformer:
+  """A randomly initialised stateful model (for tests and small scripts)."""
+  return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def init(cfg: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, Params]:
+  """Random parameters and the graph definition they plug into."""
+  return nnx.split(build(cfg, seed))
+
+
+def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, Params]:
+  """Graph definition and parameter shapes (ShapeDtypeStructs), no memory."""
+  return nnx.split(nnx.eval_shape(lambda: build(cfg, 0)))
+
+
+def apply(graphdef: nnx.GraphDef, params: Params, tokens_BxT, positions_BxT,
+          mask_BxTxS, cache: Cache | None = None, cache_index: Any = 0):
+  """Forward pass: (logits_BxTxV float32, updated cache or None)."""
+  model = nnx.merge(graphdef, params)
+  return model(tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index)
+
+
+def positions_from_mask(input_mask_BxT: jax.Array) -> jax.Array:
+  """Rotary positions: 0 at each row's first real token (left padding)."""
+  m = input_mask_BxT.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0)
+
+
+def causal_mask(input_mask_BxT: jax.Array) -> jax.Array:
+  """[B, T, T]: query t sees real keys s <= t.
+
+  Padding queries keep their own diagonal so no softmax row is empty (their
+  outputs are ignored downstream).
+  """
+  t = input_mask_BxT.shape[-1]
+  causal_TxT = jnp.tril(jnp.ones((t, t), jnp.bool_))
+  keys_Bx1xT = input_mask_BxT.astype(jnp.bool_)[:, None, :]
+  eye_TxT = jnp.eye(t, dtype=jnp.bool_)
+  return (causal_TxT[None] & keys_Bx1xT) | eye_TxT[None]
+
+
+def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """log p(target) under softmax(logits), float32, [B, T]."""
+  logits = logits_BxTxV.astype(jnp.float32)
+  logz_BxT = jax.nn.logsumexp(logits, axis=-1)
+  picked_BxT = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
+  return picked_BxT - logz_BxT
+
+
+def count_params(params: Params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

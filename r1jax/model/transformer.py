@@ -1,0 +1,252 @@
+"""A Llama / Qwen2 decoder in Flax NNX, shared by the sampler and the trainers.
+
+One forward function serves three uses:
+  * teacher-forced training:   cache=None, mask_BxTxS with S == T;
+  * prefill of a KV cache:     cache given, cache_index=0, T = prompt length;
+  * incremental decoding:      cache given, cache_index = slot of the new token.
+
+Positions are explicit (left-padded batches start their real tokens at
+position 0), and the attention mask is built by the caller (see `masks.py`), so
+exactly the same arithmetic runs while sampling and while training: the
+log-probabilities recorded by the sampler are the trainer's.
+
+Parameter names mirror Hugging Face's (q_proj, gate_proj, input_layernorm, ...)
+so that conversion is a renaming plus a transpose. Linear kernels are stored
+[in, out].
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from r1jax.model.config import ModelConfig
+
+# A per-layer key/value cache: {'k': [B, S, K, H], 'v': [B, S, K, H]}.
+LayerCache = dict[str, jax.Array]
+Cache = list[LayerCache]
+
+_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [H/2] of the rotary embedding, with rope scaling."""
+  h = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  rs = cfg.rope_scaling
+  if rs is None:
+    return inv_freq
+  if rs.kind == 'linear':
+    return inv_freq / rs.factor
+  if rs.kind != 'llama3':
+    raise ValueError(f'Unknown rope scaling kind {rs.kind!r}')
+  # Llama 3.1: keep high frequencies, divide low ones by `factor`, and blend
+  # smoothly in between (by wavelength relative to the original context).
+  old_len = rs.original_max_position_embeddings
+  low_wavelen = old_len / rs.low_freq_factor
+  high_wavelen = old_len / rs.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq)
+  smooth = (old_len / wavelen - rs.low_freq_factor) / (
+      rs.high_freq_factor - rs.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
+               inv_freq: jax.Array) -> jax.Array:
+  """Rotary embedding in the 'rotate half' layout used by HF Llama / Qwen2."""
+  angles_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  sin = jnp.sin(angles_BxTxF)[:, :, None, :]
+  cos = jnp.cos(angles_BxTxF)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32, as HF does, then cast to the compute dtype."""
+
+  def __init__(self, dim: int, eps: float, param_dtype: Any, dtype: Any):
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.eps)
+    return (y * self.weight[...].astype(jnp.float32)).astype(self.dtype)
+
+
+def _linear(cfg: ModelConfig, d_in: int, d_out: int, bias: bool,
+            rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.dtype,
+                    param_dtype=cfg.param_dtype, kernel_init=_INIT, rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention with rotary positions and an optional KV cache."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.cfg = cfg
+    self.q_proj = _linear(cfg, d, n * h, cfg.qkv_bias, rngs)
+    self.k_proj = _linear(cfg, d, k * h, cfg.qkv_bias, rngs)
+    self.v_proj = _linear(cfg, d, k * h, cfg.qkv_bias, rngs)
+    self.o_proj = _linear(cfg, n * h, d, False, rngs)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, inv_freq,
+               cache: LayerCache | None, cache_index):
+    cfg = self.cfg
+    b, t, _ = x_BxTxD.shape
+    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q_BxTxNxH = self.q_proj(x_BxTxD).reshape(b, t, n, h)
+    k_BxTxKxH = self.k_proj(x_BxTxD).reshape(b, t, k, h)
+    v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, k, h)
+    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
+    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
+
+    if cache is not None:
+      # Write the new keys/values into their slots; attend over the whole cache.
+      zero = jnp.zeros((), jnp.int32)
+      idx = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
+      k_all = jax.lax.dynamic_update_slice(
+          cache['k'], k_BxTxKxH.astype(cache['k'].dtype), idx)
+      v_all = jax.lax.dynamic_update_slice(
+          cache['v'], v_BxTxKxH.astype(cache['v'].dtype), idx)
+      new_cache = {'k': k_all, 'v': v_all}
+    else:
+      k_all, v_all, new_cache = k_BxTxKxH, v_BxTxKxH, None
+
+    out_BxTxNxH = attend(q_BxTxNxH, k_all.astype(cfg.dtype),
+                         v_all.astype(cfg.dtype), mask_BxTxS)
+    out = self.o_proj(out_BxTxNxH.reshape(b, t, n * h))
+    return out, new_cache
+
+
+def attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS):
+  """Softmax attention with grouped key/value heads; softmax in float32."""
+  b, t, n, h = q_BxTxNxH.shape
+  kv = k_BxSxKxH.shape[2]
+  g = n // kv
+  q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, kv, g, h) * (h ** -0.5)
+  scores = jnp.einsum('btkgh,bskh->bkgts', q_BxTxKxGxH, k_BxSxKxH,
+                      preferred_element_type=jnp.float32)
+  big_neg = jnp.finfo(jnp.float32).min
+  scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, big_neg)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
+  out = jnp.einsum('bkgts,bskh->btkgh', probs, v_BxSxKxH)
+  return out.reshape(b, t, n, h)
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.gate_proj = _linear(cfg, d, f, False, rngs)
+    self.up_proj = _linear(cfg, d, f, False, rngs)
+    self.down_proj = _linear(cfg, f, d, False, rngs)
+
+  def __call__(self, x):
+    return self.down_proj(nnx.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    eps, pd, dt = cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype
+    self.input_layernorm = RMSNorm(cfg.hidden_size, eps, pd, dt)
+    self.self_attn = Attention(cfg, rngs)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps, pd, dt)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, inv_freq, cache,
+               cache_index):
+    attn_out, new_cache = self.self_attn(
+        self.input_layernorm(x_BxTxD), positions_BxT, mask_BxTxS, inv_freq,
+        cache, cache_index)
+    x_BxTxD = x_BxTxD + attn_out
+    x_BxTxD = x_BxTxD + self.mlp(self.post_attention_layernorm(x_BxTxD))
+    return x_BxTxD, new_cache
+
+
+def _run_block(block, x, positions, mask, inv_freq, cache, cache_index):
+  return block(x, positions, mask, inv_freq, cache, cache_index)
+
+
+_run_block_remat = nnx.remat(_run_block)
+
+
+class Transformer(nnx.Module):
+  """The decoder: embed -> blocks -> final norm -> logits (float32)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed_tokens = nnx.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, embedding_init=_INIT, rngs=rngs)
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype,
+                        cfg.dtype)
+    if not cfg.tie_embeddings:
+      self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, False, rngs)
+
+  def __call__(
+      self,
+      tokens_BxT: jax.Array,
+      positions_BxT: jax.Array,
+      mask_BxTxS: jax.Array,
+      cache: Cache | None = None,
+      cache_index: jax.Array | int = 0,
+  ) -> tuple[jax.Array, Cache | None]:
+    """Logits [B, T, V] in float32 and the updated cache (None without one).
+
+    Args:
+      tokens_BxT: token ids.
+      positions_BxT: rotary position of each token (0 at the first real token).
+      mask_BxTxS: True where query t may attend key slot s. Without a cache
+        S == T; with a cache S is the cache length.
+      cache: per-layer {'k', 'v'} arrays [B, S, K, H], or None.
+      cache_index: first cache slot written by these T tokens.
+    """
+    hidden_BxTxD, new_cache = self.hidden_states(
+        tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index)
+    return self.logits(hidden_BxTxD), new_cache
+
+  def hidden_states(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None,
+                    cache_index=0):
+    """Final-norm hidden states [B, T, D] and the updated cache."""
+    inv_freq = rope_inv_freq(self.cfg)
+    x = self.embed_tokens(tokens_BxT)
+    run = _run_block_remat if self.cfg.remat else _run_block
+    new_cache = [] if cache is not None else None
+    for i, block in enumerate(self.layers):
+      layer_cache = cache[i] if cache is not None else None
+      x, c = run(block, x, positions_BxT, mask_BxTxS, inv_freq, layer_cache,
+                 cache_index)
+      if new_cache is not None:
+        new_cache.append(c)
+    return self.norm(x), new_cache
+
+  def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+    if self.cfg.tie_embeddings:
+      logits = self.embed_tokens.attend(hidden_BxTxD)
+    else:
+      logits = self.lm_head(hidden_BxTxD)
+    return logits.astype(jnp.float32)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int,
+               dtype: Any = None) -> Cache:
+  """An empty KV cache of `length` slots per sequence."""
+  dtype = dtype or cfg.dtype
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+          for _ in range(cfg.num_layers)]

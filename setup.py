@@ -1,0 +1,31 @@
+"""r1jax: the DeepSeek-R1 training recipe in JAX / Flax NNX."""
+
+import pathlib
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+
+
+def _requirements(name):
+  lines = (_HERE / name).read_text().splitlines()
+  return [l.split('#')[0].strip() for l in lines if l.split('#')[0].strip()]
+
+
+setuptools.setup(
+    name='r1jax',
+    version='0.1.0',
+    description='DeepSeek-R1 (R1-Zero, R1, distillation) in JAX / Flax NNX.',
+    long_description=(_HERE / 'README.md').read_text(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.11',
+    packages=setuptools.find_packages(include=['r1jax', 'r1jax.*']),
+    install_requires=_requirements('requirements.txt'),
+    extras_require={
+        'test': [
+            'pytest==9.0.3',
+            'pytest-timeout==2.4.0',
+            'hypothesis==6.155.2',
+        ],
+    },
+)
