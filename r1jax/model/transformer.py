@@ -59,7 +59,8 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
 def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
                inv_freq: jax.Array) -> jax.Array:
   """Rotary embedding in the 'rotate half' layout used by HF Llama / Qwen2."""
-  angles_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  angles_BxTxF = (positions_BxT.astype(jnp.float32)[:, :, None] *
+                  inv_freq[None, None, :])
   sin = jnp.sin(angles_BxTxF)[:, :, None, :]
   cos = jnp.cos(angles_BxTxF)[:, :, None, :]
   x = x_BxTxNxH.astype(jnp.float32)
@@ -80,7 +81,10 @@ class RMSNorm(nnx.Module):
     x32 = x.astype(jnp.float32)
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(var + self.eps)
-    return (y * self.weight[...].astype(jnp.float32)).astype(self.dtype)
+    # Explicit broadcast: tests run with jax_numpy_rank_promotion='raise'.
+    w = self.weight[...].astype(jnp.float32)
+    w = w.reshape((1,) * (x.ndim - 1) + (-1,))
+    return (y * w).astype(self.dtype)
 
 
 def _linear(cfg: ModelConfig, d_in: int, d_out: int, bias: bool,
