@@ -153,3 +153,18 @@ def test_config_is_a_plain_dataclass():
   c1, c2 = CorpusConfig(), CorpusConfig()
   c1.difficulty['arithmetic']['max_digits'] = 3
   assert c2.difficulty['arithmetic']['max_digits'] != 3
+
+
+def test_reward_library_scores_the_documents():
+  rewards = pytest.importorskip('r1jax.rewards')
+  cfg = CorpusConfig(task_weights={'arithmetic': 1.0, 'countdown': 1.0})
+  recs = [d for d in corpus.corpus_records(cfg, 400, seed=2)
+          if d['format'] != 'plain']
+  fmt = rewards.REWARDS.get('format')([d['completion'] for d in recs], recs)
+  np.testing.assert_array_equal(fmt, [d['format'] == 'r1' for d in recs])
+  for task in ('arithmetic', 'countdown'):
+    mine = [d for d in recs if d['task'] == task and d['format'] == 'r1']
+    examples = [d['example'] for d in mine]
+    assert all(e['problem'] == d['problem'] for e, d in zip(examples, mine))
+    acc = rewards.REWARDS.get(task)([d['completion'] for d in mine], examples)
+    assert len(mine) > 20 and acc.min() == 1.0

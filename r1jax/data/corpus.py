@@ -181,7 +181,8 @@ def corpus_records(cfg: CorpusConfig, n_docs: int, seed: int) -> list[dict]:
 
   Keys: text (= prompt + completion), prompt, completion, kind ('direct',
   'steps', 'self_correct'), format ('r1', 'r1_untagged', 'plain'), task,
-  problem, answer. Document i depends only on (cfg, seed, i).
+  problem, answer, and example (the synthetic record, e.g. for rewards).
+  Document i depends only on (cfg, seed, i).
   """
   cfg.validate()
   tasks = list(cfg.task_weights)
@@ -210,9 +211,11 @@ def corpus_records(cfg: CorpusConfig, n_docs: int, seed: int) -> list[dict]:
       prompt = rng.choice(cfg.plain_prompts).format(problem=record['problem'])
       fmt = 'plain'
     text = completion(record, kind, tagged, r1_prompt, cfg, rng)
+    record.pop('_key')
     docs.append(dict(text=prompt + text, prompt=prompt, completion=text,
                      kind=kind, format=fmt, task=task,
-                     problem=record['problem'], answer=record['answer']))
+                     problem=record['problem'], answer=record['answer'],
+                     example=record))
   return docs
 
 

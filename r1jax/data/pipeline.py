@@ -115,12 +115,24 @@ class _Batcher:
 # ----------------------------------------------------------------------------
 
 
-def _prompt_renderer(template: str | Callable[[str], str], tokenizer):
+def _prompt_encoder(template: str | Callable[[str], str], tokenizer,
+                    add_bos: bool | None):
+  """A function problem -> (prompt text, prompt ids)."""
   if callable(template):
-    return template
-  from r1jax.data import templates  # pylint: disable=g-import-not-at-top
-  templates.TEMPLATES.get(template)  # Fail at start-up on a bad name.
-  return lambda problem: templates.render_prompt(template, problem, tokenizer)
+    render, ids = template, None
+  else:
+    from r1jax.data import templates  # pylint: disable=g-import-not-at-top
+    templates.TEMPLATES.get(template)  # Fail at start-up on a bad name.
+    render = lambda p: templates.render_prompt(template, p, tokenizer)
+    if add_bos is None:
+      # Chat templates go through apply_chat_template (and its BOS rule).
+      ids = lambda p: templates.prompt_ids(template, p, tokenizer)
+
+  def encode(problem: str) -> tuple[str, list[int]]:
+    text = render(problem)
+    return text, (ids(problem) if ids else tokenizer.encode(text, add_bos))
+
+  return encode
 
 
 class PromptBatcher(_Batcher):
@@ -149,9 +161,9 @@ class PromptBatcher(_Batcher):
     if batch_size < 1 or not buckets:
       raise ValueError(f'batch_size={batch_size} must be >= 1 and buckets '
                        f'({buckets}) non-empty.')
-    render = _prompt_renderer(template, tokenizer)
-    prompts = [render(r[problem_key]) for r in records]
-    ids = [tokenizer.encode(p, add_bos=add_bos) for p in prompts]
+    encode = _prompt_encoder(template, tokenizer, add_bos)
+    encoded = [encode(r[problem_key]) for r in records]
+    prompts, ids = [e[0] for e in encoded], [e[1] for e in encoded]
     longest = max(buckets)
     too_long = [i for i, x in enumerate(ids) if len(x) > longest]
     if too_long and not drop_long:
