@@ -1,0 +1,137 @@
+"""Prompt templates: how a problem becomes the text a model continues.
+
+    render_prompt('r1_zero', 'What is 2+3?')
+    prompt_ids('chat_boxed', problem, tokenizer)   # through the chat template
+
+Registered templates (`TEMPLATES`):
+  r1_zero        the DeepSeek-R1-Zero template, verbatim from the paper
+                 (arXiv:2501.12948, Table 1); ends with "Assistant:".
+  r1_zero_think  the same, ending with "Assistant: <think>": the prompt opens
+                 the think block, so completions start inside it.
+  plain          "Question: ...\\nAnswer:" for the tiny CPU models.
+  chat           the tokenizer's chat template with one user turn; `system=`
+                 and `instruction=` (appended to the problem) are optional.
+  chat_boxed     chat with the step-by-step / \\boxed{} instruction that the
+                 DeepSeek-R1 distilled models recommend, in the user turn.
+  qwen_math      chat with that instruction as the system prompt, as
+                 Qwen2.5-Math-Instruct is evaluated.
+
+A completion is appended to the prompt with `completion_prefix` (a space after
+"Assistant:", nothing after a chat generation prompt), so that the prompt
+plus completion reads as one text.
+"""
+
+import dataclasses
+from typing import Any
+
+from r1jax.registry import Registry
+
+# Table 1 of DeepSeek-R1 (arXiv v1); "prompt" is replaced with the question.
+# The Nature version rewords it slightly ("The User asks a question and the
+# Assistant solves it", "that is,"); r1jax follows the arXiv text.
+R1_ZERO = (
+    'A conversation between User and Assistant. The user asks a question, and '
+    'the Assistant solves it. The assistant first thinks about the reasoning '
+    'process in the mind and then provides the user with the answer. The '
+    'reasoning process and answer are enclosed within <think> </think> and '
+    '<answer> </answer> tags, respectively, i.e., <think> reasoning process '
+    'here </think> <answer> answer here </answer>. User: {prompt}. Assistant:')
+
+BOXED_INSTRUCTION = ('Please reason step by step, and put your final answer '
+                     'within \\boxed{}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptTemplate:
+  """One way to turn a problem into a prompt.
+
+  Attributes:
+    text: a `str.format` pattern with a `{prompt}` field, or None to use the
+      tokenizer's chat template.
+    opens_think: the prompt ends inside an open `<think>` block, so
+      completions (and cold-start targets) must not repeat `<think>`.
+    completion_prefix: what goes between the prompt and the completion.
+    system: default system prompt (chat templates only).
+    instruction: default text appended to the problem on a new line.
+  """
+  text: str | None = None
+  opens_think: bool = False
+  completion_prefix: str = ''
+  system: str | None = None
+  instruction: str | None = None
+
+  @property
+  def is_chat(self) -> bool:
+    return self.text is None
+
+  def messages(self, problem: str, system: str | None = None,
+               instruction: str | None = None) -> list[dict[str, str]]:
+    """The chat turns for `problem` (system turn first when there is one)."""
+    system = self.system if system is None else system
+    content = _with_instruction(problem, self._instruction(instruction))
+    turns = [{'role': 'system', 'content': system}] if system else []
+    return turns + [{'role': 'user', 'content': content}]
+
+  def render(self, problem: str, tokenizer=None, *, system: str | None = None,
+             instruction: str | None = None) -> str:
+    if self.is_chat:
+      _need_tokenizer(tokenizer)
+      return tokenizer.render_chat(self.messages(problem, system, instruction))
+    if system:
+      raise ValueError('A system prompt needs a chat template; this template '
+                       'is plain text.')
+    problem = _with_instruction(problem, self._instruction(instruction))
+    return self.text.format(prompt=problem)
+
+  def ids(self, problem: str, tokenizer, *, system: str | None = None,
+          instruction: str | None = None) -> list[int]:
+    _need_tokenizer(tokenizer)
+    if self.is_chat:
+      return tokenizer.apply_chat_template(
+          self.messages(problem, system, instruction))
+    return tokenizer.encode(self.render(problem, instruction=instruction))
+
+  def _instruction(self, instruction: str | None) -> str | None:
+    return self.instruction if instruction is None else instruction
+
+
+def _with_instruction(problem: str, instruction: str | None) -> str:
+  # Raw problems sometimes end in a newline; the R1 template puts "." right
+  # after the problem, so surrounding whitespace is dropped.
+  problem = problem.strip()
+  return f'{problem}\n{instruction}' if instruction else problem
+
+
+def _need_tokenizer(tokenizer) -> None:
+  if tokenizer is None:
+    raise ValueError('This template needs a tokenizer (chat template / ids).')
+
+
+TEMPLATES = Registry('prompt template')
+TEMPLATES.add('r1_zero', PromptTemplate(R1_ZERO, completion_prefix=' '))
+TEMPLATES.add('r1_zero_think', PromptTemplate(R1_ZERO + ' <think>',
+                                              opens_think=True))
+TEMPLATES.add('plain', PromptTemplate('Question: {prompt}\nAnswer:',
+                                      completion_prefix=' '))
+TEMPLATES.add('chat', PromptTemplate())
+TEMPLATES.add('chat_boxed', PromptTemplate(instruction=BOXED_INSTRUCTION))
+TEMPLATES.add('qwen_math', PromptTemplate(system=BOXED_INSTRUCTION))
+
+
+def get_template(template: str | PromptTemplate) -> PromptTemplate:
+  """A registered template by name (or the template itself)."""
+  if isinstance(template, PromptTemplate):
+    return template
+  return TEMPLATES.get(template)
+
+
+def render_prompt(template: str | PromptTemplate, problem: str, tokenizer=None,
+                  **kw: Any) -> str:
+  """The prompt text for `problem` (`system=`, `instruction=` optional)."""
+  return get_template(template).render(problem, tokenizer, **kw)
+
+
+def prompt_ids(template: str | PromptTemplate, problem: str, tokenizer,
+               **kw: Any) -> list[int]:
+  """Prompt token ids; chat templates go through `apply_chat_template`."""
+  return get_template(template).ids(problem, tokenizer, **kw)
