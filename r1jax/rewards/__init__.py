@@ -1,0 +1,118 @@
+"""Rule-based rewards: plain Python over completion strings.
+
+Every reward is registered by name in `REWARDS` with the batch signature
+
+    fn(completions: Sequence[str], examples: Sequence[Mapping], **options)
+        -> np.ndarray  # float32, one per completion
+
+where `examples[i]` is the dataset record completion i answers. Registered:
+
+  name            example fields      score
+  'math'          answer              1 if the final answer is right
+  'format'        -                   1 for exactly <think>..</think><answer>..
+  'format_lenient' -                  1 if a think block precedes an answer
+  'language'      (target_language)   share of CoT words in the target language
+  'code'          tests               1 if all tests pass (or the fraction)
+  'countdown'     numbers, target     1 for a valid equation equal to target
+  'arithmetic'    answer              1 for the exact integer
+  'overlong'      - (token lengths)   DAPO soft length penalty in [-1, 0]
+
+`compute_rewards` combines them by weights from the config. Symbolic math
+checks run in a process pool (`math_verify_pool`) and programs in a sandbox
+(`code_sandbox`), so neither can hang or crash the trainer.
+"""
+
+import inspect
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+# Importing the modules registers their rewards.
+from r1jax.rewards import code_sandbox
+from r1jax.rewards import format as format_rewards
+from r1jax.rewards import language
+from r1jax.rewards import math_reward
+from r1jax.rewards import overlong
+from r1jax.rewards import synthetic
+from r1jax.rewards.math_answer import answers_equal
+from r1jax.rewards.math_answer import extract_answer
+from r1jax.rewards.math_answer import fast_equal
+from r1jax.rewards.math_reward import verify_answers
+from r1jax.rewards.math_verify_pool import shutdown_pool
+from r1jax.rewards.overlong import overlong_penalty
+from r1jax.rewards.overlong import truncation_mask
+from r1jax.rewards.registry import REWARDS
+from r1jax.rewards.registry import RewardFn
+
+__all__ = [
+    'REWARDS', 'RewardFn', 'compute_rewards', 'extract_answer', 'code_sandbox',
+    'format_rewards', 'language', 'math_reward', 'overlong', 'synthetic',
+    'answers_equal', 'fast_equal', 'verify_answers', 'overlong_penalty',
+    'truncation_mask', 'shutdown_pool',
+]
+
+
+def _accepts(fn, name: str) -> bool:
+  try:
+    return name in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+
+
+def compute_rewards(
+    completions: Sequence[str],
+    examples: Sequence[Mapping[str, Any]],
+    weights: Mapping[str, float],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    lengths_B: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+  """Weighted sum of registered rewards.
+
+  Args:
+    completions: B completion strings (without the prompt).
+    examples: B dataset records, `examples[i]` for `completions[i]`.
+    weights: reward name -> weight; a weight of 0 still computes the reward
+      (useful to log it) but adds nothing.
+    options: reward name -> keyword options for that reward.
+    lengths_B: completion lengths in tokens, for rewards that take them
+      (`'overlong'`).
+
+  Returns:
+    total_B: float32 sum of weight * reward.
+    per_reward: name -> float32[B] unweighted reward.
+    metrics: `reward/total`, `reward/<name>` (batch means) and counters a
+      reward reports, as `reward/<name>/<counter>` (e.g. math-verify
+      `timeouts`).
+  """
+  if len(completions) != len(examples):
+    raise ValueError(
+        f'{len(completions)} completions but {len(examples)} examples')
+  options = options or {}
+  unknown = set(options) - set(weights)
+  if unknown:
+    raise ValueError(
+        f'options given for rewards without a weight: {sorted(unknown)}')
+  total_B = np.zeros(len(completions), np.float32)
+  per_reward: dict[str, np.ndarray] = {}
+  metrics: dict[str, float] = {}
+  for name, weight in weights.items():
+    fn = REWARDS.get(name)
+    kwargs = dict(options.get(name, {}))
+    counters: dict[str, float] = {}
+    if _accepts(fn, 'metrics'):
+      kwargs['metrics'] = counters
+    if _accepts(fn, 'lengths_B'):
+      kwargs['lengths_B'] = lengths_B
+    reward_B = np.asarray(fn(completions, examples, **kwargs), np.float32)
+    if reward_B.shape != (len(completions),):
+      raise ValueError(
+          f'reward {name!r} returned shape {reward_B.shape}, expected '
+          f'({len(completions)},)')
+    per_reward[name] = reward_B
+    total_B += np.float32(weight) * reward_B
+    metrics[f'reward/{name}'] = float(reward_B.mean()) if len(reward_B) else 0.0
+    for key, value in counters.items():
+      metrics[f'reward/{name}/{key}'] = float(value)
+  metrics['reward/total'] = float(total_B.mean()) if len(total_B) else 0.0
+  return total_B, per_reward, metrics
