@@ -1,0 +1,451 @@
+"""Hugging Face checkpoints (Llama / Qwen2 safetensors) in and out of r1jax.
+
+    cfg, graphdef, params = load_pretrained('path/to/Qwen2.5-0.5B')
+    save_pretrained('out/dir', cfg, params, tokenizer=tok)
+
+A directory holds config.json and either one `model.safetensors` or several
+shards listed in `model.safetensors.index.json`. The mapping is a renaming plus
+a transpose of the linear kernels (HF stores [out, in], r1jax [in, out]), so an
+import followed by an export reproduces every tensor bit for bit, under the
+same name and dtype. Tensors are read one at a time, so a load never holds more
+than one tensor beyond the parameters themselves on the host.
+"""
+
+import contextlib
+import json
+import os
+import pathlib
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from r1jax.model.config import ModelConfig, RopeScaling
+from r1jax.model.functional import abstract
+
+# Hugging Face architecture name -> (r1jax family, HF model_type).
+ARCHITECTURES = {
+    'LlamaForCausalLM': ('llama', 'llama'),
+    'Qwen2ForCausalLM': ('qwen2', 'qwen2'),
+}
+_FAMILY_TO_ARCH = {fam: (arch, mt) for arch, (fam, mt) in ARCHITECTURES.items()}
+
+# Hugging Face's own defaults for keys a config.json may leave out.
+_HF_DEFAULTS = {
+    'llama': dict(rms_norm_eps=1e-6, max_position_embeddings=2048),
+    'qwen2': dict(rms_norm_eps=1e-6, max_position_embeddings=32768),
+}
+
+INDEX_FILE = 'model.safetensors.index.json'
+SINGLE_FILE = 'model.safetensors'
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # the hub's customary shard size
+
+PyTree = Any
+
+
+# ---------------------------------------------------------------- configs
+def _rope_from_hf(hf: Mapping) -> tuple[float, RopeScaling | None]:
+  """(rope_theta, scaling) from either the legacy keys or `rope_parameters`."""
+  # transformers < 5 writes rope_theta + rope_scaling; >= 5 one
+  # rope_parameters dict holding both. Either may be present, or both.
+  params = dict(hf.get('rope_parameters') or {})
+  params.update(hf.get('rope_scaling') or {})
+  # As in transformers 5, the dict's theta wins over a top-level one.
+  theta = float(params.get('rope_theta', hf.get('rope_theta', 10000.0)))
+  kind = params.get('rope_type', params.get('type', 'default'))
+  if params.get('partial_rotary_factor', 1.0) != 1.0:
+    raise ValueError('partial_rotary_factor != 1 is not supported')
+  if kind == 'default':
+    return theta, None
+  if kind == 'linear':
+    return theta, RopeScaling(kind='linear', factor=float(params['factor']))
+  if kind == 'llama3':
+    return theta, RopeScaling(
+        kind='llama3', factor=float(params['factor']),
+        low_freq_factor=float(params['low_freq_factor']),
+        high_freq_factor=float(params['high_freq_factor']),
+        original_max_position_embeddings=int(
+            params['original_max_position_embeddings']))
+  raise ValueError(f"Unsupported rope scaling type {kind!r}; r1jax supports "
+                   "'default', 'linear' and 'llama3'")
+
+
+def _family(hf: Mapping) -> str:
+  archs = hf.get('architectures') or []
+  for arch in archs:
+    if arch in ARCHITECTURES:
+      return ARCHITECTURES[arch][0]
+  if archs:
+    raise ValueError(f'Unknown architecture {archs}; r1jax loads '
+                     f'{sorted(ARCHITECTURES)}')
+  model_type = hf.get('model_type')
+  for fam, mt in ARCHITECTURES.values():
+    if mt == model_type:
+      return fam
+  raise ValueError(f'config.json names no known architecture (model_type='
+                   f'{model_type!r}); r1jax loads {sorted(ARCHITECTURES)}')
+
+
+def config_from_hf(hf_config: Mapping, **overrides) -> ModelConfig:
+  """A ModelConfig from a parsed config.json; `overrides` replace fields.
+
+  param_dtype defaults to the checkpoint's (torch_)dtype and the compute dtype
+  to param_dtype. Features the decoder lacks (sliding windows, MLP biases,
+  other activations) raise a ValueError instead of loading a different model.
+  """
+  hf = dict(hf_config)
+  fam = _family(hf)
+  defaults = _HF_DEFAULTS[fam]
+  if hf.get('hidden_act', 'silu') != 'silu':
+    raise ValueError(
+        f"hidden_act={hf['hidden_act']!r}; only 'silu' is supported")
+  if hf.get('mlp_bias', False):
+    raise ValueError('mlp_bias=True is not supported')
+  if hf.get('use_sliding_window', False):
+    raise ValueError('use_sliding_window=True is not supported')
+  heads = int(hf['num_attention_heads'])
+  head_dim = hf.get('head_dim') or hf['hidden_size'] // heads
+  theta, scaling = _rope_from_hf(hf)
+  # Qwen2 always has q/k/v biases; for Llama attention_bias also puts one on
+  # o_proj, which must then be zero (checked when the tensors are read).
+  qkv_bias = True if fam == 'qwen2' else bool(hf.get('attention_bias', False))
+  torch_dtype = hf.get('torch_dtype') or hf.get('dtype') or 'float32'
+  cfg = ModelConfig(
+      vocab_size=int(hf['vocab_size']),
+      hidden_size=int(hf['hidden_size']),
+      intermediate_size=int(hf['intermediate_size']),
+      num_layers=int(hf['num_hidden_layers']),
+      num_heads=heads,
+      num_kv_heads=int(hf.get('num_key_value_heads') or heads),
+      head_dim=int(head_dim),
+      rope_theta=theta,
+      rope_scaling=scaling,
+      rms_norm_eps=float(hf.get('rms_norm_eps', defaults['rms_norm_eps'])),
+      qkv_bias=qkv_bias,
+      tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
+      max_position_embeddings=int(hf.get(
+          'max_position_embeddings', defaults['max_position_embeddings'])),
+      family=fam,
+      param_dtype=jnp.dtype(torch_dtype),
+      dtype=jnp.dtype(torch_dtype),
+  )
+  return cfg.replace(**overrides) if overrides else cfg
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+  """The config.json dict transformers needs to rebuild `cfg`.
+
+  Rope settings are written both the transformers<5 way (rope_theta,
+  rope_scaling) and the >=5 way (rope_parameters), so either version loads it.
+  """
+  arch, model_type = _FAMILY_TO_ARCH[cfg.family]
+  rope = {'rope_type': 'default', 'rope_theta': cfg.rope_theta}
+  scaling = None
+  rs = cfg.rope_scaling
+  if rs is not None and rs.kind == 'linear':
+    scaling = {'rope_type': 'linear', 'factor': rs.factor}
+  elif rs is not None and rs.kind == 'llama3':
+    scaling = {'rope_type': 'llama3', 'factor': rs.factor,
+               'low_freq_factor': rs.low_freq_factor,
+               'high_freq_factor': rs.high_freq_factor,
+               'original_max_position_embeddings':
+                   rs.original_max_position_embeddings}
+  elif rs is not None:
+    raise ValueError(f'Unknown rope scaling kind {rs.kind!r}')
+  if scaling:
+    rope = {**scaling, 'rope_theta': cfg.rope_theta}
+  dtype_name = jnp.dtype(cfg.param_dtype).name
+  hf = {
+      'architectures': [arch],
+      'model_type': model_type,
+      'vocab_size': cfg.vocab_size,
+      'hidden_size': cfg.hidden_size,
+      'intermediate_size': cfg.intermediate_size,
+      'num_hidden_layers': cfg.num_layers,
+      'num_attention_heads': cfg.num_heads,
+      'num_key_value_heads': cfg.num_kv_heads,
+      'head_dim': cfg.head_dim,
+      'hidden_act': 'silu',
+      'max_position_embeddings': cfg.max_position_embeddings,
+      'rms_norm_eps': cfg.rms_norm_eps,
+      'rope_theta': cfg.rope_theta,
+      'rope_scaling': scaling,
+      'rope_parameters': rope,
+      'tie_word_embeddings': cfg.tie_embeddings,
+      'attention_dropout': 0.0,
+      'initializer_range': 0.02,
+      'use_cache': True,
+      'torch_dtype': dtype_name,
+      'dtype': dtype_name,
+  }
+  if cfg.family == 'llama':
+    hf.update(attention_bias=cfg.qkv_bias, mlp_bias=False, pretraining_tp=1)
+  else:
+    hf.update(use_sliding_window=False, sliding_window=None,
+              max_window_layers=cfg.num_layers)
+  return hf
+
+
+# --------------------------------------------------------------- tensors
+def _layout(cfg: ModelConfig) -> list[tuple[str, tuple, bool]]:
+  """(HF name, r1jax param path, is a transposed kernel) for every tensor."""
+  rows = [('model.embed_tokens.weight', ('embed_tokens', 'embedding'), False)]
+  for i in range(cfg.num_layers):
+    hf, r1 = f'model.layers.{i}.', ('layers', i)
+    for norm in ('input_layernorm', 'post_attention_layernorm'):
+      rows.append((f'{hf}{norm}.weight', r1 + (norm, 'weight'), False))
+    for proj in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
+      rows.append((f'{hf}self_attn.{proj}.weight',
+                   r1 + ('self_attn', proj, 'kernel'), True))
+      if cfg.qkv_bias and proj != 'o_proj':
+        rows.append((f'{hf}self_attn.{proj}.bias',
+                     r1 + ('self_attn', proj, 'bias'), False))
+    for proj in ('gate_proj', 'up_proj', 'down_proj'):
+      rows.append((f'{hf}mlp.{proj}.weight', r1 + ('mlp', proj, 'kernel'),
+                   True))
+  rows.append(('model.norm.weight', ('norm', 'weight'), False))
+  if not cfg.tie_embeddings:
+    rows.append(('lm_head.weight', ('lm_head', 'kernel'), True))
+  return rows
+
+
+def _zero_o_bias_names(cfg: ModelConfig) -> list[str]:
+  """HF Llama's attention_bias adds an o_proj bias r1jax does not have."""
+  if cfg.family != 'llama' or not cfg.qkv_bias:
+    return []
+  return [f'model.layers.{i}.self_attn.o_proj.bias'
+          for i in range(cfg.num_layers)]
+
+
+def _ignorable(name: str, cfg: ModelConfig) -> bool:
+  # Old checkpoints carry the rotary buffers; tied ones sometimes a copy of
+  # the embedding as lm_head (transformers ignores it too).
+  return name.endswith('rotary_emb.inv_freq') or (
+      cfg.tie_embeddings and name == 'lm_head.weight')
+
+
+def _get(tree: Mapping, path: tuple) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path: tuple, value: Any) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _as_pure_dict(tree: PyTree) -> PyTree:
+  return tree.to_pure_dict() if isinstance(tree, nnx.State) else tree
+
+
+def _build_params(get_tensor, names: set[str], cfg: ModelConfig,
+                  shardings: PyTree | None) -> nnx.State:
+  """Reads each expected tensor via `get_tensor(name)` into an nnx.State."""
+  _, state = abstract(cfg)
+  expected = state.to_pure_dict()
+  layout = _layout(cfg)
+  extra_zero = _zero_o_bias_names(cfg)
+  wanted = {hf_name for hf_name, _, _ in layout} | set(extra_zero)
+  missing = sorted(wanted - names)
+  unexpected = sorted(n for n in names - wanted if not _ignorable(n, cfg))
+  if missing or unexpected:
+    def head(names):  # a long list would bury the message
+      return f'{names[:8]}{" ..." if len(names) > 8 else ""}'
+    raise ValueError(
+        f'Checkpoint does not match the {cfg.family} config: missing tensors '
+        f'{head(missing)}, unexpected tensors {head(unexpected)}')
+  for name in extra_zero:
+    if np.any(np.asarray(get_tensor(name), np.float32)):
+      raise ValueError(f'{name} is non-zero; r1jax has no o_proj bias')
+  shardings = _as_pure_dict(shardings)
+  pure = {}
+  for hf_name, path, transposed in layout:
+    want = _get(expected, path)
+    x = get_tensor(hf_name)
+    hf_shape = tuple(reversed(want.shape)) if transposed else tuple(want.shape)
+    if tuple(x.shape) != hf_shape:
+      raise ValueError(
+          f'Checkpoint tensor {hf_name!r} has shape {tuple(x.shape)} but the '
+          f'config expects {hf_shape}')
+    x = np.asarray(x)
+    if transposed:
+      x = np.ascontiguousarray(x.T)
+    x = x.astype(want.dtype, copy=False)
+    if shardings is None:
+      value = jax.device_put(x)
+    else:
+      sharding = (shardings if isinstance(shardings, jax.sharding.Sharding)
+                  else _get(shardings, path))
+      # Each device receives only its own slice, on every host.
+      value = jax.make_array_from_callback(x.shape, sharding,
+                                           lambda idx, x=x: x[idx])
+    _set(pure, path, value)
+    del x
+  nnx.replace_by_pure_dict(state, pure)
+  return state
+
+
+def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig,
+                   shardings: PyTree | None = None) -> nnx.State:
+  """r1jax params (cast to cfg.param_dtype) from HF-named tensors.
+
+  Raises a ValueError naming the tensor and both shapes when a shape does not
+  match `cfg`, and listing missing / unexpected names.
+  """
+  return _build_params(tensors.__getitem__, set(tensors), cfg, shardings)
+
+
+def _iter_hf(params: PyTree, cfg: ModelConfig) -> Iterator[tuple[str, Any]]:
+  """(HF name, (array, transposed)) in HF module order; no host copies yet."""
+  pure = _as_pure_dict(params)
+  zero_o_bias = bool(_zero_o_bias_names(cfg))
+  for hf_name, path, transposed in _layout(cfg):
+    x = _get(pure, path)
+    yield hf_name, (x, transposed)
+    if zero_o_bias and hf_name.endswith('o_proj.weight'):
+      bias = np.zeros((cfg.hidden_size,), x.dtype)
+      yield hf_name.removesuffix('weight') + 'bias', (bias, False)
+
+
+def _to_numpy(item) -> np.ndarray:
+  x, transposed = item
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  x = np.asarray(jax.device_get(x))
+  return np.ascontiguousarray(x.T) if transposed else x
+
+
+def params_to_hf(params: PyTree, cfg: ModelConfig) -> dict[str, np.ndarray]:
+  """HF-named numpy tensors ([out, in] weights) in each param's own dtype."""
+  return {name: _to_numpy(item) for name, item in _iter_hf(params, cfg)}
+
+
+# --------------------------------------------------------- directories
+_SAFETENSORS_DTYPES = {'BF16': jnp.bfloat16, 'F16': np.float16,
+                      'F32': np.float32, 'F64': np.float64}
+
+
+@contextlib.contextmanager
+def _open_dir(path: pathlib.Path):
+  """Yields (get_tensor, get_dtype, names) over a directory's safetensors."""
+  index = path / INDEX_FILE
+  if index.exists():
+    weight_map = json.loads(index.read_text())['weight_map']
+    files = sorted(set(weight_map.values()))
+  else:
+    files = sorted(p.name for p in path.glob('*.safetensors'))
+    if not files:
+      raise FileNotFoundError(f'No *.safetensors files in {path}')
+    weight_map = None
+  with contextlib.ExitStack() as stack:
+    handles = {f: stack.enter_context(safe_open(path / f, framework='numpy'))
+               for f in files}
+    if weight_map is None:
+      weight_map = {k: f for f, h in handles.items() for k in h.keys()}
+
+    def get_tensor(name):
+      return handles[weight_map[name]].get_tensor(name)
+
+    def get_dtype(name):  # from the header, without reading the data
+      code = handles[weight_map[name]].get_slice(name).get_dtype()
+      return np.dtype(_SAFETENSORS_DTYPES[code])
+
+    yield get_tensor, get_dtype, set(weight_map)
+
+
+def load_pretrained(path: str | os.PathLike, *, dtype: Any = None,
+                    param_dtype: Any = None, shardings: PyTree | None = None,
+                    ) -> tuple[ModelConfig, nnx.GraphDef, nnx.State]:
+  """Loads a HF Llama / Qwen2 directory: (config, graphdef, params).
+
+  Args:
+    path: directory with config.json and *.safetensors (+ index when sharded).
+    dtype: compute dtype; defaults to param_dtype.
+    param_dtype: storage dtype of the params; defaults to the dtype the
+      checkpoint's tensors are stored in (so a re-export is bit-exact).
+    shardings: a Sharding for every param (a pytree matching params, or one
+      Sharding for all). Each tensor goes straight to its devices as it is
+      read; without it, params land on the default device.
+  """
+  path = pathlib.Path(path)
+  hf_config = json.loads((path / 'config.json').read_text())
+  with _open_dir(path) as (get_tensor, get_dtype, names):
+    embed = 'model.embed_tokens.weight'
+    if param_dtype is None and embed in names:
+      param_dtype = get_dtype(embed)
+    cfg = config_from_hf(hf_config)  # dtypes from config.json's torch_dtype
+    param_dtype = cfg.param_dtype if param_dtype is None else param_dtype
+    cfg = cfg.replace(param_dtype=jnp.dtype(param_dtype),
+                      dtype=jnp.dtype(param_dtype if dtype is None else dtype))
+    params = _build_params(get_tensor, names, cfg, shardings)
+  graphdef, _ = abstract(cfg)
+  return cfg, graphdef, params
+
+
+def _nbytes(x) -> int:
+  return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+
+
+def _plan_shards(items: list[tuple[str, Any]], max_shard_bytes: int):
+  """Greedy, in order: a new shard whenever the next tensor would overflow."""
+  shards, current, size = [], [], 0
+  for name, (x, _) in items:
+    if current and size + _nbytes(x) > max_shard_bytes:
+      shards.append(current)
+      current, size = [], 0
+    current.append(name)
+    size += _nbytes(x)
+  shards.append(current)
+  return shards
+
+
+def save_pretrained(path: str | os.PathLike, cfg: ModelConfig, params: PyTree,
+                    tokenizer=None,
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+  """Writes a directory `transformers` (and `load_pretrained`) can load.
+
+  config.json takes its dtype from the stored params. Checkpoints over
+  `max_shard_bytes` are split into model-0000i-of-0000n.safetensors plus an
+  index; older weight files in `path` are removed so none is left stale.
+  `tokenizer` (an r1jax Tokenizer) is saved alongside when given. On several
+  hosts every process must call this (params are gathered); process 0 writes.
+  """
+  path = pathlib.Path(path)
+  write = jax.process_index() == 0
+  items = list(_iter_hf(params, cfg))
+  lookup = dict(items)
+  shards = _plan_shards(items, max_shard_bytes)
+  if write:
+    path.mkdir(parents=True, exist_ok=True)
+    for old in [*path.glob('model*.safetensors'), path / INDEX_FILE]:
+      old.unlink(missing_ok=True)
+  weight_map = {}
+  for i, names in enumerate(shards):
+    fname = (SINGLE_FILE if len(shards) == 1 else
+             f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors')
+    # Only this shard's tensors are on the host at once.
+    tensors = {n: _to_numpy(lookup[n]) for n in names}
+    if write:
+      save_file(tensors, str(path / fname), metadata={'format': 'pt'})
+    weight_map.update({n: fname for n in names})
+  if not write:
+    return
+  if len(shards) > 1:
+    total = sum(_nbytes(x) for x, _ in lookup.values())
+    index = {'metadata': {'total_size': total},
+             'weight_map': dict(sorted(weight_map.items()))}
+    (path / INDEX_FILE).write_text(json.dumps(index, indent=2))
+  embed_dtype = _as_pure_dict(params)['embed_tokens']['embedding'].dtype
+  hf = config_to_hf(cfg.replace(param_dtype=jnp.dtype(embed_dtype)))
+  if tokenizer is not None:
+    tokenizer.save(path)
+    hf.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+              pad_token_id=tokenizer.pad_id)
+  (path / 'config.json').write_text(json.dumps(hf, indent=2) + '\n')
