@@ -225,8 +225,10 @@ def train_bpe(texts: Iterable[str], vocab_size: int,
     pre.insert(0, pre_tokenizers.Digits(individual_digits=True))
   tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
   tok.decoder = decoders.ByteLevel()
+  # The added tokens come on top of the trained vocabulary; keep the total at
+  # `vocab_size` so it fits a model of that vocabulary.
   trainer = trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=list(special_tokens),
+      vocab_size=vocab_size - len(added_tokens), special_tokens=list(special_tokens),
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
       show_progress=False)
   tok.train_from_iterator(texts, trainer=trainer)

@@ -1,0 +1,107 @@
+r"""Pretrains the tiny CPU base model that R1-Zero experiments start from.
+
+    python -m r1jax.train --config=experiments/pretrain_tiny.py \
+        --workdir=runs/pretrain_tiny
+
+On 2 CPU cores this takes under 10 minutes and ends by printing the base
+model's held-out pass@1, format rate and mean response length under the
+R1-Zero template. `:runlocal` shrinks everything to a ~1 minute smoke run.
+
+The corpus (r1jax/data/corpus.py) mixes direct answers, step-by-step solutions
+(some in <think>/<answer> format under the R1-Zero template) and
+self-corrections, so that the base model follows the template only part of
+the time and answers far below what step-by-step reasoning reaches: room for
+RL to discover.
+"""
+
+import dataclasses
+import os
+
+import ml_collections
+
+
+def default_base_dir() -> str:
+  """Where the pretrained base model is cached for experiments/zero.py."""
+  cache = os.environ.get('R1JAX_CACHE', os.path.expanduser('~/.cache/r1jax'))
+  return os.path.join(cache, 'tiny_base')
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  from r1jax.data.corpus import CorpusConfig  # pylint: disable=g-import-not-at-top
+  runlocal = arg == 'runlocal'
+  c = ml_collections.ConfigDict()
+  c.stage = 'sft'
+  c.seed = 0
+
+  # Model
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = 'tiny-cpu'    # ~3M params; see r1jax/model/config.py
+  c.model.hf_path = ''           # start from a Hugging Face directory instead
+  c.model.gguf_path = ''         # or from a GGUF file
+  c.model.dtype = 'float32'      # compute dtype (float32 is ~2x faster on CPU)
+  c.model.param_dtype = 'float32'
+  c.model.remat = False
+  # Replace preset fields, e.g. {'num_layers': 2} (tests use this to shrink).
+  c.model.overrides = ml_collections.ConfigDict()
+
+  # Tokenizer: 'train' = byte-level BPE trained on the corpus, kept in workdir.
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = 'train'
+  c.tokenizer.vocab_size = 1024  # <= model vocab_size
+  c.tokenizer.train_docs = 4000  # corpus documents the BPE is trained on
+
+  # Data
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'synthetic_corpus'
+  c.data.path = ''               # JSONL of prompt/completion (source='jsonl')
+  c.data.datasets = ('gsm8k',)   # for source='cold_start'
+  c.data.local_dir = ''          # local copy of the public data sets
+  c.data.template = 'r1_zero'
+  c.data.num_docs = 200_000 if not runlocal else 5_000
+  c.data.num_eval_docs = 256
+  c.data.seq_len = 256           # tokens per packed row
+  c.data.pack = True             # pack documents into rows (no padding waste)
+  c.data.loss_on_prompt = True   # pretraining: loss on every token
+  c.data.corpus = ml_collections.ConfigDict(dataclasses.asdict(CorpusConfig()))
+
+  # Training
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1500 if not runlocal else 60
+  c.train.batch_size = 32        # rows of seq_len tokens per step
+  c.train.grad_accum = 1         # micro-batches per step
+  c.train.lr = 3e-3              # peak learning rate
+  c.train.warmup_steps = 100 if not runlocal else 10
+  c.train.min_lr_ratio = 0.1     # final lr = lr * min_lr_ratio (cosine)
+  c.train.weight_decay = 0.1
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.clip_norm = 1.0
+  c.train.log_every = 50 if not runlocal else 10
+  c.train.eval_every = 500 if not runlocal else 30
+  c.train.eval_batches = 8
+  c.train.checkpoint_every = 500 if not runlocal else 30
+  c.train.keep_checkpoints = 2
+
+  # Mesh: -1 = all remaining devices.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+
+  # Export: a Hugging Face directory of the final weights ('' = none).
+  c.export = ml_collections.ConfigDict()
+  c.export.hf_dir = ''
+
+  # End-of-run evaluation on held-out problems (R1-Zero template).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.dataset = 'synthetic'
+  c.eval.split = 'test'
+  c.eval.tasks = ('arithmetic',)
+  c.eval.difficulty = ml_collections.ConfigDict()
+  c.eval.num_problems = 256 if not runlocal else 32
+  c.eval.num_samples = 4         # samples per problem; pass@1 averages them
+  c.eval.temperature = 1.0       # the RL sampling temperature of R1-Zero
+  c.eval.top_p = 1.0
+  c.eval.max_new_tokens = 128
+  c.eval.template = 'r1_zero'
+  c.eval.reward = ''             # '' = the task's own reward
+  c.eval.batch_size = 256
+  c.eval.seed = 1234
+  return c

@@ -1,0 +1,126 @@
+"""Evaluation: pass@1 over k samples, unbiased pass@k, cons@k (majority vote).
+
+    stats = evaluate_problems(sampler, params, tokenizer, records,
+                              template='r1_zero', num_samples=4,
+                              temperature=0.6, top_p=0.95, max_new_tokens=256)
+
+`records` are dataset records with an `answer` (and task fields such as
+`numbers` / `target`); correctness is decided by a reward function from the
+reward library (`accuracy_reward`, e.g. 'math', 'arithmetic', 'countdown').
+"""
+
+import collections
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021).
+
+  1 - C(n - c, k) / C(n, k), computed as a stable product.
+  """
+  if k > n:
+    raise ValueError(f'k={k} exceeds the number of samples n={n}')
+  if n - c < k:
+    return 1.0
+  return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+  """The most common non-empty answer; ties go to the earliest."""
+  counts = collections.Counter(a for a in answers if a)
+  if not counts:
+    return None
+  best = max(counts.values())
+  for a in answers:
+    if a and counts[a] == best:
+      return a
+  return None
+
+
+def evaluate_problems(
+    sampler,
+    params,
+    tokenizer,
+    records: Sequence[Mapping[str, Any]],
+    *,
+    template: str = 'r1_zero',
+    num_samples: int = 1,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    accuracy_reward: str | None = None,
+    format_reward: str = 'format',
+    batch_size: int = 64,
+    seed: int = 0,
+    ks: Sequence[int] = (),
+) -> dict[str, Any]:
+  """Samples `num_samples` completions per record and scores them.
+
+  Returns pass@1 (mean correctness over all samples), pass@k for each k in
+  `ks`, cons@k (majority vote over extracted answers), the strict-format rate,
+  the mean completion length in tokens, and a few sample texts.
+  """
+  # Imported here: the reward library starts worker processes lazily and the
+  # template module pulls in the tokenizer; evaluation is optional for callers.
+  from r1jax.data.templates import prompt_ids  # pylint: disable=g-import-not-at-top
+  from r1jax import rewards as rw  # pylint: disable=g-import-not-at-top
+
+  correct = np.zeros((len(records), num_samples), np.float32)
+  formatted = np.zeros((len(records), num_samples), np.float32)
+  lengths = np.zeros((len(records), num_samples), np.float32)
+  answers: list[list[str | None]] = [[] for _ in records]
+  texts: list[str] = []
+  per_batch = max(1, batch_size // num_samples)
+  for start in range(0, len(records), per_batch):
+    chunk = list(records[start:start + per_batch])
+    prompts = [prompt_ids(template, r['problem'], tokenizer) for r in chunk]
+    out = sampler.generate(params, prompts, max_new_tokens=max_new_tokens,
+                           n=num_samples, temperature=temperature, top_p=top_p,
+                           seed=seed + start)
+    tokens = np.asarray(out.tokens)
+    mask = np.asarray(out.mask)
+    completions = [tokenizer.decode(t[m]) for t, m in zip(tokens, mask)]
+    examples = [r for r in chunk for _ in range(num_samples)]
+    reward_name = accuracy_reward or chunk[0].get('task') or 'math'
+    acc = rw.REWARDS.get(reward_name)(completions, examples)
+    fmt = rw.REWARDS.get(format_reward)(completions, examples)
+    rows = slice(start, start + len(chunk))
+    correct[rows] = np.asarray(acc, np.float32).reshape(len(chunk), num_samples)
+    formatted[rows] = np.asarray(fmt, np.float32).reshape(len(chunk), num_samples)
+    lengths[rows] = np.asarray(out.lengths, np.float32).reshape(
+        len(chunk), num_samples)
+    for i, text in enumerate(completions):
+      answers[start + i // num_samples].append(rw.extract_answer(text))
+    if len(texts) < 4:
+      texts.extend(completions[:4 - len(texts)])
+
+  stats: dict[str, Any] = {
+      'pass@1': float(correct.mean()),
+      'format_rate': float((formatted >= 1.0).mean()),
+      'mean_length': float(lengths.mean()),
+      'num_problems': len(records),
+      'num_samples': num_samples,
+  }
+  for k in ks:
+    if k <= num_samples:
+      c = correct.sum(axis=1).astype(int)
+      stats[f'pass@{k}'] = float(np.mean(
+          [pass_at_k(num_samples, int(ci), k) for ci in c]))
+  if num_samples > 1:
+    reward_name = accuracy_reward or records[0].get('task') or 'math'
+    votes = [majority_vote(a) for a in answers]
+    voted = [f'<answer>{v}</answer>' if v is not None else '' for v in votes]
+    cons = rw.REWARDS.get(reward_name)(voted, list(records))
+    stats[f'cons@{num_samples}'] = float(np.mean(cons))
+  stats['samples'] = texts
+  return stats
+
+
+def format_stats(stats: Mapping[str, Any]) -> str:
+  keys = [k for k in stats if k.startswith(('pass@', 'cons@'))]
+  keys += ['format_rate', 'mean_length']
+  return ', '.join(f'{k} {stats[k]:.3f}' for k in keys if k in stats and
+                   isinstance(stats[k], float) and math.isfinite(stats[k]))

@@ -1,0 +1,98 @@
+"""Metrics out of a training loop: JSONL, TensorBoard, and a console line.
+
+    writer = MetricWriter(workdir)
+    writer.write(step, {'loss': 1.2, 'tokens_per_s': 9000.0})
+    writer.close()
+
+Only process 0 writes. TensorBoard goes through tensorboardX (no TensorFlow).
+"""
+
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+
+def _scalar(v: Any) -> float | None:
+  try:
+    x = float(np.asarray(v))
+  except (TypeError, ValueError):
+    return None
+  return x
+
+
+class MetricWriter:
+  """Writes scalars to metrics.jsonl and TensorBoard events under `workdir`."""
+
+  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True,
+               console: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.console = console and self.enabled
+    self._tb = None
+    self._jsonl = None
+    if not self.enabled:
+      return
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(workdir / 'metrics.jsonl', 'a', encoding='utf-8')
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(str(workdir / 'tensorboard'))
+
+  def write(self, step: int, metrics: Mapping[str, Any],
+            prefix: str = '') -> None:
+    if not self.enabled:
+      return
+    row = {'step': int(step), 'time': time.time()}
+    for k, v in metrics.items():
+      x = _scalar(v)
+      if x is None:
+        continue
+      row[prefix + k] = x if math.isfinite(x) else str(x)
+      if self._tb is not None and math.isfinite(x):
+        self._tb.add_scalar(prefix + k, x, int(step))
+    self._jsonl.write(json.dumps(row) + '\n')
+    self._jsonl.flush()
+
+  def write_texts(self, step: int, name: str, texts: list[str]) -> None:
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      self._tb.add_text(name, '\n\n---\n\n'.join(texts), int(step))
+    self._jsonl.write(json.dumps({'step': int(step), name: texts}) + '\n')
+    self._jsonl.flush()
+
+  def log(self, message: str) -> None:
+    if self.console:
+      print(message, file=sys.stdout, flush=True)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+
+
+def progress_line(step: int, total: int, metrics: Mapping[str, Any],
+                  keys: tuple[str, ...]) -> str:
+  """'step 120/1000 | loss 1.234 | tokens/s 8,200' for the console."""
+  parts = [f'step {step}/{total}']
+  for k in keys:
+    if k in metrics:
+      x = _scalar(metrics[k])
+      if x is None:
+        continue
+      parts.append(f'{k} {x:,.0f}' if abs(x) >= 1000 else f'{k} {x:.4g}')
+  return ' | '.join(parts)
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  """The rows of a metrics.jsonl file (for plots and tests)."""
+  with open(path, encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
