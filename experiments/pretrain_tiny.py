@@ -85,9 +85,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Mesh: -1 = all remaining devices.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
 
-  # Export: a Hugging Face directory of the final weights ('' = none).
+  # Export: a Hugging Face directory of the final weights ('' = none). By
+  # default the known place R1-Zero experiments load their base model from.
   c.export = ml_collections.ConfigDict()
-  c.export.hf_dir = ''
+  c.export.hf_dir = default_base_dir() if not runlocal else ''
 
   # End-of-run evaluation on held-out problems (R1-Zero template).
   c.eval = ml_collections.ConfigDict()

@@ -43,6 +43,9 @@ def run(config, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # orbax and absl log every checkpoint step at INFO; progress goes to stdout.
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   workdir = os.path.abspath(_WORKDIR.value)
   logging.info('stage=%s workdir=%s', config.stage, workdir)

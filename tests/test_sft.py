@@ -37,6 +37,7 @@ def tiny_config(steps=12, **train):
   c.train.checkpoint_every = 4
   c.train.eval_batches = 2
   c.eval.num_problems = 0
+  c.export.hf_dir = ''
   for k, v in train.items():
     c.train[k] = v
   return c

@@ -39,7 +39,7 @@ def check_steps(steps, final):
 
 
 def check_arithmetic(r):
-  expr = re.fullmatch(r'Compute (.*)\.', r['problem']).group(1)
+  expr = re.fullmatch(r'Compute (.*)', r['problem']).group(1)
   value, leaves = exact_eval(expr)
   assert value == int(r['answer'])
   assert leaves == r['numbers']
@@ -130,7 +130,7 @@ def test_bad_arguments_fail_loudly():
 def test_split_assignment_is_by_key_and_roughly_proportional():
   recs = {s: generate('arithmetic', 300, seed=0, split=s)
           for s in ('train', 'test')}
-  keys = {s: {r['problem'][len('Compute '):-1] for r in rs}
+  keys = {s: {r['problem'][len('Compute '):] for r in rs}
           for s, rs in recs.items()}
   for s, ks in keys.items():
     assert all(synthetic.split_of('arithmetic', k) == s for k in ks)

@@ -107,7 +107,8 @@ def arithmetic(rng: random.Random, *,
                operators: str = '+-',
                mul_digits: int = 1,
                allow_negative: bool = False) -> tuple[dict, str]:
-  """'Compute 37 + 48 - 19 + 6.' with standard precedence.
+  """'Compute 37 + 48 - 19 + 6' with standard precedence (no final full stop:
+  the R1-Zero template adds one after the question).
 
   Knobs: `num_operands` per expression; `max_digits` per problem (operands are
   uniform in [1, 10**d - 1]); `operators`, a subset of '+-*'; `mul_digits`,
@@ -138,7 +139,7 @@ def arithmetic(rng: random.Random, *,
     raise ValueError('Could not draw a non-negative arithmetic problem; set '
                      'allow_negative=True or use fewer "-" operators.')
   expr = ' '.join(f'{op} {n}' for op, n in zip([''] + ops, nums)).strip()
-  record = dict(problem=f'Compute {expr}.', answer=str(value), numbers=nums,
+  record = dict(problem=f'Compute {expr}', answer=str(value), numbers=nums,
                 solution_steps=steps,
                 difficulty=dict(num_operands=k, max_digits=d))
   return record, expr

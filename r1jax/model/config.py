@@ -91,11 +91,12 @@ PRESETS.add('tiny-test-llama', ModelConfig(
                              high_freq_factor=4.0,
                              original_max_position_embeddings=64),
     rms_norm_eps=1e-5, max_position_embeddings=512, family='llama'))
-# The CPU base model of the R1-Zero experiments (~3.5M parameters with a
-# 1024-token vocabulary); pretrained by experiments/pretrain_tiny.py.
+# The CPU base model of the R1-Zero experiments (~1.7M parameters with a
+# 512-token vocabulary); pretrained by experiments/pretrain_tiny.py. Sized so
+# that a few minutes on 2 CPU cores learn the synthetic arithmetic corpus.
 PRESETS.add('tiny-cpu', ModelConfig(
-    vocab_size=1024, hidden_size=256, intermediate_size=704, num_layers=4,
-    num_heads=8, num_kv_heads=2, head_dim=32, rope_theta=10000.0,
+    vocab_size=512, hidden_size=192, intermediate_size=512, num_layers=4,
+    num_heads=6, num_kv_heads=2, head_dim=32, rope_theta=10000.0,
     max_position_embeddings=1024, tie_embeddings=True, **_QWEN))
 
 # Published models. Shapes from each model's config.json on the HF hub.
