@@ -35,7 +35,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # Model
   c.model = ml_collections.ConfigDict()
-  c.model.preset = 'tiny-cpu'    # ~3M params; see r1jax/model/config.py
+  c.model.preset = 'tiny-cpu'    # ~1.7M params; see r1jax/model/config.py
   c.model.hf_path = ''           # start from a Hugging Face directory instead
   c.model.gguf_path = ''         # or from a GGUF file
   c.model.dtype = 'float32'      # compute dtype (float32 is ~2x faster on CPU)
@@ -47,7 +47,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Tokenizer: 'train' = byte-level BPE trained on the corpus, kept in workdir.
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = 'train'
-  c.tokenizer.vocab_size = 1024  # <= model vocab_size
+  c.tokenizer.vocab_size = 512   # <= model vocab_size
   c.tokenizer.train_docs = 4000  # corpus documents the BPE is trained on
 
   # Data
@@ -56,13 +56,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.path = ''               # JSONL of prompt/completion (source='jsonl')
   c.data.datasets = ('gsm8k',)   # for source='cold_start'
   c.data.local_dir = ''          # local copy of the public data sets
-  c.data.template = 'r1_zero'
+  c.data.template = 'r1_zero'     # for source='cold_start'
   c.data.num_docs = 200_000 if not runlocal else 5_000
   c.data.num_eval_docs = 256
-  c.data.seq_len = 256           # tokens per packed row
+  c.data.seq_len = 128           # tokens per packed row
   c.data.pack = True             # pack documents into rows (no padding waste)
   c.data.loss_on_prompt = True   # pretraining: loss on every token
-  c.data.corpus = ml_collections.ConfigDict(dataclasses.asdict(CorpusConfig()))
+  corpus = CorpusConfig(
+      r1_template='r1_zero_short',  # the R1-Zero contract in ~25 tokens
+      difficulty={'arithmetic': {'num_operands': (2, 4), 'max_digits': 1,
+                                 'operators': '+-'}},
+  )
+  c.data.corpus = ml_collections.ConfigDict(dataclasses.asdict(corpus))
 
   # Training
   c.train = ml_collections.ConfigDict()
@@ -95,13 +100,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.dataset = 'synthetic'
   c.eval.split = 'test'
   c.eval.tasks = ('arithmetic',)
+  # Difficulty knobs per task for the held-out problems (default: the corpus').
   c.eval.difficulty = ml_collections.ConfigDict()
   c.eval.num_problems = 256 if not runlocal else 32
   c.eval.num_samples = 4         # samples per problem; pass@1 averages them
   c.eval.temperature = 1.0       # the RL sampling temperature of R1-Zero
   c.eval.top_p = 1.0
   c.eval.max_new_tokens = 128
-  c.eval.template = 'r1_zero'
+  c.eval.template = 'r1_zero_short'
   c.eval.reward = ''             # '' = the task's own reward
   c.eval.batch_size = 256
   c.eval.seed = 1234

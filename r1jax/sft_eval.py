@@ -14,9 +14,11 @@ def eval_records(config) -> list[dict]:
     tasks = list(ec.tasks)
     per_task = max(1, ec.num_problems // len(tasks))
     records = []
+    corpus_difficulty = config.data.corpus.difficulty.to_dict()
     for task in tasks:
+      knobs = ec.difficulty.to_dict().get(task, corpus_difficulty.get(task, {}))
       records += synthetic.generate(task, per_task, seed=ec.seed, split='test',
-                                    **dict(ec.difficulty.get(task, {})))
+                                    **knobs)
     return records
   from r1jax.data import builders  # pylint: disable=g-import-not-at-top
   records = builders.load_dataset(ec.dataset, ec.split)

@@ -115,7 +115,7 @@ def _tokenizer_for_preset(config, workdir: pathlib.Path) -> Tokenizer:
                      "config.data.source='synthetic_corpus'")
   from r1jax.data import corpus  # pylint: disable=g-import-not-at-top
   texts = corpus.tokenizer_training_texts(
-      corpus.CorpusConfig(**config.data.corpus), n_docs=tc.train_docs,
+      corpus.CorpusConfig(**config.data.corpus.to_dict()), n_docs=tc.train_docs,
       seed=config.seed)
   tokenizer = train_bpe(texts, tc.vocab_size, config={
       'eos_token': '<|endoftext|>', 'pad_token': '<|pad|>',
@@ -153,7 +153,7 @@ def build_examples(config, tokenizer) -> tuple[list[dict], list[dict]]:
   dc = config.data
   if dc.source == 'synthetic_corpus':
     from r1jax.data import corpus  # pylint: disable=g-import-not-at-top
-    ccfg = corpus.CorpusConfig(**dc.corpus)
+    ccfg = corpus.CorpusConfig(**dc.corpus.to_dict())
     train = corpus.corpus_documents(ccfg, n_docs=dc.num_docs, seed=config.seed)
     evals = corpus.corpus_documents(ccfg, n_docs=dc.num_eval_docs,
                                     seed=config.seed + 10_000)

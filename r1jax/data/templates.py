@@ -8,6 +8,9 @@ Registered templates (`TEMPLATES`):
                  (arXiv:2501.12948, Table 1); ends with "Assistant:".
   r1_zero_think  the same, ending with "Assistant: <think>": the prompt opens
                  the think block, so completions start inside it.
+  r1_zero_short  the R1-Zero template's structure in one sentence (~25 tokens
+                 instead of ~90), for the tiny CPU models, whose pretraining
+                 compute would otherwise go mostly to the template.
   plain          "Question: ...\\nAnswer:" for the tiny CPU models.
   chat           the tokenizer's chat template with one user turn; `system=`
                  and `instruction=` (appended to the problem) are optional.
@@ -111,6 +114,14 @@ TEMPLATES = Registry('prompt template')
 TEMPLATES.add('r1_zero', PromptTemplate(R1_ZERO, completion_prefix=' '))
 TEMPLATES.add('r1_zero_think', PromptTemplate(R1_ZERO + ' <think>',
                                               opens_think=True))
+# The same contract as R1_ZERO (User/Assistant, <think> and <answer> tags),
+# short enough that a 2M-parameter model's compute goes to the problem.
+R1_ZERO_SHORT = (
+    'A conversation between User and Assistant. The Assistant reasons within '
+    '<think> </think> and answers within <answer> </answer>. User: {prompt}. '
+    'Assistant:')
+TEMPLATES.add('r1_zero_short', PromptTemplate(R1_ZERO_SHORT,
+                                              completion_prefix=' '))
 TEMPLATES.add('plain', PromptTemplate('Question: {prompt}\nAnswer:',
                                       completion_prefix=' '))
 TEMPLATES.add('chat', PromptTemplate())

@@ -1,0 +1,75 @@
+"""pass@k, cons@k and the evaluation loop on a tiny model."""
+
+import math
+
+import numpy as np
+import pytest
+
+from r1jax import evaluate
+
+
+def test_pass_at_k_hand_values():
+  # n=4, c=1, k=1: 1 - C(3,1)/C(4,1) = 1 - 3/4.
+  assert evaluate.pass_at_k(4, 1, 1) == pytest.approx(0.25)
+  # n=4, c=1, k=2: 1 - C(3,2)/C(4,2) = 1 - 3/6.
+  assert evaluate.pass_at_k(4, 1, 2) == pytest.approx(0.5)
+  # n=5, c=2, k=3: 1 - C(3,3)/C(5,3) = 1 - 1/10.
+  assert evaluate.pass_at_k(5, 2, 3) == pytest.approx(0.9)
+  assert evaluate.pass_at_k(4, 0, 4) == 0.0
+  assert evaluate.pass_at_k(4, 3, 2) == 1.0   # every pair has a correct one
+  with pytest.raises(ValueError):
+    evaluate.pass_at_k(2, 1, 3)
+
+
+def test_pass_at_k_matches_combinatorial_formula():
+  for n in range(1, 9):
+    for c in range(n + 1):
+      for k in range(1, n + 1):
+        expected = 1 - math.comb(n - c, k) / math.comb(n, k)
+        assert evaluate.pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+def test_majority_vote():
+  assert evaluate.majority_vote(['3', '4', '4', None]) == '4'
+  assert evaluate.majority_vote(['5', '3', '3', '5']) == '5'  # tie: earliest
+  assert evaluate.majority_vote([None, '']) is None
+
+
+class _FakeOut:
+
+  def __init__(self, tokens, mask, lengths):
+    self.tokens, self.mask, self.lengths = tokens, mask, lengths
+
+
+class _ScriptedSampler:
+  """Returns fixed completions so the scoring arithmetic can be checked."""
+
+  def __init__(self, tokenizer, completions):
+    self.tok = tokenizer
+    self.completions = completions
+
+  def generate(self, params, prompts, *, n, **kw):
+    del params, kw
+    rows = [self.tok.encode(self.completions[i % len(self.completions)])
+            for i in range(len(prompts) * n)]
+    ids, mask = self.tok.pad_batch(rows, left=False)
+    return _FakeOut(ids, mask, mask.sum(-1))
+
+
+def test_evaluate_problems_scores_with_rewards():
+  from r1jax.tokenizer import train_bpe
+  texts = ['<think> 1 + 2 = 3 </think> <answer> 3 </answer>', 'The answer is 4.']
+  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
+                                           'pad_token': '<|pad|>'})
+  records = [{'problem': 'Compute 1 + 2', 'answer': '3', 'task': 'arithmetic'}]
+  # Two samples: one right and formatted, one wrong and unformatted.
+  sampler = _ScriptedSampler(tok, [texts[0], texts[1]])
+  stats = evaluate.evaluate_problems(sampler, None, tok, records,
+                                     template='r1_zero', num_samples=2,
+                                     ks=(1, 2))
+  assert stats['pass@1'] == pytest.approx(0.5)
+  assert stats['pass@2'] == pytest.approx(1.0)
+  assert stats['format_rate'] == pytest.approx(0.5)
+  assert stats['cons@2'] == 1.0  # a 1-1 tie goes to the first answer, '3'
+  lengths = [len(tok.encode(t)) for t in texts]
+  assert stats['mean_length'] == pytest.approx(np.mean(lengths))
