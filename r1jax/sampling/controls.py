@@ -3,17 +3,19 @@
 Everything here maps one row of logits to one token, per row, so a batch
 sharded over devices needs no communication.
 
-Two choices keep a decode step cheap on CPU (measured on a 64 x 8192 logits
-batch, 2 cores):
+Two choices keep a decode step cheap on CPU (64 x 8192 logits, 2 shared
+cores):
   * The draw is inverse-CDF sampling with one uniform number per row, not
-    Gumbel-max (one random number and two logs per vocabulary entry; ~20 ms
-    with threefry, still ~7 ms with a hash RNG) and not `jax.random.categorical`.
-    The cumulative sum is taken in two levels (blocks of ~sqrt(V) tokens), so
-    no long scan runs over the vocabulary: ~0.4 ms.
+    Gumbel-max / `jax.random.categorical`, which need a random number and two
+    logs per vocabulary entry (7-20 ms per step with threefry here; still ~7 ms
+    with a hash RNG). The cumulative sum is two-level (blocks of ~sqrt(V)
+    tokens, each level one small matmul with a triangular matrix), so no scan
+    runs over the vocabulary: ~0.5 ms per step, log-probability included.
   * Top-p finds its probability threshold by bisection on the float32 bit
-    pattern (31 masked sums, ~2 ms) instead of sorting the vocabulary (~100 ms
-    for a full sort on XLA:CPU). The threshold is exact, so the kept set is
-    the nucleus; tokens tied with the last one kept are all kept.
+    pattern (31 masked sums over the vocabulary, ~6 ms per step) instead of
+    sorting it (~100 ms for a full sort on XLA:CPU). The threshold is exact,
+    so the kept set is the nucleus; tokens tied with the last one kept are
+    all kept.
 
 Which filters run is static (`Mode`): a disabled filter costs nothing.
 """
@@ -76,13 +78,6 @@ def greedy(logits_BxV: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(logits_BxV >= max_Bx1, iota_BxV, v), axis=-1)
 
 
-def log_normalizer(logits_BxV: jax.Array) -> jax.Array:
-  """logsumexp over the last axis [B] (finite max assumed)."""
-  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
-  sum_B = jnp.sum(jnp.exp(logits_BxV - max_Bx1), axis=-1)
-  return jnp.log(sum_B) + max_Bx1[:, 0]
-
-
 def top_k_filter(logits_BxV: jax.Array, k: int) -> jax.Array:
   """-inf outside the k largest logits per row (ties with the k-th kept)."""
   kth_Bx1 = jax.lax.top_k(logits_BxV, k)[0][:, k - 1:k]
@@ -135,40 +130,57 @@ def _block_size(v: int) -> int:
   return 1 << max(0, math.ceil(math.log2(math.sqrt(v))))
 
 
-def categorical(key: jax.Array, logits_BxV: jax.Array) -> jax.Array:
-  """One token per row from softmax(logits), by inverse-CDF sampling.
+def _exclusive_cumsum(mass_BxM: jax.Array) -> jax.Array:
+  """Prefix sums before each entry, as one small matmul with a triangle.
 
-  Draws u ~ U[0, 1) per row and returns the token whose cumulative-probability
-  interval holds u * total. The cumulative sum is two-level: over blocks of
-  ~sqrt(V) tokens, then inside the chosen block. Tokens of zero probability
-  (logit -inf) are never returned, also when rounding pushes u * total past the
-  last interval.
+  M is ~sqrt(V), so the [M, M] product is cheap; `jnp.cumsum` lowers to a
+  chain of reduce-windows on XLA:CPU, several ops per call.
   """
-  b, v = logits_BxV.shape
+  m = mass_BxM.shape[-1]
+  strictly_upper_MxM = jnp.triu(jnp.ones((m, m), mass_BxM.dtype), k=1)
+  return jnp.dot(mass_BxM, strictly_upper_MxM,
+                 precision=jax.lax.Precision.HIGHEST)
+
+
+def draw(key: jax.Array, weights_BxV: jax.Array) -> jax.Array:
+  """One index per row with probability proportional to `weights` (>= 0).
+
+  Inverse-CDF sampling: u ~ U[0, 1) per row, and the index whose interval of
+  the cumulative weights holds u * total. The cumulative sum is two-level:
+  over blocks of ~sqrt(V) entries, then inside the chosen block. Entries of
+  zero weight are never returned, also when rounding pushes u * total past
+  the last interval.
+  """
+  b, v = weights_BxV.shape
   bs = _block_size(v)
   nb = -(-v // bs)
-  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
-  probs_BxV = jnp.exp(logits_BxV - max_Bx1)
   if nb * bs != v:
-    probs_BxV = jnp.pad(probs_BxV, ((0, 0), (0, nb * bs - v)))
-  probs_BxNxS = probs_BxV.reshape(b, nb, bs)
+    weights_BxV = jnp.pad(weights_BxV, ((0, 0), (0, nb * bs - v)))
+  weights_BxNxS = weights_BxV.reshape(b, nb, bs)
 
   def pick(mass_BxM, target_B):
     """Last index whose exclusive prefix sum <= target, among nonzero ones."""
-    excl_BxM = jnp.cumsum(mass_BxM, axis=-1) - mass_BxM
+    excl_BxM = _exclusive_cumsum(mass_BxM)
     ok_BxM = (excl_BxM <= target_B[:, None]) & (mass_BxM > 0)
     iota_BxM = jax.lax.broadcasted_iota(jnp.int32, mass_BxM.shape, 1)
     idx_B = jnp.max(jnp.where(ok_BxM, iota_BxM, 0), axis=-1)
     excl_B = jnp.take_along_axis(excl_BxM, idx_B[:, None], axis=-1)[:, 0]
     return idx_B, excl_B
 
-  block_mass_BxN = jnp.sum(probs_BxNxS, axis=-1)
+  block_mass_BxN = jnp.sum(weights_BxNxS, axis=-1)
   total_B = jnp.sum(block_mass_BxN, axis=-1)
   target_B = jax.random.uniform(key, (b,), jnp.float32) * total_B
   block_B, before_B = pick(block_mass_BxN, target_B)
-  row_BxS = jnp.take_along_axis(probs_BxNxS, block_B[:, None, None], axis=1)[:, 0]
+  row_BxS = jnp.take_along_axis(weights_BxNxS, block_B[:, None, None],
+                                axis=1)[:, 0]
   within_B, _ = pick(row_BxS, target_B - before_B)
   return block_B * bs + within_B
+
+
+def categorical(key: jax.Array, logits_BxV: jax.Array) -> jax.Array:
+  """One token per row from softmax(logits) (-inf logits are never drawn)."""
+  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+  return draw(key, jnp.exp(logits_BxV - max_Bx1))
 
 
 def filter_logits(logits_BxV: jax.Array, mode: Mode, temperature, top_p,
@@ -194,10 +206,15 @@ def sample(key: jax.Array, logits_BxV: jax.Array, mode: Mode, temperature=1.0,
   at temperature 1 and without filters, whatever the sampling settings: the
   quantity a policy-gradient trainer compares its own forward pass against.
   """
+  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
+  weights_BxV = jnp.exp(logits_BxV - max_Bx1)
   if mode.greedy:
     token_B = greedy(logits_BxV)
+  elif mode == Mode():  # plain sampling: draw from the weights just computed
+    token_B = draw(key, weights_BxV)
   else:
     token_B = categorical(
         key, filter_logits(logits_BxV, mode, temperature, top_p, min_p))
   picked_B = jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0]
-  return token_B, picked_B - log_normalizer(logits_BxV)
+  log_z_B = jnp.log(jnp.sum(weights_BxV, axis=-1)) + max_Bx1[:, 0]
+  return token_B, picked_B - log_z_B

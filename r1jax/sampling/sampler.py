@@ -105,6 +105,12 @@ def budget_bucket(n: int, minimum: int = 32) -> int:
   return size
 
 
+def _is_array_pair(prompts) -> bool:
+  """True for (ids_BxP, mask_BxP) arrays, False for a list of id lists."""
+  return (isinstance(prompts, tuple) and len(prompts) == 2 and
+          np.ndim(prompts[0]) == 2)
+
+
 def _stop_array(ids: Sequence[int]) -> np.ndarray:
   ids = sorted({int(i) for i in ids})
   width = max(8, -(-len(ids) // 8) * 8)
@@ -272,7 +278,7 @@ class Sampler:
 
   def _pad_prompts(self, prompts) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded (ids, mask) at a bucket width and a batch multiple."""
-    if isinstance(prompts, tuple) and len(prompts) == 2:
+    if _is_array_pair(prompts):
       ids, mask = (np.asarray(x) for x in prompts)
       if ids.shape != mask.shape or ids.ndim != 2:
         raise ValueError(f'Prompt ids {ids.shape} and mask {mask.shape} must '
@@ -341,8 +347,8 @@ class Sampler:
       raise ValueError(f'n must be >= 1, got {n}')
     mode = controls.Mode.from_settings(temperature, top_k, top_p, min_p,
                                        self.cfg.vocab_size)
-    num_prompts = (len(prompt_ids[0]) if isinstance(prompt_ids, tuple)
-                   else len(prompt_ids))
+    num_prompts = len(prompt_ids[0] if _is_array_pair(prompt_ids)
+                      else prompt_ids)
     ids_BxP, mask_BxP = self._pad_prompts(prompt_ids)
     if isinstance(seed, (int, np.integer)):
       key = jax.random.key(seed)
