@@ -10,6 +10,7 @@ measured in the same run.
     source .venv/bin/activate
     python scripts/bench_sampler.py               # sampling at temperature 1
     python scripts/bench_sampler.py --greedy      # greedy decoding on both sides
+    python scripts/bench_sampler.py --hf_threads 2 1   # torch at 2 and 1 threads
 
 The machine may be shared: the load average is printed next to the figures.
 torch, transformers: only this script imports them (never r1jax/ or tests/).
@@ -91,8 +92,8 @@ def bench_r1jax(args, graphdef, cfg, params, ids_np):
                                               args.new_tokens))
 
 
-def bench_hf(args, model, ids_np):
-  torch.set_num_threads(args.hf_threads)
+def bench_hf(args, model, ids_np, threads):
+  torch.set_num_threads(threads)
   ids = torch.from_numpy(ids_np.astype(np.int64))
   kw = dict(attention_mask=torch.ones_like(ids), do_sample=not args.greedy,
             eos_token_id=None, pad_token_id=0)
@@ -124,7 +125,10 @@ def main():
   p.add_argument('--greedy', action='store_true')
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--hf_repeats', type=int, default=1)
-  p.add_argument('--hf_threads', type=int, default=2)
+  p.add_argument('--hf_threads', type=int, nargs='+', default=[2],
+                 help='torch thread counts to time (the first sets the ratio '
+                 'target; on a shared machine 2 OpenMP threads can be much '
+                 'slower than 1, so `--hf_threads 2 1` shows both)')
   p.add_argument('--skip_hf', action='store_true')
   args = p.parse_args()
 
@@ -155,11 +159,13 @@ def main():
         f'({r["cache_bytes"] / 2**20:.1f} MiB)')
   if args.skip_hf:
     return
-  h = bench_hf(args, model, ids_np)
-  h_tps = new / h['seconds']
-  print(f'transformers: {h_tps:9.1f} tokens/s  ({h["seconds"]:.2f} s per call, '
-        f'torch {torch.__version__}, {args.hf_threads} threads)')
-  print(f'ratio r1jax / transformers: {r_tps / h_tps:.1f}x')
+  for threads in args.hf_threads:
+    h = bench_hf(args, model, ids_np, threads)
+    h_tps = new / h['seconds']
+    print(f'transformers: {h_tps:9.1f} tokens/s  ({h["seconds"]:.2f} s per '
+          f'call, torch {torch.__version__}, {threads} threads)')
+    print(f'ratio r1jax / transformers ({threads} threads): '
+          f'{r_tps / h_tps:.1f}x')
   print(f'load average after: {os.getloadavg()}')
 
 
