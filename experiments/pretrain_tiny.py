@@ -57,7 +57,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.datasets = ('gsm8k',)   # for source='cold_start'
   c.data.local_dir = ''          # local copy of the public data sets
   c.data.template = 'r1_zero'     # for source='cold_start'
-  c.data.num_docs = 200_000 if not runlocal else 5_000
+  c.data.num_docs = 50_000 if not runlocal else 5_000
   c.data.num_eval_docs = 256
   c.data.seq_len = 128           # tokens per packed row
   c.data.pack = True             # pack documents into rows (no padding waste)
@@ -71,20 +71,22 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # Training
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 1500 if not runlocal else 60
+  c.train.steps = 450 if not runlocal else 60
   c.train.batch_size = 32        # rows of seq_len tokens per step
   c.train.grad_accum = 1         # micro-batches per step
   c.train.lr = 3e-3              # peak learning rate
-  c.train.warmup_steps = 100 if not runlocal else 10
+  c.train.warmup_steps = 30 if not runlocal else 10
   c.train.min_lr_ratio = 0.1     # final lr = lr * min_lr_ratio (cosine)
   c.train.weight_decay = 0.1
   c.train.b1 = 0.9
   c.train.b2 = 0.95
   c.train.clip_norm = 1.0
-  c.train.log_every = 50 if not runlocal else 10
-  c.train.eval_every = 500 if not runlocal else 30
+  c.train.log_every = 25 if not runlocal else 10
+  c.train.eval_every = 150 if not runlocal else 30
   c.train.eval_batches = 8
-  c.train.checkpoint_every = 500 if not runlocal else 30
+  c.train.sample_every = 150 if not runlocal else 30  # 0 = no samples
+  c.train.sample_tokens = 64     # new tokens per logged sample
+  c.train.checkpoint_every = 150 if not runlocal else 30
   c.train.keep_checkpoints = 2
 
   # Mesh: -1 = all remaining devices.

@@ -112,6 +112,38 @@ def make_eval_step(graphdef):
 # ================================================================== training
 
 
+def _sample_texts(config, model_cfg, graphdef, params, tokenizer, mesh,
+                  examples, num: int = 4) -> list[str]:
+  """Greedy continuations of a few held-out prompts (a document's question
+  part when there is no prompt), rendered as 'prompt => completion'."""
+  from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
+  sampler = _SAMPLERS.get(id(graphdef))
+  if sampler is None:
+    sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
+                      eos_ids=[tokenizer.eos_id], mesh=mesh)
+    _SAMPLERS[id(graphdef)] = sampler
+  prompts = [ex['prompt'] or _document_prompt(ex['completion'])
+             for ex in examples[:num]]
+  ids = [tokenizer.encode(p) for p in prompts]
+  out = sampler.generate(params, ids, max_new_tokens=config.train.sample_tokens,
+                         temperature=0.0, seed=0)
+  toks, mask = np.asarray(out.tokens), np.asarray(out.mask)
+  return [f'{p} => {tokenizer.decode(t[m])}'
+          for p, t, m in zip(prompts, toks, mask)]
+
+
+_SAMPLERS: dict[int, Any] = {}
+_ANSWER_CUES = ('Assistant:', 'Answer:', 'Solution:', 'A:')
+
+
+def _document_prompt(doc: str) -> str:
+  """A pretraining document's question part: up to its answer cue."""
+  for cue in _ANSWER_CUES:
+    if cue in doc:
+      return doc[:doc.index(cue) + len(cue)]
+  return doc[:len(doc) // 2]
+
+
 def _eval_loss(eval_step, params, batches) -> float:
   total, count = 0.0, 0.0
   for b in batches:
@@ -125,8 +157,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs (or resumes) SFT in `workdir`; returns the final metrics."""
   validate_config(config)
+  t_start = time.perf_counter()
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  _SAMPLERS.clear()
   writer = metrics_lib.MetricWriter(workdir)
   tc = config.train
   mesh = parallel.make_mesh(dict(config.mesh))
@@ -214,6 +248,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       writer.write(step, {'loss': eval_loss}, prefix='eval/')
       writer.log(f'step {step}: eval loss {eval_loss:.4f}')
       final['eval_loss'] = eval_loss
+    if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+      texts = _sample_texts(config, model_cfg, graphdef, state['params'],
+                            tokenizer, mesh, eval_examples)
+      writer.write_texts(step, 'samples', texts)
+      writer.log(f'step {step}: sample {texts[0]!r}')
     if step % tc.checkpoint_every == 0 or step == tc.steps:
       checkpointer.save(step, {**state, 'data_state': train_iter.get_state()})
   checkpointer.wait()
@@ -234,6 +273,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                         if isinstance(v, float)}, prefix='final/')
     writer.write_texts(step, 'final/samples', stats.get('samples', []))
     final.update(stats)
+  final['wall_time_s'] = time.perf_counter() - t_start
+  writer.log(f'done in {final["wall_time_s"]:.0f} s')
   checkpointer.close()
   writer.close()
   return final
