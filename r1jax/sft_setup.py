@@ -71,21 +71,21 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
     cfg = hf.config_from_hf(
         json.loads((pathlib.Path(mc.hf_path) / 'config.json').read_text()),
         **overrides)
-    graphdef, abstract = _abstract(cfg)
+    graphdef, abstract = _abstract(cfg)  # with this run's dtypes and remat
     shardings = parallel.param_shardings(mesh, abstract)
-    cfg, graphdef, params = hf.load_pretrained(
+    _, _, params = hf.load_pretrained(
         mc.hf_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         shardings=shardings)
     tokenizer = Tokenizer.from_dir(config.tokenizer.path or mc.hf_path)
     return cfg, graphdef, params, tokenizer
   if mc.gguf_path:
     from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
-    cfg, params, tokenizer = gguf.load_gguf(mc.gguf_path,
-                                            param_dtype=overrides['param_dtype'])
-    cfg = cfg.replace(**overrides)
+    cfg, _, params = gguf.load_gguf(mc.gguf_path, dtype=overrides['dtype'],
+                                    param_dtype=overrides['param_dtype'])
+    cfg = cfg.replace(remat=mc.remat)
     graphdef, abstract = _abstract(cfg)
     params = parallel.shard_params(params, parallel.param_shardings(mesh, abstract))
-    return cfg, graphdef, params, tokenizer
+    return cfg, graphdef, params, gguf.tokenizer_from_gguf(mc.gguf_path)
 
   tokenizer = _tokenizer_for_preset(config, workdir)
   cfg = model_config.get_config(mc.preset, **dict(mc.overrides), **overrides)

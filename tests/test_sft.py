@@ -163,3 +163,33 @@ def test_grad_accum_matches_full_batch():
   np.testing.assert_allclose(outs[0][1]['loss'], outs[1][1]['loss'], rtol=1e-6)
   for x, y in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):
     np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_sft_from_exported_hf_checkpoint_on_jsonl(tmp_path):
+  """Pretrain -> export HF dir -> SFT (distillation path) from that dir."""
+  base = tiny_config(steps=2)
+  base.export.hf_dir = str(tmp_path / 'hf')
+  sft.train_and_evaluate(base, str(tmp_path / 'base'))
+  data = tmp_path / 'traces.jsonl'
+  rows = [{'prompt': f'Compute {a} + {b}.', 'completion': f' {a + b}'}
+          for a in range(10) for b in range(10)]
+  data.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+  c = tiny_config(steps=3)
+  c.model.hf_path = str(tmp_path / 'hf')
+  c.model.remat = True
+  c.tokenizer.path = ''            # the tokenizer saved with the checkpoint
+  c.data.source = 'jsonl'
+  c.data.path = str(data)
+  c.data.loss_on_prompt = False
+  c.data.pack = False
+  c.train.lr = 1e-12               # so the saved weights stay the loaded ones
+  out = sft.train_and_evaluate(c, str(tmp_path / 'sft'))
+  assert np.isfinite(out['train_loss'])
+  from r1jax import checkpoint as ckpt_lib
+  from r1jax.model import hf
+  _, _, exported = hf.load_pretrained(tmp_path / 'hf')
+  ckpt = ckpt_lib.Checkpointer(tmp_path / 'sft' / 'checkpoints')
+  assert ckpt.latest_step() == 3
+  saved = ckpt.restore(3)['params']
+  for x, y in zip(jax.tree.leaves(exported), jax.tree.leaves(saved)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)

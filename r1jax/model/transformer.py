@@ -216,7 +216,10 @@ def _run_block(block, x, positions, mask, inv_freq, cache, cache_index):
   return block(x, positions, mask, inv_freq, cache, cache_index)
 
 
-_run_block_remat = nnx.remat(_run_block)
+# The block never mutates its variables, so no graph updates need to flow out
+# of the checkpointed function; with them on, a remat model cannot run inside
+# the sampler's while_loop (nnx raises a TraceContextError).
+_run_block_remat = nnx.remat(_run_block, graph_updates=False)
 
 
 class Transformer(nnx.Module):
