@@ -18,7 +18,6 @@ perturbed pairs scoring 0.
 import argparse
 import json
 import pathlib
-import re
 import sys
 import time
 
@@ -34,21 +33,6 @@ from r1jax.rewards import REWARDS
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def _perturb(answer: str) -> str:
-  digits = list(re.finditer(r'\d', answer))
-  if not digits:
-    return answer + '+1'
-  m = digits[-1]
-  return answer[:m.start()] + str((int(m.group()) + 1) % 10) + answer[m.end():]
-
-
-def _replace_last_box(solution: str, new: str) -> str:
-  start = solution.rfind('\\boxed')
-  brace = solution.index('{', start)
-  end = math_answer.matching_brace(solution, brace)
-  return solution[:brace + 1] + new + solution[end:]
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--data_dir',
@@ -62,8 +46,10 @@ def main() -> None:
   path = pathlib.Path(args.data_dir) / 'math' / 'math500.jsonl'
   rows = [json.loads(line) for line in path.open()]
   completions = [r['solution'] for r in rows]
-  completions += [_replace_last_box(r['solution'], _perturb(r['answer']))
-                  for r in rows]
+  completions += [
+      math_answer.replace_last_boxed(
+          r['solution'], math_answer.perturb_answer(r['answer']))
+      for r in rows]
   examples = [{'answer': r['answer']} for r in rows] * 2
   n = len(completions)
 

@@ -208,21 +208,6 @@ def test_gsm8k_reference_solutions_score_one(shared_data):
   assert fn([row['answer'] for row in rows], wrong).sum() == 0
 
 
-def _perturb(answer: str) -> str:
-  digits = list(re.finditer(r'\d', answer))
-  if not digits:
-    return answer + '+1'
-  m = digits[-1]
-  return answer[:m.start()] + str((int(m.group()) + 1) % 10) + answer[m.end():]
-
-
-def _replace_last_box(solution: str, new: str) -> str:
-  start = solution.rfind('\\boxed')
-  brace = solution.index('{', start)
-  end = math_answer.matching_brace(solution, brace)
-  return solution[:brace + 1] + new + solution[end:]
-
-
 def test_math500_reference_solutions(shared_data):
   rows = _jsonl(shared_data / 'math' / 'math500.jsonl')
   assert len(rows) == 500
@@ -239,8 +224,10 @@ def test_math500_perturbed_answers_score_zero(shared_data):
   rows = _jsonl(shared_data / 'math' / 'math500.jsonl')
   fn = rewards.REWARDS.get('math')
   examples = [{'answer': r['answer']} for r in rows]
-  perturbed = [_replace_last_box(row['solution'], _perturb(row['answer']))
-               for row in rows]
+  perturbed = [
+      math_answer.replace_last_boxed(
+          row['solution'], math_answer.perturb_answer(row['answer']))
+      for row in rows]
   metrics = {}
   r = fn(perturbed, examples, metrics=metrics)
   assert metrics['timeouts'] == 0

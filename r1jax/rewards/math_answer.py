@@ -378,3 +378,23 @@ def answers_equal(pred: str | None, gold: str) -> bool:
   `math_verify_pool.verify_pairs` on the pairs this returns False for.
   """
   return bool(fast_equal(pred, gold))
+
+
+def perturb_answer(answer: str) -> str:
+  """A nearby wrong answer: the last digit plus one (mod 10), or '+1'.
+
+  For checks that a verifier rejects answers that are close but not equal.
+  """
+  digits = list(re.finditer(r'\d', answer))
+  if not digits:
+    return answer + '+1'
+  m = digits[-1]
+  return answer[:m.start()] + str((int(m.group()) + 1) % 10) + answer[m.end():]
+
+
+def replace_last_boxed(solution: str, new: str) -> str:
+  """`solution` with the content of its last \\boxed{...} replaced by `new`."""
+  start = solution.rfind('\\boxed')
+  brace = solution.index('{', start)
+  end = matching_brace(solution, brace)
+  return solution[:brace + 1] + new + solution[end:]
