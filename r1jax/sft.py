@@ -212,9 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.log(f'resumed from step {latest}')
   start_step = int(state['step'])
 
-  batch_sharding = parallel.batch_sharding(mesh)
-  to_device = lambda b: jax.device_put(
-      {k: np.asarray(v) for k, v in b.items()}, batch_sharding)
+  # Each host feeds its own rows; they form one global batch over the mesh.
+  to_device = lambda b: parallel.host_local_to_global(
+      {k: np.asarray(v) for k, v in b.items()}, mesh)
   eval_batches = [to_device(b) for b in eval_batches]
   train_step = make_train_step(graphdef, optimizer, tc.grad_accum)
   eval_step = make_eval_step(graphdef)
@@ -225,10 +225,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step = start_step
   final: dict[str, Any] = {}
   while step < tc.steps:
-    batch = to_device(next(train_iter))
-    state, m = train_step(state, batch)
+    host_batch = next(train_iter)
+    tokens_since += float((np.asarray(host_batch['segment_ids']) > 0).sum())
+    state, m = train_step(state, to_device(host_batch))
     step += 1
-    tokens_since += float(np.asarray(batch['segment_ids'] > 0).sum())
     if step % tc.log_every == 0 or step == tc.steps:
       m = jax.device_get(m)
       loss = float(m['loss'])
@@ -248,7 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       writer.write(step, {'loss': eval_loss}, prefix='eval/')
       writer.log(f'step {step}: eval loss {eval_loss:.4f}')
       final['eval_loss'] = eval_loss
-    if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+    if (tc.sample_every and eval_examples and
+        (step % tc.sample_every == 0 or step == tc.steps)):
       texts = _sample_texts(config, model_cfg, graphdef, state['params'],
                             tokenizer, mesh, eval_examples)
       writer.write_texts(step, 'samples', texts)
