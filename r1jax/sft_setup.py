@@ -129,20 +129,15 @@ def _tokenizer_for_preset(config, workdir: pathlib.Path) -> Tokenizer:
 
 def read_jsonl_examples(path: str) -> list[dict[str, str]]:
   """prompt / completion pairs; a bad line raises naming file and line."""
+  # The data builders' reader already names file:line for bad JSON.
+  from r1jax.data.builders.raw import read_jsonl  # pylint: disable=g-import-not-at-top
   out = []
-  with open(path, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{lineno}: not valid JSON ({e.msg})') from None
-      if not isinstance(row, dict) or 'completion' not in row:
-        raise ValueError(f"{path}:{lineno}: expected an object with a "
-                         f"'completion' field (and optionally 'prompt')")
-      out.append({'prompt': str(row.get('prompt', '')),
-                  'completion': str(row['completion'])})
+  for lineno, row in read_jsonl(path):
+    if 'completion' not in row:
+      raise ValueError(f"{path}:{lineno}: expected an object with a "
+                       f"'completion' field (and optionally 'prompt')")
+    out.append({'prompt': str(row.get('prompt', '')),
+                'completion': str(row['completion'])})
   if not out:
     raise ValueError(f'{path}: no examples')
   return out
