@@ -1,5 +1,8 @@
 """Evaluation: pass@1 over k samples, unbiased pass@k, cons@k (majority vote).
 
+The vote pools equivalent answers (`r1jax.rewards.answers_equal`: '1/2' and
+'0.5' are one vote), as R1's cons@64 does.
+
     stats = evaluate_problems(sampler, params, tokenizer, records,
                               template='r1_zero', num_samples=4,
                               temperature=0.6, top_p=0.95, max_new_tokens=256)
@@ -9,9 +12,8 @@
 reward library (`accuracy_reward`, e.g. 'math', 'arithmetic', 'countdown').
 """
 
-import collections
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,16 +30,58 @@ def pass_at_k(n: int, c: int, k: int) -> float:
   return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def majority_vote(answers: Sequence[str | None]) -> str | None:
-  """The most common non-empty answer; ties go to the earliest."""
-  counts = collections.Counter(a for a in answers if a)
-  if not counts:
-    return None
-  best = max(counts.values())
+def _default_equal(a: str, b: str) -> bool:
+  from r1jax.rewards.math_answer import answers_equal  # pylint: disable=g-import-not-at-top
+  return answers_equal(a, b) or answers_equal(b, a)
+
+
+def vote_clusters(
+    answers: Sequence[str | None],
+    *,
+    equal: Callable[[str, str], bool] | None = None,
+) -> list[tuple[str, int]]:
+  """Groups answers into equivalence classes: [(representative, votes)].
+
+  Classes are in order of first appearance and a class is represented by its
+  earliest answer. None and empty (or all-whitespace) answers are dropped.
+  Identical strings are counted first, so `equal` is only asked about the
+  distinct strings (it may be slow): a new distinct string joins the first
+  class whose representative it equals, else it starts a class.
+  """
+  equal = _default_equal if equal is None else equal
+  counts: dict[str, int] = {}
   for a in answers:
-    if a and counts[a] == best:
-      return a
-  return None
+    if a is not None and a.strip():
+      counts[a] = counts.get(a, 0) + 1   # dicts keep first-appearance order
+  clusters: list[list] = []
+  for a, n in counts.items():
+    for cluster in clusters:
+      if equal(a, cluster[0]):
+        cluster[1] += n
+        break
+    else:
+      clusters.append([a, n])
+  return [(rep, n) for rep, n in clusters]
+
+
+def majority_vote(
+    answers: Sequence[str | None],
+    *,
+    equal: Callable[[str, str], bool] | None = None,
+) -> str | None:
+  """The most voted answer, votes pooled over equivalent answers (cons@k).
+
+  `equal(a, b)` decides equivalence; by default the reward library's fast
+  math check `answers_equal` (tried both ways), so '1/2' and '0.5' are one
+  vote; pass `equal=str.__eq__` for exact strings. Ties go to the class that
+  appeared first, and the earliest answer of the winning class is returned.
+  None / empty answers never win; all-empty gives None.
+  """
+  clusters = vote_clusters(answers, equal=equal)
+  if not clusters:
+    return None
+  best = max(n for _, n in clusters)
+  return next(rep for rep, n in clusters if n == best)
 
 
 def evaluate_problems(
@@ -60,8 +104,11 @@ def evaluate_problems(
   """Samples `num_samples` completions per record and scores them.
 
   Returns pass@1 (mean correctness over all samples), pass@k for each k in
-  `ks`, cons@k (majority vote over extracted answers), the strict-format rate,
-  the mean completion length in tokens, and a few sample texts.
+  `ks` (k <= num_samples), cons@{num_samples} when num_samples > 1 (the
+  `majority_vote` over extracted answers, equivalent answers pooled, scored by
+  the accuracy reward), the strict-format rate, the mean completion length in
+  tokens, `num_problems`, `num_samples` and a few sample texts (`samples`).
+  `summarize(stats)` keeps only the float metrics.
   """
   # Imported here: the reward library starts worker processes lazily and the
   # template module pulls in the tokenizer; evaluation is optional for callers.
@@ -117,6 +164,16 @@ def evaluate_problems(
     stats[f'cons@{num_samples}'] = float(np.mean(cons))
   stats['samples'] = texts
   return stats
+
+
+def summarize(stats: Mapping[str, Any]) -> dict[str, float]:
+  """Only the float metrics of `stats` (pass@k, cons@k, rates, lengths).
+
+  Drops the counts (`num_problems`, `num_samples`) and the sample texts, so
+  the result can go straight to a metric writer.
+  """
+  return {k: float(v) for k, v in stats.items()
+          if isinstance(v, (float, np.floating))}
 
 
 def format_stats(stats: Mapping[str, Any]) -> str:

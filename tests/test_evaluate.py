@@ -33,6 +33,45 @@ def test_majority_vote():
   assert evaluate.majority_vote(['3', '4', '4', None]) == '4'
   assert evaluate.majority_vote(['5', '3', '3', '5']) == '5'  # tie: earliest
   assert evaluate.majority_vote([None, '']) is None
+  assert evaluate.majority_vote([]) is None
+
+
+def test_majority_vote_pools_equivalent_answers():
+  # '1/2' and '0.5' are one vote (2 > 1); the earliest spelling is returned.
+  assert evaluate.majority_vote(['1/2', '0.5', '2']) == '1/2'
+  assert evaluate.majority_vote(['2', '0.5', '\\frac{1}{2}']) == '0.5'
+  # '3' and '3.0' pool to 2 votes, tying '4' x 2: the earlier class wins.
+  assert evaluate.majority_vote(['3', None, '3.0', '4', '4']) == '3'
+  assert evaluate.majority_vote(['4', '3', None, '3.0', '4']) == '4'
+  # Empty / None answers never win, however many there are.
+  assert evaluate.majority_vote([None, None, '', '  ', '7']) == '7'
+  assert evaluate.majority_vote(['', '', None]) is None
+  # Exact strings on request: '3' and '3.0' no longer pool, '4' x 2 wins.
+  assert evaluate.majority_vote(['3', '3.0', '4', '4'],
+                                equal=str.__eq__) == '4'
+  assert evaluate.majority_vote(['3', '3.0', '4', '4']) == '3'
+
+
+def test_vote_clusters_asks_equal_only_about_distinct_strings():
+  calls = []
+
+  def equal(a, b):
+    calls.append((a, b))
+    return a.rstrip('0').rstrip('.') == b.rstrip('0').rstrip('.')
+
+  answers = ['3'] * 50 + ['3.0'] * 10 + ['4'] * 40 + [None] * 5
+  clusters = evaluate.vote_clusters(answers, equal=equal)
+  assert clusters == [('3', 60), ('4', 40)]
+  # Three distinct strings: '3.0' vs '3', then '4' vs '3'.
+  assert calls == [('3.0', '3'), ('4', '3')]
+
+
+def test_summarize_keeps_only_floats():
+  stats = {'pass@1': 0.5, 'cons@4': np.float32(0.25), 'num_problems': 3,
+           'num_samples': 4, 'samples': ['a', 'b'], 'format_rate': 1.0}
+  out = evaluate.summarize(stats)
+  assert out == {'pass@1': 0.5, 'cons@4': 0.25, 'format_rate': 1.0}
+  assert all(type(v) is float for v in out.values())
 
 
 class _FakeOut:
@@ -73,3 +112,26 @@ def test_evaluate_problems_scores_with_rewards():
   assert stats['cons@2'] == 1.0  # a 1-1 tie goes to the first answer, '3'
   lengths = [len(tok.encode(t)) for t in texts]
   assert stats['mean_length'] == pytest.approx(np.mean(lengths))
+
+
+def test_cons_at_k_pools_equivalent_answers():
+  """cons@4 over '0.5', '0.5', '1/2'-style answers beats a 2-vote wrong one."""
+  from r1jax.tokenizer import train_bpe
+  texts = ['<think> x </think> <answer> 0.5 </answer>',
+           '<think> x </think> <answer> 7 </answer>',
+           '<think> x </think> <answer> 1/2 </answer>',
+           '<think> x </think> <answer> 7 </answer>']
+  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
+                                           'pad_token': '<|pad|>'})
+  records = [{'problem': 'Half of one?', 'answer': '\\frac{1}{2}',
+              'task': 'math'}]
+  sampler = _ScriptedSampler(tok, texts)
+  stats = evaluate.evaluate_problems(sampler, None, tok, records,
+                                     template='r1_zero', num_samples=4,
+                                     ks=(1, 4))
+  # By exact strings '7' (2 votes) would beat '0.5' and '1/2' (1 each).
+  assert stats['pass@1'] == pytest.approx(0.5)
+  assert stats['pass@4'] == pytest.approx(1.0)
+  assert stats['cons@4'] == 1.0
+  assert set(evaluate.summarize(stats)) == {'pass@1', 'pass@4', 'cons@4',
+                                            'format_rate', 'mean_length'}
