@@ -26,6 +26,7 @@ setuptools.setup(
             'pytest==9.0.3',
             'pytest-timeout==2.4.0',
             'hypothesis==6.155.2',
+            'matplotlib==3.11.2',
         ],
     },
 )
