@@ -27,7 +27,7 @@ _logp_pair = st.integers(1, 12).flatmap(
 
 
 def test_registry_names():
-  assert KL.names() == ['k1', 'k2', 'k3']
+  assert KL.names() == ['k1', 'k1+', 'k2', 'k2+', 'k3', 'k3+']
 
 
 def test_hand_computed():
@@ -146,3 +146,88 @@ def test_masked_reference_garbage_is_ignored():
   loss_b, m_b = losses.grpo_loss(bad_logp, logp, bad_ref, adv, mask, beta=0.1)
   assert float(loss_a) == float(loss_b)
   assert float(m_a['kl']) == float(m_b['kl'])
+
+
+# --- Straight-through k1+ / k2+ / k3+ ---------------------------------------
+@pytest.mark.parametrize('name', ['k1', 'k2', 'k3'])
+def test_straight_through_value_of_kn_gradient_of_k2(name):
+  """verl kl_penalty('kn+'): forward kn, backward 0.5 (logp - ref)^2."""
+  logp, ref, _, _ = _inputs()
+  plus = KL.get(name + '+')
+  np.testing.assert_allclose(plus(logp, ref), KL.get(name)(logp, ref),
+                             rtol=1e-6)
+  g_plus = jax.grad(lambda lp: jnp.sum(plus(lp, ref)))(logp)
+  # d/dlogp 0.5 (logp - ref)^2 = logp - ref; token 0: ln .5 - ln .25 = ln 2.
+  np.testing.assert_allclose(g_plus, np.asarray(logp - ref), rtol=1e-6)
+  np.testing.assert_allclose(g_plus[0, :2], [LN2, -LN2], rtol=1e-6)
+
+
+def test_k3_plus_in_grpo_loss_hand_computed():
+  """beta * k3+ in the loss: value of k3, gradient beta (logp - ref) / N."""
+  logp, ref, _, mask = _inputs()
+  beta = 0.1
+
+  def f(lp, est):
+    return losses.grpo_loss(lp, lp, ref, jnp.zeros(2), mask, beta=beta,
+                            kl_estimator=est, aggregation='token_mean')
+
+  (l3, m3), _ = jax.value_and_grad(f, has_aux=True)(logp, 'k3')
+  (lp_, mp), gp = jax.value_and_grad(f, has_aux=True)(logp, 'k3+')
+  np.testing.assert_allclose(lp_, l3, rtol=1e-6)
+  np.testing.assert_allclose(mp['kl'], m3['kl'], rtol=1e-6)
+  # logp - ref per valid token: (ln2, -ln2, 0), (0, 0); 5 valid tokens.
+  expected = beta * np.array([[LN2, -LN2, 0.0], [0.0, 0.0, 0.0]]) / 5
+  np.testing.assert_allclose(gp, expected, atol=1e-7)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    logits=hnp.arrays(np.float64, (2, 5), elements=st.floats(-3, 3)),
+)
+def test_k2_gradient_is_the_true_kl_gradient_in_expectation(logits):
+  """E_{y~pi}[grad k2(y)] = grad KL(pi || ref) w.r.t. pi's logits."""
+  ref = jax.nn.log_softmax(jnp.asarray(logits[1], jnp.float32))
+
+  def exact_kl(z):
+    lp = jax.nn.log_softmax(z)
+    return jnp.sum(jnp.exp(lp) * (lp - ref))
+
+  z = jnp.asarray(logits[0], jnp.float32)
+  g_exact = jax.grad(exact_kl)(z)
+  for name in ('k1+', 'k2+', 'k3+'):
+    # The loss differentiates each sampled token's kl through logp only; its
+    # expectation under pi (weights sg(pi)) must be the exact KL gradient.
+    g_path = jax.grad(lambda z: jnp.sum(
+        jax.lax.stop_gradient(jnp.exp(jax.nn.log_softmax(z)))
+        * KL.get(name)(jax.nn.log_softmax(z)[None], ref[None])[0]))(z)
+    np.testing.assert_allclose(g_path, g_exact, atol=1e-5, err_msg=name)
+
+
+# --- KL in the reward --------------------------------------------------------
+def test_kl_penalized_rewards_hand_computed():
+  """verl compute_rewards: r - beta * sum_t (logp_old - logp_ref)."""
+  logp, ref, _, mask = _inputs()
+  rewards = jnp.array([1.0, 0.0])
+  # k1 per valid token: (ln2, -ln2, 0) -> 0; (0, 0) -> 0. Use k3 too:
+  # k3: (ln2 - 1/2, 1 - ln2, 0) -> 1/2; (0, 0) -> 0.
+  r1, kl1 = kl.kl_penalized_rewards(rewards, logp, ref, mask, beta=0.5)
+  np.testing.assert_allclose(kl1, [0.0, 0.0], atol=1e-6)
+  np.testing.assert_allclose(r1, [1.0, 0.0], atol=1e-6)
+  r3, kl3 = kl.kl_penalized_rewards(rewards, logp, ref, mask, beta=0.5,
+                                    kl_estimator='k3')
+  np.testing.assert_allclose(kl3, [0.5, 0.0], atol=1e-6)
+  np.testing.assert_allclose(r3, [0.75, 0.0], atol=1e-6)
+  r3m, kl3m = kl.kl_penalized_rewards(rewards, logp, ref, mask, beta=0.5,
+                                      kl_estimator='k3', reduce='mean')
+  np.testing.assert_allclose(kl3m, [0.5 / 3, 0.0], atol=1e-6)
+  np.testing.assert_allclose(r3m, [1 - 0.25 / 3, 0.0], atol=1e-6)
+  # Masked garbage is ignored; no gradient flows.
+  bad = logp.at[1, 2].set(jnp.nan)
+  r_bad, _ = kl.kl_penalized_rewards(rewards, bad, ref, mask, beta=0.5,
+                                     kl_estimator='k3')
+  np.testing.assert_allclose(r_bad, r3, atol=1e-7)
+  g = jax.grad(lambda lp: jnp.sum(kl.kl_penalized_rewards(
+      rewards, lp, ref, mask, beta=0.5)[0]))(logp)
+  assert np.all(np.asarray(g) == 0.0)
+  with pytest.raises(ValueError, match='reduce'):
+    kl.kl_penalized_rewards(rewards, logp, ref, mask, beta=0.5, reduce='max')
