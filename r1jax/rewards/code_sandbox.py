@@ -60,9 +60,14 @@ import numpy as np
 from r1jax.rewards import math_answer
 from r1jax.rewards.registry import check_batch
 from r1jax.rewards.registry import REWARDS
+from r1jax.rewards.registry import score_each
 
 _BOOT = pathlib.Path(__file__).with_name('_sandbox_boot.py')
+# The fenced blocks `fenced_blocks` finds, as a regex (its reference
+# semantics: `findall` with it backtracks over the info line and rescans the
+# rest of the text, quadratic on adversarial text).
 _FENCE_RE = re.compile(r'```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```', re.DOTALL)
+_FENCE_LANG_RE = re.compile(r'[ \t]*([A-Za-z0-9_+-]*)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +291,32 @@ def outputs_match(
   return True
 
 
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+  """`(language, body)` of each ``` fenced block, like `_FENCE_RE.findall`.
+
+  A block opens at ```, its info line runs to the first newline (the language
+  is its leading word), and its body to the next ```. Linear in `len(text)`:
+  when a block has no newline or no closing fence, no later block can have
+  one, so the scan stops.
+  """
+  blocks: list[tuple[str, str]] = []
+  pos = 0
+  while True:
+    start = text.find('```', pos)
+    if start < 0:
+      break
+    newline = text.find('\n', start + 3)
+    if newline < 0:
+      break
+    end = text.find('```', newline + 1)
+    if end < 0:
+      break
+    lang = _FENCE_LANG_RE.match(text, start + 3, newline).group(1)
+    blocks.append((lang, text[newline + 1:end]))
+    pos = end + 3
+  return blocks
+
+
 def extract_code(completion: str) -> str:
   """The program in a completion: last ```python block, else the text.
 
@@ -296,7 +327,7 @@ def extract_code(completion: str) -> str:
   text = math_answer.answer_block(completion)
   if text is None:
     text = completion
-  blocks = _FENCE_RE.findall(text)
+  blocks = fenced_blocks(text)
   python = [b for lang, b in blocks
             if lang.lower() in ('python', 'py', 'python3')]
   if python:
@@ -360,7 +391,9 @@ def code_reward(
       processes; default min(8, CPUs)).
     float_tol: tolerance for numeric output tokens (default exact tokens).
     tests_key: the example field with the tests.
-    metrics: filled with `timeouts`, `runs`, `no_tests`.
+    metrics: filled with `timeouts`, `runs`, `no_tests` and `errors`
+      (completions that could not be run, e.g. a malformed `tests` field or a
+      program that cannot be written out; they score 0).
   A completion whose example has no tests scores 0.
   """
   check_batch(completions, examples)
@@ -370,22 +403,33 @@ def code_reward(
   limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb,
                          max_output_bytes=max_output_bytes)
 
-  def score(i: int) -> tuple[float, int, int]:
-    tests = normalize_tests(examples[i].get(tests_key))
-    if not tests:
-      return 0.0, 0, 0
-    passed, results = run_tests(
-        extract_code(completions[i]), tests, limits,
-        stop_at_first_failure=(mode == 'all'), float_tol=float_tol)
-    value = passed / len(tests) if mode == 'fraction' else float(
-        passed == len(tests))
-    return value, len(results), sum(r.timed_out for r in results)
+  def score(i: int) -> tuple[float, int, int] | Exception:
+    try:
+      tests = normalize_tests(examples[i].get(tests_key))
+      if not tests:
+        return 0.0, 0, 0
+      passed, results = run_tests(
+          extract_code(completions[i]), tests, limits,
+          stop_at_first_failure=(mode == 'all'), float_tol=float_tol)
+      value = passed / len(tests) if mode == 'fraction' else float(
+          passed == len(tests))
+      return value, len(results), sum(r.timed_out for r in results)
+    except Exception as e:  # pylint: disable=broad-except
+      return e  # scored 0 and counted by `score_each` below
 
   workers = max_workers or default_max_workers()
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     scored = list(pool.map(score, range(len(completions))))
+  ok = [s for s in scored if not isinstance(s, Exception)]
+
+  def value(i: int) -> float:
+    if isinstance(scored[i], Exception):
+      raise scored[i]
+    return scored[i][0]
+
+  out = score_each(value, len(completions), reward='code', metrics=metrics)
   if metrics is not None:
-    metrics['runs'] = float(sum(s[1] for s in scored))
-    metrics['timeouts'] = float(sum(s[2] for s in scored))
-    metrics['no_tests'] = float(sum(s[1] == 0 for s in scored))
-  return np.array([s[0] for s in scored], np.float32)
+    metrics['runs'] = float(sum(s[1] for s in ok))
+    metrics['timeouts'] = float(sum(s[2] for s in ok))
+    metrics['no_tests'] = float(sum(s[1] == 0 for s in ok))
+  return out

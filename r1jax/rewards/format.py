@@ -19,17 +19,15 @@ import numpy as np
 
 from r1jax.rewards.registry import check_batch
 from r1jax.rewards.registry import REWARDS
+from r1jax.rewards.registry import score_each
 
 THINK_OPEN, THINK_CLOSE = '<think>', '</think>'
 ANSWER_OPEN, ANSWER_CLOSE = '<answer>', '</answer>'
 _TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
+# Used only once each tag occurs exactly once, where it is linear.
 _STRICT_RE = re.compile(
     r'\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*',
-    re.DOTALL,
-)
-_LENIENT_RE = re.compile(
-    r'<think>(?P<think>.*?)</think>.*?<answer>(?P<answer>.*?)</answer>',
     re.DOTALL,
 )
 
@@ -69,11 +67,31 @@ def lenient_format_ok(
     completion: str, think_opened_in_prompt: bool = False
 ) -> bool:
   """A non-empty think block followed (anywhere later) by a non-empty answer."""
+  # What `re.finditer(r'<think>(.*?)</think>.*?<answer>(.*?)</answer>', S)`
+  # finds, with `str.find`: from a `<think>` the block ends at the first
+  # `</think>`, the answer opens at the next `<answer>` and ends at the first
+  # `</answer>` after it. When that fails, it fails for every later `<think>`
+  # too, so the scan stops; the regex would instead rescan to the end from
+  # every `<think>` (quadratic on a completion of repeated `<think>`).
   text = with_think_prefix(completion, think_opened_in_prompt)
-  for m in _LENIENT_RE.finditer(text):
-    if m.group('think').strip() and m.group('answer').strip():
+  pos = 0
+  while True:
+    t = text.find(THINK_OPEN, pos)
+    if t < 0:
+      return False
+    t_end = text.find(THINK_CLOSE, t + len(THINK_OPEN))
+    if t_end < 0:
+      return False
+    a = text.find(ANSWER_OPEN, t_end + len(THINK_CLOSE))
+    if a < 0:
+      return False
+    a_end = text.find(ANSWER_CLOSE, a + len(ANSWER_OPEN))
+    if a_end < 0:
+      return False
+    if (text[t + len(THINK_OPEN):t_end].strip()
+        and text[a + len(ANSWER_OPEN):a_end].strip()):
       return True
-  return False
+    pos = a_end + len(ANSWER_CLOSE)
 
 
 @REWARDS.register('format')
@@ -83,6 +101,7 @@ def format_reward(
     *,
     strict: bool = True,
     think_opened_in_prompt: bool = False,
+    metrics: dict[str, float] | None = None,
 ) -> np.ndarray:
   """1.0 for completions in the R1 `<think>/<answer>` format, else 0.
 
@@ -91,11 +110,14 @@ def format_reward(
       accepts them anywhere, in order (same as `format_lenient`).
     think_opened_in_prompt: the prompt ends with `<think>`, so the completion
       starts inside the think block.
+    metrics: filled with `errors` (completions that could not be checked,
+      e.g. not a string; they score 0).
   """
   check_batch(completions, examples)
   ok = strict_format_ok if strict else lenient_format_ok
-  return np.array(
-      [ok(c, think_opened_in_prompt) for c in completions], np.float32)
+  return score_each(
+      lambda i: ok(completions[i], think_opened_in_prompt), len(completions),
+      reward='format' if strict else 'format_lenient', metrics=metrics)
 
 
 @REWARDS.register('format_lenient')
@@ -104,8 +126,9 @@ def format_lenient_reward(
     examples: Sequence[Mapping[str, Any]],
     *,
     think_opened_in_prompt: bool = False,
+    metrics: dict[str, float] | None = None,
 ) -> np.ndarray:
   """1.0 when a think block is followed by an answer block, else 0."""
   return format_reward(
       completions, examples, strict=False,
-      think_opened_in_prompt=think_opened_in_prompt)
+      think_opened_in_prompt=think_opened_in_prompt, metrics=metrics)

@@ -54,23 +54,57 @@ def matching_brace(text: str, open_idx: int) -> int | None:
   return None
 
 
+# Tokens that matter for brace matching: an escaped character (`\\{`, `\\}`,
+# `\\\\`) is one token, like `matching_brace`'s two-character skip.
+_BRACE_TOKEN_RE = re.compile(r'\\.|[{}]', re.DOTALL)
+_BARE_ARG_RE = re.compile(r'[^\s$]+')
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+  """Index of each balanced `{` -> index of its `}`, in one linear pass.
+
+  Agrees with `matching_brace(text, i)` for every `{` not preceded by a
+  backslash (the `{` of a `\\boxed{`): such a brace starts a token whether
+  the scan begins at it or at the start of the text.
+  """
+  stack: list[int] = []
+  closing: dict[int, int] = {}
+  for m in _BRACE_TOKEN_RE.finditer(text):
+    c = m.group()
+    if c == '{':
+      stack.append(m.start())
+    elif c == '}' and stack:
+      closing[stack.pop()] = m.start()
+  return closing
+
+
 def last_boxed(text: str) -> str | None:
   """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`.
 
   Handles nested braces and the brace-less form `\\boxed 5`. Returns None when
-  there is no box or the last box is unbalanced (e.g. a truncated completion).
+  there is no box or the last box is unbalanced (e.g. a truncated completion);
+  an unbalanced last box falls back to the box before it.
+
+  Linear in `len(text)`: all braces are matched in one pass, rather than each
+  box scanning to the end of the text for its closing brace (quadratic on a
+  completion made of `\\boxed{` repeated).
   """
   matches = list(_BOXED_RE.finditer(text))
+  if not matches:
+    return None
+  closing: dict[int, int] | None = None
   for m in reversed(matches):
     start = m.end()
     if start < len(text) and text[start] == '{':
-      end = matching_brace(text, start)
+      if closing is None:
+        closing = _closing_braces(text)
+      end = closing.get(start)
       if end is None:
         continue
       return text[start + 1:end]
-    # `\boxed 5`: the argument runs to the next whitespace or `$`.
+    # `\\boxed 5`: the argument runs to the next whitespace or `$`.
     if m.group(0).endswith(' ') or (start < len(text) and text[start] != '\\'):
-      arg = re.match(r'[^\s$]+', text[start:])
+      arg = _BARE_ARG_RE.match(text, start)
       if arg:
         return arg.group(0)
   return None
@@ -146,10 +180,13 @@ _DROP_RE = re.compile(
     r'\\(?:displaystyle|textstyle|left|right|big|Big|bigg|Bigg)(?![a-zA-Z])'
     r'|\\[,;:! ]|~'
 )
-_DEGREE_RE = re.compile(r'\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z])')
+# Possessive `*+`: `\s*\{?\s*` would otherwise try every split of a long
+# run of spaces after a `^` (quadratic); the matches are the same.
+_DEGREE_RE = re.compile(
+    r'\^\s*+\{?\s*+\\circ\s*+\}?|°|\\degree(?![a-zA-Z])')
 # `\text{...}` / `\mbox{...}` / `\mathrm{...}` wrappers (no nested braces).
 _TEXT_RE = re.compile(
-    r'\\(?:text|textbf|mbox|mathrm|mathbf|textrm)\s*\{([^{}]*)\}')
+    r'\\(?:text|textbf|mbox|mathrm|mathbf|textrm)\s*+\{([^{}]*+)\}')
 _ASSIGN_RE = re.compile(r'^[a-zA-Z]\s*=(?!=)')
 _ANSWER_PREFIX_RE = re.compile(
     r'^(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*', re.IGNORECASE
@@ -203,6 +240,10 @@ def normalize_answer(s: str) -> str:
 # Numbers
 # ----------------------------------------------------------------------------
 
+# Longer strings are not read as numbers (`parse_number` returns None): Python
+# refuses int <-> str conversions over 4,300 digits (ValueError), and those
+# conversions are quadratic below that. A real final answer is far shorter.
+MAX_NUMBER_CHARS = 1000
 _PLAIN_NUM_RE = re.compile(r'^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$')
 _THOUSANDS_RE = re.compile(r'^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$')
 _SLASH_RE = re.compile(r'^([+-]?\d+)/(\d+)$')
@@ -256,6 +297,8 @@ def parse_number(s: str) -> _Num | None:
   `\\frac{a}{b}` / `\\frac ab` with integer parts, a leading `$` or `\\$`, a
   trailing `%` / `\\%` and trailing unit words (`18 dollars`, `5cm^2`).
   """
+  if len(s) > MAX_NUMBER_CHARS:
+    return None
   s = s.replace('\\$', '').replace('$', '')
   percent = False
   if s.endswith('\\%'):
@@ -317,6 +360,8 @@ def _base_number(s: str) -> tuple[str, int] | None:
   """(digits, base) of a number written in base 2..36, like `2516_8`."""
   m = _BASE_RE.match(s)
   if not m:
+    return None
+  if len(m.group(2)) > 3 or len(s) > MAX_NUMBER_CHARS:
     return None
   digits, base = m.group(1).lower(), int(m.group(2))
   if not 2 <= base <= 36 or any(int(d, 36) >= base for d in digits):

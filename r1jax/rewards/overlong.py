@@ -52,13 +52,14 @@ def truncation_mask(finished_B: np.ndarray) -> np.ndarray:
 @REWARDS.register('overlong')
 def overlong_reward(
     completions, examples, *, lengths_B: np.ndarray | None = None,
-    max_len: int, buffer: int,
+    max_len: int, buffer: int, metrics: dict[str, float] | None = None,
 ) -> np.ndarray:
   """The penalty as a registered reward (`'overlong'` in `REWARDS`).
 
   Token lengths are not in the strings: `compute_rewards(..., lengths_B=...)`
   passes them to rewards that take `lengths_B`. `max_len` and `buffer` come
-  from the config options.
+  from the config options. A length that is not a finite number scores 0 and
+  is counted in `metrics['errors']`. Constant time per completion.
   """
   if lengths_B is None:
     raise ValueError(
@@ -70,4 +71,9 @@ def overlong_reward(
         f'lengths_B has shape {lengths_B.shape}, '
         f'expected ({len(completions)},)')
   del examples
-  return overlong_penalty(lengths_B, max_len, buffer)
+  lengths_B = np.asarray(lengths_B, np.float64)
+  bad_B = ~np.isfinite(lengths_B)
+  penalty_B = overlong_penalty(np.where(bad_B, 0.0, lengths_B), max_len, buffer)
+  if metrics is not None:
+    metrics['errors'] = metrics.get('errors', 0.0) + float(bad_B.sum())
+  return np.where(bad_B, np.float32(0), penalty_B).astype(np.float32)

@@ -1,6 +1,8 @@
 """The reward-function registry and the batch signature its entries share."""
 
-from typing import Any, Mapping, Protocol, Sequence
+import logging
+import math
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -13,6 +15,11 @@ class RewardFn(Protocol):
   `examples[i]` is the dataset record completion i answers; `options` come
   from the config. A function may also accept `metrics: dict`, which
   `compute_rewards` passes so that it can report counters (e.g. timeouts).
+
+  Host-side reward code runs on whatever a policy writes, so it should be
+  linear in the completion's length and must not raise for one bad
+  completion: score it 0 and count it (`score_each` does both, reporting
+  `metrics['errors']`). Invalid options may raise, before any scoring.
   """
 
   def __call__(
@@ -34,3 +41,43 @@ def check_batch(completions: Sequence[str], examples: Sequence[Any]) -> None:
         f'{len(completions)} completions but {len(examples)} examples; '
         'pass one example record per completion (repeat it for a group).'
     )
+
+
+_log = logging.getLogger('r1jax.rewards')
+_MAX_LOGGED_CHARS = 300
+
+
+def score_each(
+    score_one: Callable[[int], float],
+    n: int,
+    *,
+    reward: str,
+    metrics: dict[str, float] | None = None,
+) -> np.ndarray:
+  """`[score_one(i) for i in range(n)]` as float32, never raising for one item.
+
+  A completion whose scoring raises an `Exception` (or returns a value that is
+  not a finite number) scores 0 and is counted in `metrics['errors']` (added to
+  any count already there), so that one degenerate completion cannot kill a
+  training run; the first failure of the call is logged as a warning.
+  `KeyboardInterrupt` and `SystemExit` still propagate.
+  """
+  out = np.zeros(n, np.float32)
+  errors = 0
+  first: str | None = None
+  for i in range(n):
+    try:
+      value = float(score_one(i))
+      if not math.isfinite(value):
+        raise ValueError(f'non-finite reward {value}')
+      out[i] = value
+    except Exception as e:  # pylint: disable=broad-except
+      errors += 1
+      if first is None:
+        first = f'completion {i}: {type(e).__name__}: {e}'[:_MAX_LOGGED_CHARS]
+  if metrics is not None:
+    metrics['errors'] = metrics.get('errors', 0.0) + float(errors)
+  if errors:
+    _log.warning('reward %r: %d of %d completions failed and scored 0; %s',
+                 reward, errors, n, first)
+  return out

@@ -19,6 +19,7 @@ import numpy as np
 from r1jax.rewards import math_answer
 from r1jax.rewards.registry import check_batch
 from r1jax.rewards.registry import REWARDS
+from r1jax.rewards.registry import score_each
 
 _MAX_EXPR_CHARS = 512  # a countdown answer is short; long input is rejected
 _BINOPS = {
@@ -88,24 +89,29 @@ def countdown_reward(
     examples: Sequence[Mapping[str, Any]],
     *,
     format_score: float = 0.0,
+    metrics: dict[str, float] | None = None,
 ) -> np.ndarray:
   """1.0 for a correct countdown equation, `format_score` for a wrong one.
 
   `format_score` (default 0) is given when an answer was found but is wrong
-  (TinyZero used 0.1); a completion without an answer scores 0.
+  (TinyZero used 0.1); a completion without an answer scores 0. A completion
+  whose check fails (e.g. a malformed example) scores 0 and is counted in
+  `metrics['errors']`.
   """
   check_batch(completions, examples)
-  scores = []
-  for completion, ex in zip(completions, examples):
-    answer = _answer_text(completion)
+
+  def score(i: int) -> float:
+    answer = _answer_text(completions[i])
     expr = countdown_equation(answer) if answer is not None else None
     if expr is None:
-      scores.append(0.0)
-    elif check_countdown(expr, ex['numbers'], int(ex['target'])):
-      scores.append(1.0)
-    else:
-      scores.append(format_score)
-  return np.asarray(scores, np.float32)
+      return 0.0
+    ex = examples[i]
+    if check_countdown(expr, ex['numbers'], int(ex['target'])):
+      return 1.0
+    return format_score
+
+  return score_each(score, len(completions), reward='countdown',
+                    metrics=metrics)
 
 
 def parse_integer(text: str | None) -> int | None:
@@ -125,6 +131,7 @@ def arithmetic_reward(
     *,
     fallback_last_number: bool = True,
     answer_key: str = 'answer',
+    metrics: dict[str, float] | None = None,
 ) -> np.ndarray:
   """1.0 when the extracted answer is exactly the integer `example['answer']`.
 
@@ -132,12 +139,20 @@ def arithmetic_reward(
     fallback_last_number: read the last number of the completion when it has
       no `<answer>`, `\\boxed{}` or `####` answer (default on, as for `math`,
       so that a tiny model gets a signal before it learns the format).
+    metrics: filled with `errors`, the completions whose check raised (e.g. a
+      gold answer that is not an integer); they score 0.
+  An answer longer than `math_answer.MAX_NUMBER_CHARS` is not a number here
+  (scores 0).
   """
   check_batch(completions, examples)
-  scores = []
-  for completion, ex in zip(completions, examples):
+
+  def score(i: int) -> float:
     pred = parse_integer(math_answer.extract_answer(
-        completion, fallback_last_number=fallback_last_number))
-    gold = int(str(ex[answer_key]).strip())
-    scores.append(float(pred is not None and pred == gold))
-  return np.asarray(scores, np.float32)
+        completions[i], fallback_last_number=fallback_last_number))
+    if pred is None:
+      return 0.0
+    gold = int(str(examples[i][answer_key]).strip())
+    return float(pred == gold)
+
+  return score_each(score, len(completions), reward='arithmetic',
+                    metrics=metrics)
