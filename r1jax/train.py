@@ -16,7 +16,8 @@ from ml_collections import config_flags
 
 # Stage name -> module with train_and_evaluate(config, workdir).
 STAGES = {
-    'sft': 'r1jax.sft',
+    'sft': 'r1jax.stages.sft',
+    'grpo': 'r1jax.stages.grpo',
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

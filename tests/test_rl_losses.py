@@ -16,6 +16,9 @@ from r1jax.rl import losses
 
 B, T = 3, 4
 EPS_LOW, EPS_HIGH, DUAL = 0.2, 0.3, 3.0
+# The policy losses built on PPO's clipped objective, which take dual_clip.
+DUAL_CLIP_LOSSES = ('clipped_token', 'clipped_sequence', 'gspo', 'gspo_token',
+                    'clip_cov')
 
 
 def _loss(logp, old, adv, mask, **kw):
@@ -336,8 +339,9 @@ def test_jit_matches_eager_and_bf16_inputs_give_f32(policy_loss):
   logp = HAND_LOGP.astype(jnp.bfloat16)
   old = HAND_OLD.astype(jnp.bfloat16)
   ref = (HAND_OLD - 0.1).astype(jnp.bfloat16)
+  dual = DUAL if policy_loss in DUAL_CLIP_LOSSES else None
   fn = functools.partial(losses.grpo_loss, policy_loss=policy_loss,
-                         dual_clip=DUAL, beta=0.01)
+                         dual_clip=dual, beta=0.01)
   eager, m_eager = fn(logp, old, ref, HAND_ADV, HAND_MASK)
   jitted, m_jit = jax.jit(fn)(logp, old, ref, HAND_ADV, HAND_MASK)
   assert eager.dtype == jnp.float32

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from r1jax import metrics as metrics_lib
-from r1jax import sft
+from r1jax.stages import common, sft
 from r1jax.data import pipeline
 from r1jax.model import functional as fn
 from r1jax.model import config as model_config
@@ -133,7 +133,7 @@ def test_bad_config_names_key(tmp_path):
 
 
 def test_jsonl_malformed_line_names_file_and_line(tmp_path):
-  from r1jax.sft_setup import read_jsonl_examples
+  from r1jax.stages.sft import read_jsonl_examples
   path = tmp_path / 'd.jsonl'
   path.write_text(json.dumps({'prompt': 'a', 'completion': 'b'}) + '\n{oops\n')
   with pytest.raises(ValueError, match=r'd\.jsonl:2'):
@@ -152,7 +152,7 @@ def test_grad_accum_matches_full_batch():
       'loss_mask': jnp.asarray(rng.random((b, t)) < 0.7),
   }
   tc = tiny_config().train
-  opt = sft.make_optimizer(tc)
+  opt = common.make_optimizer(tc)
   outs = []
   for accum in (1, 4):
     state = {'params': jax.tree.map(jnp.copy, params),

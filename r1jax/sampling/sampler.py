@@ -153,8 +153,14 @@ class Sampler:
   # ------------------------------------------------------------ sharding
   @property
   def batch_multiple(self) -> int:
-    """The batch of prompts is padded to a multiple of this."""
-    return 1 if self.mesh is None else parallel.batch_size_divisor(self.mesh)
+    """This process's batch of prompts is padded to a multiple of this.
+
+    In a multi-process run each process passes its own prompts, which
+    together form one global batch over the mesh.
+    """
+    if self.mesh is None:
+      return 1
+    return max(1, parallel.batch_size_divisor(self.mesh) // jax.process_count())
 
   def _constrain(self, x: jax.Array, heads_dim: int | None = None) -> jax.Array:
     """Pins x's leading (batch) dim to the mesh's batch axes."""
@@ -307,7 +313,8 @@ class Sampler:
   def _device_put(self, x):
     if self.mesh is None:
       return jnp.asarray(x)
-    return jax.device_put(x, parallel.batch_sharding(self.mesh))
+    # Each process's rows of the global batch (a device_put with one process).
+    return parallel.host_local_to_global(x, self.mesh)
 
   def cache_bytes(self, batch: int, prompt_len: int, max_new_tokens: int) -> int:
     """Bytes of the decode KV cache for `batch` rows (all samples)."""
@@ -372,6 +379,11 @@ class Sampler:
     out = SampleOutput(tokens, mask, logprobs, lengths, finish, prompt_ids,
                        prompt_mask)
     if ids_BxP.shape[0] != num_prompts:  # drop the batch-padding rows
+      if jax.process_count() > 1:
+        raise ValueError(
+            f'{num_prompts} prompts on this process are not a multiple of '
+            f'{self.batch_multiple} (its share of the mesh batch axes); a '
+            'multi-process call must not need batch padding.')
       out = jax.tree.map(lambda x: x[:num_prompts * n], out)
     return out
 

@@ -22,13 +22,80 @@ import optax
 from absl import logging
 from flax import nnx
 
-from r1jax import checkpoint as ckpt_lib
 from r1jax import metrics as metrics_lib
 from r1jax import parallel
 from r1jax.data import pipeline
+from r1jax.model import config as model_config
 from r1jax.model import functional as fn
-from r1jax.sft_setup import (build_examples, load_model_and_tokenizer,
-                             validate_config)
+from r1jax.stages import common
+
+DATA_SOURCES = ('synthetic_corpus', 'jsonl', 'cold_start')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails at start-up with a message that names the bad key."""
+  tc = config.train
+  common.check(config, [
+      ('train.steps', tc.steps > 0, 'must be positive'),
+      ('train.batch_size', tc.batch_size > 0, 'must be positive'),
+      ('train.grad_accum', tc.grad_accum > 0 and tc.batch_size % tc.grad_accum == 0,
+       f'must divide train.batch_size={tc.batch_size}'),
+      ('train.lr', tc.lr > 0, 'must be positive'),
+      ('train.warmup_steps', 0 <= tc.warmup_steps <= tc.steps,
+       f'must be in [0, train.steps={tc.steps}]'),
+      ('data.source', config.data.source in DATA_SOURCES,
+       f'must be one of {DATA_SOURCES}'),
+      ('data.seq_len', config.data.seq_len > 1, 'must be > 1'),
+      ('model.preset', config.model.preset in model_config.PRESETS
+       or bool(config.model.hf_path or config.model.gguf_path),
+       f'unknown preset; known: {model_config.PRESETS.names()}'),
+  ])
+  if config.data.source == 'jsonl' and not config.data.path:
+    raise ValueError("config.data.path must name a JSONL file when "
+                     "config.data.source='jsonl'")
+
+
+def read_jsonl_examples(path: str) -> list[dict[str, str]]:
+  """prompt / completion pairs; a bad line raises naming file and line."""
+  # The data builders' reader already names file:line for bad JSON.
+  from r1jax.data.builders.raw import read_jsonl  # pylint: disable=g-import-not-at-top
+  out = []
+  for lineno, row in read_jsonl(path):
+    if 'completion' not in row:
+      raise ValueError(f"{path}:{lineno}: expected an object with a "
+                       f"'completion' field (and optionally 'prompt')")
+    out.append({'prompt': str(row.get('prompt', '')),
+                'completion': str(row['completion'])})
+  if not out:
+    raise ValueError(f'{path}: no examples')
+  return out
+
+
+def build_examples(config, tokenizer) -> tuple[list[dict], list[dict]]:
+  """Train and eval lists of {'prompt', 'completion'} for the SFT batcher."""
+  dc = config.data
+  if dc.source == 'synthetic_corpus':
+    from r1jax.data import corpus  # pylint: disable=g-import-not-at-top
+    ccfg = corpus.CorpusConfig(**dc.corpus.to_dict())
+    train = corpus.corpus_documents(ccfg, n_docs=dc.num_docs, seed=config.seed)
+    evals = corpus.corpus_documents(ccfg, n_docs=dc.num_eval_docs,
+                                    seed=config.seed + 10_000)
+    as_ex = lambda docs: [{'prompt': '', 'completion': d} for d in docs]
+    return as_ex(train), as_ex(evals)
+  if dc.source == 'jsonl':
+    examples = read_jsonl_examples(dc.path)
+    n_eval = min(dc.num_eval_docs, len(examples) // 10)
+    return examples[n_eval:], examples[:n_eval]
+  # cold_start: readable <think> traces from reference solutions.
+  from r1jax.data import builders, cold_start  # pylint: disable=g-import-not-at-top
+  examples = []
+  for name in dc.datasets:
+    records = builders.load_dataset(name, 'train', local_dir=dc.local_dir or None)
+    examples += cold_start.cold_start_examples(records, source=name,
+                                               template=dc.template)
+  n_eval = min(dc.num_eval_docs, len(examples) // 10)
+  return examples[n_eval:], examples[:n_eval]
+
 
 # ======================================================================= loss
 
@@ -46,19 +113,6 @@ def nll_sum(graphdef, params, batch) -> tuple[jax.Array, jax.Array]:
   logp_BxT1 = fn.token_logprobs(logits_BxTxV[:, :-1], tokens_BxT[:, 1:])
   w_BxT1 = batch['loss_mask'][:, 1:].astype(jnp.float32)
   return -(logp_BxT1 * w_BxT1).sum(), w_BxT1.sum()
-
-
-def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW with linear warm-up and cosine decay; decay only on matrices."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.lr, warmup_steps=cfg.warmup_steps,
-      decay_steps=max(cfg.steps, cfg.warmup_steps + 1),
-      end_value=cfg.lr * cfg.min_lr_ratio)
-  decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
-  return optax.chain(
-      optax.clip_by_global_norm(cfg.clip_norm),
-      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=1e-8,
-                  weight_decay=cfg.weight_decay, mask=decay_mask))
 
 
 def make_train_step(graphdef, optimizer, grad_accum: int):
@@ -159,14 +213,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate_config(config)
   t_start = time.perf_counter()
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   _SAMPLERS.clear()
-  writer = metrics_lib.MetricWriter(workdir)
+  checkpointer, writer = common.open_run(workdir, config.train.keep_checkpoints)
   tc = config.train
   mesh = parallel.make_mesh(dict(config.mesh))
 
   # ------------------------------------------------------ model & tokenizer
-  model_cfg, graphdef, params, tokenizer = load_model_and_tokenizer(
+  model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(
       config, workdir, mesh)
   writer.log(f'model: {model_cfg.num_layers} layers, '
              f'{fn.count_params(params):,} params; vocab {tokenizer.vocab_size}')
@@ -190,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         break
 
   # ------------------------------------------------------------ train state
-  optimizer = make_optimizer(tc)
+  optimizer = common.make_optimizer(tc)
   state = {
       'params': params,
       'opt_state': optimizer.init(params),
@@ -200,15 +253,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Optimizer moments follow their parameter's layout; counters replicate.
   shardings = parallel.state_shardings(mesh, state)
   state = jax.device_put(state, shardings)
-  checkpointer = ckpt_lib.Checkpointer(workdir / 'checkpoints',
-                                       max_to_keep=tc.keep_checkpoints)
-  latest = checkpointer.latest_step()
+  state, extra, latest = common.restore_latest(
+      checkpointer, state, shardings, {'data_state': train_iter.get_state()})
   if latest is not None:
-    restored = checkpointer.restore(
-        latest, abstract_state={**ckpt_lib.abstract_like(state, shardings),
-                                'data_state': train_iter.get_state()})
-    train_iter.set_state(restored.pop('data_state'))
-    state = restored
+    train_iter.set_state(extra['data_state'])
     writer.log(f'resumed from step {latest}')
   start_step = int(state['step'])
 
@@ -267,9 +315,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.log(f'exported Hugging Face checkpoint to {config.export.hf_dir}')
   tokenizer.save(workdir / 'tokenizer')
   if config.eval.num_problems > 0:
-    from r1jax.sft_eval import evaluate_base  # pylint: disable=g-import-not-at-top
-    stats = evaluate_base(config, model_cfg, graphdef, state['params'],
-                          tokenizer, mesh)
+    from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
+    sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
+                      eos_ids=[tokenizer.eos_id], mesh=mesh)
+    stats = common.evaluate_model(config.eval, sampler, state['params'],
+                                  tokenizer, common.eval_records(config),
+                                  log=writer.log)
     writer.write(step, {k: v for k, v in stats.items()
                         if isinstance(v, float)}, prefix='final/')
     writer.write_texts(step, 'final/samples', stats.get('samples', []))

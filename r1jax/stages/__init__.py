@@ -1,0 +1,8 @@
+"""Training stages of the recipe, one module each (`config.stage` picks one).
+
+  sft    SFT / cold start / distillation / tiny-model pretraining
+  grpo   GRPO reinforcement learning (R1-Zero, reasoning RL, DAPO, Dr. GRPO)
+
+`common` holds what every stage needs. Each stage exposes
+`train_and_evaluate(config, workdir) -> dict` of final metrics.
+"""

@@ -1,0 +1,514 @@
+r"""GRPO: R1-Zero's reinforcement learning from rule-based rewards.
+
+    python -m r1jax.train --config=experiments/zero.py --workdir=runs/zero
+
+One step, top to bottom (`_rollout`, then `train_and_evaluate`'s loop):
+  prompts   P prompts from the resumable PromptBatcher (this host's shard)
+  sample    G completions each with `sampling.Sampler`; its log-probs are the
+            old-policy values (no second forward pass for them)
+  reward    `rewards.compute_rewards` on the host (math-verify pool, sandbox)
+  (DAPO)    with rl.dynamic_sampling, groups of equal rewards are dropped and
+            more prompts sampled until P informative groups are in
+  advantage `rl.compute_advantages` over the global batch
+  reference log-probs of the frozen reference tree (skipped when beta = 0;
+            replaced by the policy every rl.ref_reset_every steps)
+  update    rl.num_iterations x rl.num_minibatches optimizer steps of
+            `rl.grpo_loss`, gradients accumulated over rl.grad_accum
+            micro-batches (`grpo_update.make_update_fn`)
+  log, eval, checkpoint
+
+Everything on the device is jitted and sharded over config.mesh; shapes are
+fixed (prompt width sampling.max_prompt_tokens, completion budget
+sampling.max_new_tokens), so after the first step nothing compiles again.
+A checkpoint holds params, optimizer state, reference params, the RNG, the
+data position and the step: a run killed at any moment continues, from its
+last checkpoint, exactly as if it had not been.
+"""
+
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from r1jax import parallel
+from r1jax import rewards as rewards_lib
+from r1jax import rl
+from r1jax.data import pipeline
+from r1jax.model import config as model_config
+from r1jax.model import functional as fn
+from r1jax.sampling import Sampler
+from r1jax.stages import common
+from r1jax.stages import grpo_update
+
+# Rewards that are not "the answer is right": never the accuracy metric.
+_SHAPING_REWARDS = ('format', 'format_lenient', 'overlong', 'language')
+
+# =============================================================== config checks
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices_batch: int,
+                    process_count: int = 1) -> None:
+  """Fails at start-up, before any compile, with one line naming the key."""
+  rc, sc, tc = config.rl, config.sampling, config.train
+  g, p = rc.group_size, rc.prompts_per_step
+  rows = p * g
+  per_device = rows // max(num_devices_batch, 1)
+  common.check_known(config, 'rl.advantage', rl.ADVANTAGES.names())
+  common.check_known(config, 'rl.policy_loss', rl.POLICY_LOSSES.names())
+  common.check_known(config, 'rl.aggregation', rl.LOSS_AGGREGATIONS.names())
+  common.check_known(config, 'rl.kl_estimator', rl.KL_ESTIMATORS.names())
+  for name in config.rewards.weights:
+    if name not in rewards_lib.REWARDS:
+      raise ValueError(
+          f'config.rewards.weights has {name!r}, which is not a known reward; '
+          f'known: {rewards_lib.REWARDS.names()}')
+  for name in config.rewards.options:
+    if name not in config.rewards.weights:
+      raise ValueError(
+          f'config.rewards.options has {name!r} but config.rewards.weights '
+          'does not; give it a weight (0 to only log it) or drop the options')
+  if config.rewards.accuracy and config.rewards.accuracy not in rewards_lib.REWARDS:
+    raise ValueError(
+        f'config.rewards.accuracy={config.rewards.accuracy!r} is not a known '
+        f'reward; known: {rewards_lib.REWARDS.names()}')
+  common.check(config, [
+      ('rl.group_size', g >= 1, 'must be >= 1'),
+      ('rl.group_size', not (g == 1 and rc.advantage in ('grpo', 'rloo')),
+       f'is 1: the {rc.advantage!r} advantage needs a group of >= 2 samples '
+       'per prompt (a group of one has no spread); raise rl.group_size'),
+      ('rl.prompts_per_step', p >= 1, 'must be >= 1'),
+      ('rl.prompts_per_step', p % process_count == 0,
+       f'must be divisible by the number of processes ({process_count})'),
+      ('rl.prompts_per_step', p % num_devices_batch == 0,
+       f'must be divisible by the mesh batch axes (data x fsdp = '
+       f'{num_devices_batch} devices); change it or config.mesh'),
+      ('rl.num_minibatches', rc.num_minibatches >= 1 and
+       rows % (num_devices_batch * rc.num_minibatches) == 0,
+       f'must divide the {rows} rollout rows per step evenly over '
+       f'{num_devices_batch} devices (prompts_per_step x group_size / devices '
+       'must be a multiple of it)'),
+      ('rl.grad_accum', rc.grad_accum >= 1 and
+       per_device % (rc.num_minibatches * rc.grad_accum) == 0,
+       f'must divide the {per_device // max(rc.num_minibatches, 1)} rows per '
+       'device of a mini-batch'),
+      ('rl.num_iterations', rc.num_iterations >= 1, 'must be >= 1'),
+      ('rl.beta', rc.beta >= 0, 'must be >= 0'),
+      ('rl.ref_reset_every', rc.ref_reset_every >= 0, 'must be >= 0 (0: never)'),
+      ('rl.max_sampling_rounds', rc.max_sampling_rounds >= 1, 'must be >= 1'),
+      ('sampling.max_new_tokens', sc.max_new_tokens >= 2, 'must be >= 2'),
+      ('sampling.temperature', sc.temperature > 0,
+       'must be > 0 for RL (greedy samples of a group are all the same)'),
+      ('train.steps', tc.steps >= 1, 'must be >= 1'),
+      ('train.lr', tc.lr > 0, 'must be > 0'),
+      ('train.checkpoint_every', tc.checkpoint_every >= 1, 'must be >= 1'),
+      ('model.preset', not config.model.preset or
+       config.model.preset in model_config.PRESETS,
+       f'unknown preset; known: {model_config.PRESETS.names()}'),
+      ('data.source', config.data.source == 'synthetic' or
+       config.data.source in _dataset_names(),
+       f"must be 'synthetic' or a dataset in {_dataset_names()}"),
+  ])
+
+
+def _dataset_names() -> list[str]:
+  from r1jax.data.builders import DATASETS  # pylint: disable=g-import-not-at-top
+  return DATASETS.names()
+
+
+# ===================================================================== data
+
+
+def train_records(config) -> list[dict]:
+  """The RL prompt pool: synthetic train splits, or a named data set."""
+  dc = config.data
+  if dc.source == 'synthetic':
+    from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    records = []
+    per_task = max(1, dc.num_train // len(dc.tasks))
+    for task in dc.tasks:
+      records += synthetic.generate(task, per_task, seed=config.seed,
+                                    split='train',
+                                    **dc.difficulty.to_dict().get(task, {}))
+    return records
+  from r1jax.data import builders  # pylint: disable=g-import-not-at-top
+  recs = builders.load_dataset(dc.source, dc.split, local_dir=dc.local_dir or None)
+  n = len(recs) if not dc.num_train else min(dc.num_train, len(recs))
+  return [recs[i] for i in range(n)]
+
+
+def make_batcher(config, tokenizer, records) -> pipeline.PromptBatcher:
+  rc = config.rl
+  try:
+    return pipeline.PromptBatcher(
+        records, tokenizer, template=config.data.template,
+        batch_size=rc.prompts_per_step // jax.process_count(),
+        buckets=(config.sampling.max_prompt_tokens,), seed=config.seed,
+        pad_to_max_bucket=True, drop_long=config.data.drop_long_prompts,
+        process_index=jax.process_index(),
+        process_count=jax.process_count())
+  except ValueError as e:
+    raise ValueError(
+        f'config.sampling.max_prompt_tokens={config.sampling.max_prompt_tokens}'
+        f': {e} (raise it, or set config.data.drop_long_prompts=True)') from None
+
+
+# ================================================================== rollout
+
+
+def _decode(tokenizer, tokens_BxL, lengths_B) -> list[str]:
+  # The stop token is special and dropped by decode.
+  return [tokenizer.decode(t[:n]) for t, n in zip(tokens_BxL, lengths_B)]
+
+
+class Rollout:
+  """Sampling + rewards of one step on this host (numpy, prompt-major rows)."""
+
+  def __init__(self, config, sampler: Sampler, tokenizer, batcher):
+    self.config = config
+    self.sampler = sampler
+    self.tokenizer = tokenizer
+    self.batcher = batcher
+    self.weights = config.rewards.weights.to_dict()
+    self.options = config.rewards.options.to_dict()
+    self.accuracy = config.rewards.accuracy
+
+  def _one_round(self, params, key) -> dict[str, Any]:
+    sc, g = self.config.sampling, self.config.rl.group_size
+    batch = next(self.batcher)
+    out = self.sampler.generate(
+        params, (batch['prompt_ids'], batch['prompt_mask']),
+        max_new_tokens=sc.max_new_tokens, n=g, temperature=sc.temperature,
+        top_p=sc.top_p, top_k=sc.top_k, seed=key)
+    host = {name: common.host_rows(x) for name, x in out._asdict().items()}
+    examples = [ex for ex in batch['examples'] for _ in range(g)]
+    t0 = time.perf_counter()
+    texts = _decode(self.tokenizer, host['tokens'], host['lengths'])
+    total_B, per_reward, reward_metrics = rewards_lib.compute_rewards(
+        texts, examples, self.weights, self.options,
+        lengths_B=host['lengths'])
+    host['reward_s'] = time.perf_counter() - t0
+    host.update(texts=texts, examples=examples, rewards=total_B,
+                per_reward=per_reward, reward_metrics=reward_metrics)
+    return host
+
+  def __call__(self, params, key, timer: common.Timer) -> dict[str, Any]:
+    """A rollout of prompts_per_step groups; DAPO-filtered when configured."""
+    rc = self.config.rl
+    g, p_local = rc.group_size, rc.prompts_per_step // jax.process_count()
+    rounds, kept, spare = 0, [], []
+    while True:
+      with timer('sample'):
+        r = self._one_round(params, jax.random.fold_in(key, rounds))
+      timer.totals['sample'] -= r['reward_s']
+      timer.totals['reward'] = timer.totals.get('reward', 0.0) + r['reward_s']
+      rounds += 1
+      if not rc.dynamic_sampling:
+        kept = [(r, i) for i in range(p_local)]
+        break
+      spread = rl.dynamic_sampling.has_spread(r['rewards'].reshape(-1, g))
+      kept += [(r, i) for i in np.flatnonzero(spread)]
+      spare += [(r, i) for i in np.flatnonzero(~spread)]
+      missing = max(p_local - len(kept), 0)
+      if jax.process_count() > 1:  # every host runs the same number of rounds
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        missing = int(np.max(multihost_utils.process_allgather(
+            np.int32(missing))))
+      if missing == 0 or rounds >= rc.max_sampling_rounds:
+        break
+    num_informative = min(len(kept), p_local)
+    # Short of informative groups after the last round: fill with
+    # zero-spread ones (zero advantage, so they add no policy gradient).
+    groups = (kept + spare)[:p_local]
+    out = _stack_groups(groups, g)
+    out['sampling_rounds'] = rounds
+    out['frac_informative_groups'] = num_informative / p_local
+    return out
+
+
+def _stack_groups(groups, g: int) -> dict[str, Any]:
+  """Concatenates the rows of the chosen (round, group index) pairs."""
+  array_keys = ('tokens', 'mask', 'logprobs', 'lengths', 'finish_reason',
+                'prompt_tokens', 'prompt_mask', 'rewards')
+  out: dict[str, Any] = {k: np.concatenate(
+      [r[k][i * g:(i + 1) * g] for r, i in groups]) for k in array_keys}
+  out['texts'] = [t for r, i in groups for t in r['texts'][i * g:(i + 1) * g]]
+  out['examples'] = [e for r, i in groups
+                     for e in r['examples'][i * g:(i + 1) * g]]
+  names = groups[0][0]['per_reward']
+  out['per_reward'] = {n: np.concatenate(
+      [r['per_reward'][n][i * g:(i + 1) * g] for r, i in groups]) for n in names}
+  # Reward means of what is trained on (compute_rewards' own are per round).
+  out['reward_metrics'] = {f'reward/{n}': float(v.mean())
+                           for n, v in out['per_reward'].items()}
+  out['reward_metrics']['reward/total'] = float(out['rewards'].mean())
+  for r, _ in groups[:1]:
+    for k, v in r['reward_metrics'].items():
+      if k.count('/') > 1:  # counters such as reward/math/timeouts
+        out['reward_metrics'][k] = v
+  return out
+
+
+def rollout_metrics(host: dict[str, Any], config) -> dict[str, float]:
+  """Host-side metrics of one rollout (rewards, lengths, truncation)."""
+  g = config.rl.group_size
+  lengths = host['lengths'].astype(np.float64)
+  truncated = host['finish_reason'] != 0
+  rewards_PxG = host['rewards'].reshape(-1, g)
+  m = dict(host['reward_metrics'])
+  m['reward'] = float(host['rewards'].mean())
+  acc = config.rewards.accuracy
+  if acc and acc in host['per_reward']:
+    m['accuracy'] = float(host['per_reward'][acc].mean())
+  if 'format' in host['per_reward']:
+    m['format'] = float(host['per_reward']['format'].mean())
+  m['response_length_mean'] = float(lengths.mean())
+  m['response_length_max'] = float(lengths.max())
+  m['frac_truncated'] = float(truncated.mean())
+  m['frac_zero_spread_groups'] = float(
+      (np.ptp(rewards_PxG, axis=1) == 0).mean())
+  m['sampling_rounds'] = float(host['sampling_rounds'])
+  m['frac_informative_groups'] = float(host['frac_informative_groups'])
+  return m
+
+
+def _to_device(host: dict[str, Any], config, mesh) -> dict[str, jax.Array]:
+  """The rollout as global arrays (each host gives its own rows)."""
+  sample_mask = host['mask'].astype(bool)
+  loss_mask = sample_mask
+  if config.rl.mask_truncated:  # DAPO overlong filtering
+    loss_mask = sample_mask & (host['finish_reason'] == 0)[:, None]
+  arrays = {
+      'prompt_tokens': host['prompt_tokens'].astype(np.int32),
+      'prompt_mask': host['prompt_mask'].astype(bool),
+      'tokens': host['tokens'].astype(np.int32),
+      'sample_mask': sample_mask,
+      'mask': loss_mask,
+      'old_logp': host['logprobs'].astype(np.float32),
+      'rewards': host['rewards'].astype(np.float32),
+  }
+  return parallel.host_local_to_global(arrays, mesh)
+
+
+# ==================================================================== setup
+
+
+def _loss_kwargs(rc) -> dict[str, Any]:
+  kw = dict(policy_loss=rc.policy_loss, aggregation=rc.aggregation,
+            kl_estimator=rc.kl_estimator, beta=float(rc.beta),
+            epsilon_low=float(rc.epsilon_low),
+            epsilon_high=float(rc.epsilon_high),
+            dual_clip=float(rc.dual_clip) if rc.dual_clip else None)
+  if rc.beta == 0:
+    kw['beta'] = 0  # the Python number 0: no reference pass
+  kw.update(rc.loss_options.to_dict())
+  return kw
+
+
+def ensure_base_model(config, workdir: pathlib.Path, log) -> None:
+  """Pretrains the tiny base model first when the config asks for it and it
+  is not in the cache (the `pretrain_tiny` stage, in workdir/pretrain_tiny)."""
+  mc = config.model
+  if not mc.hf_path or (pathlib.Path(mc.hf_path) / 'config.json').exists():
+    return
+  if not mc.pretrain_if_missing:
+    raise FileNotFoundError(
+        f'config.model.hf_path={mc.hf_path!r} has no config.json. Point it at '
+        'a Hugging Face model directory, or set '
+        'config.model.pretrain_if_missing=True to build the tiny base model.')
+  from experiments import pretrain_tiny  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import sft  # pylint: disable=g-import-not-at-top
+  pre = pretrain_tiny.get_config(mc.pretrain_arg)
+  pre.export.hf_dir = mc.hf_path
+  sub = workdir / 'pretrain_tiny'
+  log(f'stage pretrain_tiny: no base model at {mc.hf_path}; pretraining it '
+      f'first in {sub} (experiments/pretrain_tiny.py:{mc.pretrain_arg})')
+  sft.train_and_evaluate(pre, str(sub))
+  log(f'stage pretrain_tiny: done; base model exported to {mc.hf_path}')
+
+
+# =================================================================== train
+
+
+_CONSOLE = (('reward', 'reward'), ('acc', 'accuracy'), ('fmt', 'format'),
+            ('len', 'response_length_mean'), ('kl', 'kl'),
+            ('ent', 'entropy'), ('s/step', 'time/step'))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) GRPO in `workdir`; returns the final metrics."""
+  t_start = time.perf_counter()
+  workdir = pathlib.Path(workdir)
+  rc, tc = config.rl, config.train
+  parallel.initialize_distributed(
+      config.distributed.coordinator_address or None,
+      config.distributed.num_processes or None,
+      config.distributed.process_id if config.distributed.num_processes else None)
+  mesh = parallel.make_mesh(dict(config.mesh))
+  validate_config(config, parallel.batch_size_divisor(mesh),
+                  jax.process_count())
+  common.CompileCounter.install()
+  say = print if jax.process_index() == 0 else (lambda *_: None)
+  ensure_base_model(config, workdir, say)
+  checkpointer, writer = common.open_run(workdir, tc.keep_checkpoints)
+
+  # ------------------------------------------------------ model & tokenizer
+  model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(
+      config, workdir, mesh)
+  writer.log(f'stage grpo: {model_cfg.num_layers} layers, '
+             f'{fn.count_params(params):,} params, vocab '
+             f'{tokenizer.vocab_size}; {jax.device_count()} devices, mesh '
+             f'{dict(mesh.shape)}')
+
+  # ------------------------------------------------------------------ data
+  batcher = make_batcher(config, tokenizer, train_records(config))
+  eval_recs = common.eval_records(config) if config.eval.num_problems else []
+  sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
+                    eos_ids=[tokenizer.eos_id],
+                    prompt_buckets=(config.sampling.max_prompt_tokens,),
+                    mesh=mesh)
+  _check_eval_prompts(config, tokenizer, eval_recs, sampler)
+
+  # ------------------------------------------------------------ train state
+  updates_per_step = rc.num_iterations * rc.num_minibatches
+  opt_cfg = ml_collections.ConfigDict(tc.to_dict())
+  opt_cfg.steps = tc.steps * updates_per_step
+  opt_cfg.warmup_steps = tc.warmup_steps * updates_per_step
+  optimizer = common.make_optimizer(opt_cfg)
+  state = {
+      'params': params,
+      'opt_state': optimizer.init(params),
+      'step': jnp.zeros((), jnp.int32),
+      'rng': jax.random.key_data(jax.random.key(config.seed)),
+  }
+  shardings = parallel.state_shardings(mesh, state)
+  state = jax.device_put(state, shardings)
+  use_ref = rc.beta > 0
+  ref_params = grpo_update.copy_tree(state['params']) if use_ref else None
+  ckpt_state = lambda: ({**state, 'ref_params': ref_params} if use_ref
+                        else dict(state))
+  ckpt_shardings = ({**shardings, 'ref_params': shardings['params']}
+                    if use_ref else shardings)
+  restored, extra, latest = common.restore_latest(
+      checkpointer, ckpt_state(), ckpt_shardings,
+      {'data_state': batcher.get_state()})
+  if latest is not None:
+    ref_params = restored.pop('ref_params', None)
+    state = restored
+    batcher.set_state(extra['data_state'])
+    writer.log(f'resumed from step {latest}')
+  start_step = int(state['step'])
+  # A host copy: state's buffers are donated to the update.
+  base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(state['rng'])))
+
+  update_fn = grpo_update.make_update_fn(
+      graphdef, optimizer, loss_kwargs=_loss_kwargs(rc),
+      num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
+      grad_accum=rc.grad_accum, mesh=mesh, nan_at_step=tc.debug_nan_at_step)
+  logprobs_fn = grpo_update.make_logprobs_fn(graphdef)
+  rollout = Rollout(config, sampler, tokenizer, batcher)
+  timer = common.Timer()
+  final: dict[str, Any] = {}
+
+  def run_eval(step: int) -> None:
+    if not eval_recs:
+      return
+    t0 = time.perf_counter()
+    stats = common.evaluate_model(
+        config.eval, sampler, state['params'], tokenizer, eval_recs,
+        accuracy_reward=config.eval.reward or config.rewards.accuracy,
+        log=lambda s: writer.log(f'step {step}: {s}'))
+    writer.write(step, common.float_metrics(stats), prefix='eval/')
+    writer.write_texts(step, 'eval/samples', stats['samples'])
+    for text in stats['samples'][:config.eval.num_texts]:
+      writer.log(f'  sample: {text!r}')
+    final.update({f'eval/{k}': v for k, v in common.float_metrics(stats).items()})
+    if step == 0:
+      final.update({f'base/{k}': v
+                    for k, v in common.float_metrics(stats).items()})
+    writer.write(step, {'eval': time.perf_counter() - t0}, prefix='time/')
+
+  if start_step == 0 and config.eval.at_start:
+    run_eval(0)
+
+  # ------------------------------------------------------------------- loop
+  step = start_step
+  t_loop = time.perf_counter()
+  while step < tc.steps:
+    t_step = time.perf_counter()
+    key = jax.random.fold_in(base_key, step)
+    host = rollout(state['params'], key, timer)           # sample + reward
+    batch = _to_device(host, config, mesh)
+    batch['adv'] = grpo_update.advantages(
+        batch.pop('rewards'), group_size=rc.group_size,
+        estimator=rc.advantage, eps=float(rc.eps))
+    if use_ref:
+      with timer('reference'):
+        batch['ref_logp'] = logprobs_fn(ref_params, batch)
+        batch['ref_logp'].block_until_ready()
+    with timer('update'):
+      state, m = update_fn(state, batch)
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+    step += 1
+    if not m.pop('loss_finite') or not np.isfinite(m['loss']):
+      checkpointer.wait()
+      raise FloatingPointError(
+          f'step {step}: non-finite loss ({m["loss"]}) or gradient norm '
+          f'({m["grad_norm"]}); stopping. The last checkpoint '
+          f'(step {checkpointer.latest_step()}) is left as it was.')
+    if use_ref and rc.ref_reset_every and step % rc.ref_reset_every == 0:
+      ref_params = grpo_update.copy_tree(state['params'])
+      writer.log(f'step {step}: reference reset to the current policy')
+
+    # ------------------------------------------------------------ metrics
+    m.update(rollout_metrics(host, config))
+    times = timer.pop()
+    times['step'] = time.perf_counter() - t_step
+    tokens = float(host['prompt_mask'].sum() + host['lengths'].sum())
+    m['tokens_per_s'] = tokens * jax.process_count() / times['step']
+    m['tokens_per_s_per_device'] = m['tokens_per_s'] / jax.device_count()
+    m['compiles'] = float(common.CompileCounter.count())
+    writer.write(step, m, prefix='train/')
+    writer.write(step, times, prefix='time/')
+    m.update({f'time/{k}': v for k, v in times.items()})
+    if step % tc.log_every == 0 or step == tc.steps:
+      writer.log(common.progress_line(
+          step, tc.steps, time.perf_counter() - t_loop, step - start_step, m,
+          _CONSOLE))
+    final.update({f'train/{k}': v for k, v in m.items()})
+
+    if (config.eval.every and step % config.eval.every == 0) or step == tc.steps:
+      run_eval(step)
+    if step % tc.checkpoint_every == 0 or step == tc.steps:
+      checkpointer.save(step, {**ckpt_state(),
+                               'data_state': batcher.get_state()})
+  checkpointer.wait()
+  if start_step >= tc.steps:
+    writer.log(f'run already complete at step {start_step}')
+  final['wall_time_s'] = time.perf_counter() - t_start
+  final['compiles'] = common.CompileCounter.count()
+  final['step'] = step
+  writer.log(f'done in {common.format_seconds(final["wall_time_s"])}')
+  checkpointer.close()
+  writer.close()
+  rewards_lib.shutdown_pool()
+  return final
+
+
+def _check_eval_prompts(config, tokenizer, records, sampler) -> None:
+  """An eval prompt longer than the prompt width fails now, not mid-run."""
+  if not records:
+    return
+  from r1jax.data.templates import prompt_ids  # pylint: disable=g-import-not-at-top
+  longest = max(len(prompt_ids(config.eval.template, r['problem'], tokenizer))
+                for r in records)
+  if longest > config.sampling.max_prompt_tokens:
+    raise ValueError(
+        f'config.sampling.max_prompt_tokens={config.sampling.max_prompt_tokens}'
+        f' is shorter than the longest eval prompt ({longest} tokens); raise '
+        'it or use fewer / shorter eval problems')
+  del sampler

@@ -1,0 +1,173 @@
+"""The device side of a GRPO step: teacher-forced log-probs and the update.
+
+Two jitted programs, both over one rollout of fixed shape:
+
+  * `make_logprobs_fn`: log pi(y_t) of the sampled completion tokens under a
+    parameter tree (the frozen reference; the same function with gradients
+    inside the update);
+  * `make_update_fn`: `num_iterations` passes over the rollout, each split
+    into `num_minibatches` optimizer steps, each step's gradient accumulated
+    over `grad_accum` micro-batches (one micro-batch's activations live at a
+    time). The loss is `rl.grpo_loss`; micro-batch losses are weighted so the
+    accumulated gradient equals the mini-batch's (`rl.accumulation`).
+
+A rollout is a dict of batch-major arrays (B = prompts x group size):
+  prompt_tokens int32[B, P], prompt_mask bool[B, P] (left-padded prompts),
+  tokens int32[B, L], mask bool[B, L] (completions as sampled; mask marks the
+  tokens the loss sees), old_logp float32[B, L] (the sampler's log-probs),
+  adv float32[B], and ref_logp float32[B, L] when the KL term is on.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from r1jax import parallel
+from r1jax import rl
+from r1jax.model.functional import causal_mask, positions_from_mask, token_logprobs
+from r1jax.rl import accumulation
+
+
+def completion_logprobs(graphdef, params, batch, *, with_entropy: bool = False):
+  """(logp_BxL, entropy_BxL or None) of the completion tokens.
+
+  One forward pass over [prompt, completion[:-1]]; the LM head runs only on
+  the positions that predict completion tokens. Equal to the sampler's
+  log-probs for the same params (the same forward code and positions).
+  """
+  model = nnx.merge(graphdef, params)
+  prompt_BxP, comp_BxL = batch['prompt_tokens'], batch['tokens']
+  p = prompt_BxP.shape[1]
+  tokens_BxS = jnp.concatenate([prompt_BxP, comp_BxL[:, :-1]], axis=1)
+  mask_BxS = jnp.concatenate(
+      [batch['prompt_mask'], batch['sample_mask'][:, :-1]], axis=1)
+  hidden_BxSxD, _ = model.hidden_states(
+      tokens_BxS, positions_from_mask(mask_BxS), causal_mask(mask_BxS))
+  logits_BxLxV = model.logits(hidden_BxSxD[:, p - 1:])
+  logp_BxL = token_logprobs(logits_BxLxV, comp_BxL)
+  entropy_BxL = None
+  if with_entropy:
+    logits = jax.lax.stop_gradient(logits_BxLxV)
+    logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    probs = jnp.exp(logits - logz)
+    entropy_BxL = (logz[..., 0] - jnp.sum(probs * logits, axis=-1))
+  return logp_BxL, entropy_BxL
+
+
+def make_logprobs_fn(graphdef):
+  """jit (params, rollout) -> logp_BxL, zero outside the sampled tokens."""
+  @jax.jit
+  def logprobs(params, batch):
+    logp, _ = completion_logprobs(graphdef, params, batch)
+    return jnp.where(batch['sample_mask'], logp, 0.0)
+  return logprobs
+
+
+def _combine(name: str, x: jax.Array, w: jax.Array | None = None) -> jax.Array:
+  """Reduces stacked per-part metrics along axis 0: min/max stay min/max,
+  counts add, the rest average (weighted by w when given)."""
+  if name.endswith('_max'):
+    return jnp.max(x, axis=0)
+  if name.endswith('_min'):
+    return jnp.min(x, axis=0)
+  if name == 'num_tokens':
+    return jnp.sum(x, axis=0)
+  if w is None:
+    return jnp.mean(x, axis=0)
+  return jnp.sum(x * w, axis=0)
+
+
+def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
+                   loss_kwargs: dict[str, Any], num_iterations: int,
+                   num_minibatches: int, grad_accum: int, mesh: Mesh,
+                   nan_at_step: int = 0):
+  """jit (state, rollout) -> (state, metrics); the state is donated.
+
+  `state` holds 'params', 'opt_state' and 'step' (GRPO steps done). Metrics
+  are grpo_loss's, averaged over all optimizer steps of the update, plus
+  grad_norm (before clipping; mean and max over the optimizer steps) and
+  loss_finite (0 if any loss or gradient was not finite).
+  `nan_at_step` > 0 makes that GRPO step's loss NaN (a test hook for the
+  non-finite guard).
+  """
+  aggregation = loss_kwargs.get('aggregation', 'seq_mean_token_mean')
+  batch_axes = parallel.batch_spec(mesh)
+  row_axis = batch_axes[0] if len(batch_axes) else None
+
+  def split(tree, n):
+    def one(x):
+      x = accumulation.split_rows(x, n)
+      spec = P(None, row_axis, *([None] * (x.ndim - 2)))
+      return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.tree.map(one, tree)
+
+  def micro_loss(params, mb, total_units, step):
+    logp, entropy = completion_logprobs(graphdef, params, mb, with_entropy=True)
+    loss, metrics = rl.grpo_loss(
+        logp, mb['old_logp'], mb.get('ref_logp'), mb['adv'], mb['mask'],
+        entropy_BxT=entropy, **loss_kwargs)
+    if nan_at_step:
+      loss = loss + jnp.where(step + 1 == nan_at_step, jnp.nan, 0.0)
+    w = accumulation.micro_weight(aggregation, mb['mask'], total_units)
+    return loss * w, (metrics, w)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def minibatch_step(carry, mb):
+    params, opt_state, step = carry
+    total_units = accumulation.aggregation_units(aggregation, mb['mask'])
+    micro = split(mb, grad_accum)
+
+    def body(g_acc, x):
+      (loss, (metrics, w)), g = grad_fn(params, x, total_units, step)
+      return jax.tree.map(jnp.add, g_acc, g), (loss, metrics, w)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, metrics, ws) = jax.lax.scan(body, zeros, micro)
+    metrics = {k: _combine(k, v, ws) for k, v in metrics.items()}
+    metrics['loss'] = jnp.sum(losses)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm_max'] = metrics['grad_norm']
+    metrics['loss_finite'] = (jnp.isfinite(metrics['loss']) &
+                              jnp.isfinite(metrics['grad_norm'])
+                              ).astype(jnp.float32)
+    metrics['loss_finite_min'] = metrics['loss_finite']
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state, step), metrics
+
+  def update(state, rollout):
+    minibatches = split(rollout, num_minibatches)
+
+    def one_pass(carry, _):
+      return jax.lax.scan(minibatch_step, carry, minibatches)
+
+    carry = (state['params'], state['opt_state'], state['step'])
+    (params, opt_state, _), metrics = jax.lax.scan(
+        one_pass, carry, None, length=num_iterations)
+    # [iterations, minibatches] -> scalars.
+    metrics = {k: _combine(k, v.reshape(-1)) for k, v in metrics.items()}
+    metrics['loss_finite'] = metrics.pop('loss_finite_min')
+    new_state = dict(state, params=params, opt_state=opt_state,
+                     step=state['step'] + 1)
+    return new_state, metrics
+
+  return jax.jit(update, donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnames=('group_size', 'estimator', 'eps'))
+def advantages(rewards_B, *, group_size: int, estimator: str, eps: float):
+  """Group-relative advantages of flat prompt-major rewards (global array)."""
+  return rl.compute_advantages(rewards_B, group_size, estimator, eps=eps)
+
+
+@jax.jit
+def copy_tree(tree):
+  """A fresh copy of every array (the reference must not alias donated
+  policy buffers)."""
+  return jax.tree.map(jnp.copy, tree)
