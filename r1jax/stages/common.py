@@ -66,11 +66,13 @@ _ARCH_FIELDS = ('vocab_size', 'hidden_size', 'intermediate_size', 'num_layers',
                 'num_heads', 'num_kv_heads', 'head_dim', 'tie_embeddings')
 
 
-def check_architecture(preset: str, cfg, source: str) -> None:
-  """A checkpoint must be the architecture its config names (when it names one)."""
+def check_architecture(preset: str, cfg, source: str,
+                       overrides: dict | None = None) -> None:
+  """A checkpoint must be the architecture its config names (when it names
+  one: `preset` with `overrides` applied)."""
   if not preset:
     return
-  want = model_config.get_config(preset)
+  want = model_config.get_config(preset, **dict(overrides or {}))
   diffs = [f'{f} {getattr(cfg, f)} (preset: {getattr(want, f)})'
            for f in _ARCH_FIELDS if getattr(cfg, f) != getattr(want, f)]
   if diffs:
@@ -101,7 +103,7 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
           f'config.model.hf_path={mc.hf_path!r}: no config.json there; '
           'point it at a Hugging Face model directory.')
     cfg = hf.config_from_hf(json.loads(config_file.read_text()), **overrides)
-    check_architecture(mc.preset, cfg, mc.hf_path)
+    check_architecture(mc.preset, cfg, mc.hf_path, mc.overrides)
     graphdef, abstract = _abstract(cfg)  # with this run's dtypes and remat
     shardings = parallel.param_shardings(mesh, abstract)
     _, _, params = hf.load_pretrained(
@@ -117,7 +119,7 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
     cfg, _, params = gguf.load_gguf(mc.gguf_path, dtype=overrides['dtype'],
                                     param_dtype=overrides['param_dtype'])
     cfg = cfg.replace(remat=mc.remat)
-    check_architecture(mc.preset, cfg, mc.gguf_path)
+    check_architecture(mc.preset, cfg, mc.gguf_path, mc.overrides)
     graphdef, abstract = _abstract(cfg)
     params = parallel.shard_params(params, parallel.param_shardings(mesh, abstract))
     return cfg, graphdef, params, gguf.tokenizer_from_gguf(mc.gguf_path)
