@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r1jax import rl
 from r1jax.rl import losses
 
 # The hand case of test_rl_losses: token ratios exactly
@@ -348,3 +349,19 @@ def test_jit_matches_eager(policy_loss):
 def test_bad_policy_options_fail_loudly(policy_loss, kw, match):
   with pytest.raises(ValueError, match=match):
     _loss(policy_loss, **kw)
+
+
+@pytest.mark.parametrize('name', sorted(rl.VARIANTS))
+def test_every_published_variant_runs(name):
+  """VARIANTS use registered names and valid grpo_loss keywords."""
+  v = rl.VARIANTS[name]
+  assert v['advantage'] in rl.ADVANTAGES
+  kw = dict(v['loss'])
+  beta = kw.pop('beta', 0.001)
+  ent = jnp.ones((3, 3)) if kw.get('top_entropy_quantile') else None
+  ref = jnp.asarray(OLD, jnp.float32) if beta else None
+  loss, m = losses.grpo_loss(
+      jnp.asarray(LOGP, jnp.float32), jnp.asarray(OLD, jnp.float32), ref,
+      jnp.asarray(ADV, jnp.float32), jnp.asarray(MASK), beta=beta,
+      entropy_BxT=ent, **kw)
+  assert np.isfinite(float(loss)) and 'policy_loss' in m
