@@ -519,9 +519,10 @@ def _check_options(beta, ref_present, epsilon_low, epsilon_high, dual_clip,
     raise ValueError(f'max_len must be None or > 0; got {max_len}.')
 
 
-def _check_extras(policy_loss, entropy_BxT, entropy_coef, top_entropy_quantile,
-                  sampler_logp_BxT, rollout_correction, offpolicy_mask_threshold,
-                  delta):
+def _check_extras(entropy_BxT, entropy_coef, top_entropy_quantile,
+                  sampler_logp_BxT, rollout_correction, rc_threshold,
+                  rc_threshold_low, offpolicy_mask_threshold, delta):
+  """Fail at trace time on the options added to grpo_loss, naming them."""
   concrete = (int, float, np.integer, np.floating)
   needs_entropy = top_entropy_quantile is not None or not (
       isinstance(entropy_coef, concrete) and entropy_coef == 0)
@@ -533,7 +534,8 @@ def _check_extras(policy_loss, entropy_BxT, entropy_coef, top_entropy_quantile,
       0 <= top_entropy_quantile <= 1):
     raise ValueError('top_entropy_quantile must be None or in [0, 1]; got '
                      f'{top_entropy_quantile}.')
-  rc_lib.check_rollout_correction(rollout_correction, 1.0, None)
+  rc_lib.check_rollout_correction(rollout_correction, rc_threshold,
+                                  rc_threshold_low)
   if rollout_correction is not None and sampler_logp_BxT is None:
     raise ValueError(f'rollout_correction={rollout_correction!r} needs '
                      'sampler_logp_BxT (the sampler\'s log-probs).')
@@ -543,7 +545,6 @@ def _check_extras(policy_loss, entropy_BxT, entropy_coef, top_entropy_quantile,
                      f'{offpolicy_mask_threshold}.')
   if delta is not None and isinstance(delta, concrete) and delta <= 1:
     raise ValueError(f'delta must be None or > 1; got {delta}.')
-  del policy_loss
 
 
 def grpo_loss(
@@ -688,9 +689,10 @@ def grpo_loss(
         f'seq_weights_B has shape {seq_weights_B.shape}; expected {(b,)}.')
   _check_options(beta, ref_logp_BxT is not None, epsilon_low, epsilon_high,
                  dual_clip, max_len)
-  _check_extras(policy_loss, entropy_BxT, entropy_coef, top_entropy_quantile,
-                sampler_logp_BxT, rollout_correction, offpolicy_mask_threshold,
-                delta)
+  _check_extras(entropy_BxT, entropy_coef, top_entropy_quantile,
+                sampler_logp_BxT, rollout_correction,
+                rollout_correction_threshold, rollout_correction_threshold_low,
+                offpolicy_mask_threshold, delta)
   policy_fn = POLICY_LOSSES.get(policy_loss)
   aggregate = LOSS_AGGREGATIONS.get(aggregation)
   kl_fn = kl_lib.KL_ESTIMATORS.get(kl_estimator)
