@@ -147,8 +147,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.sampling.temperature = 1.0       # paper: 1
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0
-  c.sampling.max_new_tokens = 1024 if real else 96  # paper: 32768 (R1-Zero)
-  c.sampling.max_prompt_tokens = 512 if real else 64  # prompts left-padded to it
+  c.sampling.max_new_tokens = 1024 if real else 64  # paper: 32768 (R1-Zero)
+  c.sampling.max_prompt_tokens = 512 if real else 48  # prompts left-padded to it
 
   # Optimisation
   c.train = ml_collections.ConfigDict()

@@ -331,7 +331,7 @@ class CompileCounter:
   """Counts XLA backend compilations in this process (every program, jitted
   or eager), through jax.monitoring's compile-duration event."""
 
-  _EVENT = '/jax/compilation/backend_compile_duration'
+  _EVENT = '/jax/core/compile/backend_compile_duration'
   _count = 0
   _installed = False
 

@@ -1,0 +1,264 @@
+"""The GRPO stage end to end on a tiny model: runs, resumes exactly after a
+SIGKILL, equals itself on 8 devices, never recompiles, guards non-finite
+losses, and fails early on bad configs."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from r1jax import checkpoint as ckpt_lib
+from r1jax import rewards as rewards_lib
+from r1jax.stages import grpo
+
+import grpo_helpers as H
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def base_dir(tmp_path_factory):
+  return H.make_tiny_base(tmp_path_factory.mktemp('base') / 'tiny')
+
+
+def test_two_step_run_writes_metrics_checkpoint_and_eval(base_dir, tmp_path):
+  c = H.grpo_config(base_dir, eval__at_start=True)
+  out = grpo.train_and_evaluate(c, str(tmp_path))
+  rows = H.read_rows(tmp_path)
+  assert out['step'] == 2
+  for step in (1, 2):
+    r = rows[step]
+    for key in ('train/loss', 'train/reward', 'train/accuracy', 'train/format',
+                'train/response_length_mean', 'train/response_length_max',
+                'train/frac_truncated', 'train/kl', 'train/clip_frac_low',
+                'train/clip_frac_high', 'train/entropy', 'train/grad_norm',
+                'train/frac_zero_spread_groups', 'train/tokens_per_s',
+                'train/reward/arithmetic', 'train/reward/format',
+                'time/sample', 'time/reward', 'time/reference',
+                'time/update', 'time/step'):
+      assert key in r, (step, key)
+      assert np.isfinite(r[key]), (step, key, r[key])
+  for step in (0, 2):  # base model and end of run
+    for key in ('eval/pass@1', 'eval/pass@2', 'eval/cons@2',
+                'eval/greedy_accuracy', 'eval/format_rate',
+                'eval/mean_length'):
+      assert key in rows[step], (step, key)
+  assert 'base/pass@1' in out and 'eval/pass@1' in out
+  with ckpt_lib.Checkpointer(tmp_path / 'checkpoints') as ck:
+    assert ck.latest_step() == 2
+    saved = ck.restore()
+  assert set(saved) == {'params', 'opt_state', 'step', 'rng', 'ref_params',
+                        'data_state'}
+  assert int(saved['step']) == 2
+  assert (tmp_path / 'tensorboard').is_dir()
+
+
+def test_no_recompilation_after_step_one(base_dir, tmp_path):
+  """Across a reference reset (every 2 steps) and evals (0, 2, 4)."""
+  c = H.grpo_config(base_dir, train__steps=5, rl__ref_reset_every=2,
+                    eval__every=2, eval__at_start=True, train__checkpoint_every=2)
+  out = grpo.train_and_evaluate(c, str(tmp_path))
+  rows = H.read_rows(tmp_path)
+  counts = [rows[s]['train/compiles'] for s in range(1, 6)]
+  assert counts == [counts[0]] * 5, counts
+  assert out['compiles'] == counts[0]
+
+
+def test_beta_zero_skips_the_reference(base_dir, tmp_path, monkeypatch):
+  calls = []
+  real = grpo.grpo_update.make_logprobs_fn
+
+  def counting(graphdef):
+    fn = real(graphdef)
+    def wrapped(*a):
+      calls.append(1)
+      return fn(*a)
+    return wrapped
+
+  monkeypatch.setattr(grpo.grpo_update, 'make_logprobs_fn', counting)
+  grpo.train_and_evaluate(H.grpo_config(base_dir, rl__beta=0.0), str(tmp_path))
+  rows = H.read_rows(tmp_path)
+  assert not calls
+  assert 'time/reference' not in rows[1] and 'train/kl' not in rows[1]
+  with ckpt_lib.Checkpointer(tmp_path / 'checkpoints') as ck:
+    assert 'ref_params' not in ck.restore()
+  # With beta > 0 the same wrapper is called once per step.
+  grpo.train_and_evaluate(H.grpo_config(base_dir), str(tmp_path / 'kl'))
+  assert len(calls) == 2
+
+
+def test_constant_reward_gives_zero_advantage_and_no_update(base_dir, tmp_path):
+  c = H.grpo_config(base_dir, rl__beta=0.0, train__weight_decay=0.0)
+  c.rewards.weights = {'test_constant': 1.0}
+  c.rewards.accuracy = ''
+  grpo.train_and_evaluate(c, str(tmp_path))
+  rows = H.read_rows(tmp_path)
+  for s in (1, 2):
+    assert rows[s]['train/frac_zero_spread_groups'] == 1.0
+    assert rows[s]['train/adv_mean'] == 0.0 and rows[s]['train/adv_max'] == 0.0
+    assert rows[s]['train/grad_norm'] == 0.0
+    assert rows[s]['train/policy_loss'] == 0.0
+  base = H.base_params(base_dir)
+  after = H.final_params(tmp_path)
+  assert base.keys() == after.keys()
+  for k in base:
+    np.testing.assert_array_equal(base[k], after[k], err_msg=k)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(base_dir, tmp_path):
+  c = H.grpo_config(base_dir, train__steps=4, train__checkpoint_every=2,
+                    train__debug_nan_at_step=3)
+  with pytest.raises(FloatingPointError, match='step 3'):
+    grpo.train_and_evaluate(c, str(tmp_path))
+  with ckpt_lib.Checkpointer(tmp_path / 'checkpoints') as ck:
+    assert ck.all_steps() == [2]
+    state = ck.restore()
+  assert int(state['step']) == 2
+  leaves = jax.tree.leaves(state['params'])
+  assert all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+# ------------------------------------------------------------ bad configs
+
+
+@pytest.mark.parametrize('edit, needle', [
+    (dict(rl__group_size=1), 'config.rl.group_size=1'),
+    (dict(rl__prompts_per_step=6), 'config.rl.prompts_per_step=6'),
+    (dict(rl__advantage='grpo_typo'), 'config.rl.advantage'),
+    (dict(rl__policy_loss='nope'), 'config.rl.policy_loss'),
+    (dict(sampling__max_prompt_tokens=8), 'config.sampling.max_prompt_tokens=8'),
+    (dict(rl__num_minibatches=3), 'config.rl.num_minibatches=3'),
+])
+def test_bad_config_fails_before_any_compile(base_dir, tmp_path, edit, needle):
+  from r1jax.stages import common
+  common.CompileCounter.install()
+  before = common.CompileCounter.count()
+  with pytest.raises(ValueError, match=needle.replace('.', r'\.').replace('(', r'\(')):
+    grpo.train_and_evaluate(H.grpo_config(base_dir, **edit), str(tmp_path))
+  assert common.CompileCounter.count() == before
+
+
+def test_unknown_reward_fails_naming_it(base_dir, tmp_path):
+  c = H.grpo_config(base_dir)
+  c.rewards.weights = {'arithmetic': 1.0, 'fromat': 0.5}
+  with pytest.raises(ValueError, match="'fromat', which is not a known reward"):
+    grpo.train_and_evaluate(c, str(tmp_path))
+
+
+def test_base_of_another_architecture_fails_naming_the_file(base_dir, tmp_path):
+  c = H.grpo_config(base_dir, model__preset='qwen2.5-0.5b')
+  with pytest.raises(ValueError, match=f"{base_dir} is not a 'qwen2.5-0.5b'"):
+    grpo.train_and_evaluate(c, str(tmp_path))
+
+
+def test_unknown_config_key_on_the_command_line_fails(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'r1jax.train', '--config=experiments/zero.py:runlocal',
+       f'--workdir={tmp_path}', '--config.rl.group_sise=4'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert 'group_sise' in proc.stderr
+
+
+# ------------------------------------------- subprocess runs: resume, devices
+
+_RUN = textwrap.dedent('''
+    import json, os, sys
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    import jax
+    jax.config.update('jax_default_matmul_precision', 'highest')
+    import grpo_helpers as H
+    from r1jax.stages import grpo
+    kw = json.loads(sys.argv[3])
+    grpo.train_and_evaluate(H.grpo_config(sys.argv[1], **kw), sys.argv[2])
+''')
+
+
+def _run_cmd(tmp_path, base_dir, workdir, kw):
+  script = tmp_path / 'run_grpo.py'
+  script.write_text(_RUN.format(repo=str(REPO), tests=str(REPO / 'tests')))
+  return [sys.executable, str(script), str(base_dir), str(workdir),
+          json.dumps(kw)]
+
+
+def _env(devices: int):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return env
+
+
+_RESUME_KW = dict(train__steps=6, train__checkpoint_every=2,
+                  rl__ref_reset_every=3, eval__num_problems=0)
+# Metrics that measure the machine, not the run.
+_TIMING = ('time/', 'train/tokens_per_s', 'train/compiles', 'time')
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_equals_uninterrupted_run(base_dir, tmp_path):
+  full, killed = tmp_path / 'full', tmp_path / 'killed'
+  cmd_full = _run_cmd(tmp_path, base_dir, full, _RESUME_KW)
+  cmd_killed = _run_cmd(tmp_path, base_dir, killed, _RESUME_KW)
+  ref = subprocess.Popen(cmd_full, env=_env(1), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+  # Kill the other run at a random step after its first checkpoint.
+  kill_after = random.Random(os.getpid()).choice([3, 4, 5])
+  proc = subprocess.Popen(cmd_killed, env=_env(1), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    path = killed / 'metrics.jsonl'
+    if path.exists() and any(f'"step": {kill_after},' in l and 'train/loss' in l
+                             for l in path.read_text().splitlines()):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, f'run ended before step {kill_after}'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  with ckpt_lib.Checkpointer(killed / 'checkpoints') as ck:
+    resumed_from = ck.latest_step()
+  assert resumed_from is not None and resumed_from < 6
+  again = subprocess.run(cmd_killed, env=_env(1), capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'resumed from step {resumed_from}' in again.stdout
+  out, err = ref.communicate(timeout=300)
+  assert ref.returncode == 0, err[-3000:]
+
+  a, b = H.final_params(full), H.final_params(killed)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  rows_a, rows_b = H.read_rows(full), H.read_rows(killed)
+  assert sorted(rows_a) == sorted(rows_b) == list(range(1, 7))
+  for step in range(1, 7):
+    ra = {k: v for k, v in rows_a[step].items() if not k.startswith(_TIMING)}
+    rb = {k: v for k, v in rows_b[step].items() if not k.startswith(_TIMING)}
+    assert ra == rb, step
+
+
+@pytest.mark.slow
+def test_eight_devices_equal_one_device(base_dir, tmp_path):
+  kw = dict(train__steps=1, eval__num_problems=0)
+  results = {}
+  for devices in (1, 8):
+    workdir = tmp_path / f'd{devices}'
+    proc = subprocess.run(_run_cmd(tmp_path, base_dir, workdir, kw),
+                          env=_env(devices), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{devices} devices" in proc.stdout
+    results[devices] = H.final_params(workdir)
+  for k in results[1]:
+    np.testing.assert_allclose(results[8][k], results[1][k], atol=1e-5,
+                               rtol=0, err_msg=k)
+  # The step changed the parameters (so the comparison is not vacuous).
+  flat = H.base_params(base_dir)
+  assert max(np.abs(results[1][k] - flat[k]).max() for k in flat) > 1e-4
