@@ -13,7 +13,11 @@ Two halves:
     (`math_verify_pool`).
 
 Everything here is plain Python over strings: no subprocess, no sympy, safe to
-call from evaluation code (`answers_equal`).
+call from evaluation code (`answers_equal`). It runs on whatever a policy
+writes, so every function is linear in its input's length (no regex that can
+backtrack over a long run, no scan per box) and never raises on a string:
+numbers longer than `MAX_NUMBER_CHARS` are not parsed (Python refuses int
+conversions over 4,300 digits).
 """
 
 from fractions import Fraction
