@@ -126,6 +126,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.rl.group_size = 16 if real else 8  # G; paper: 16
   c.rl.advantage = 'grpo'            # grpo | drgrpo | rloo | ...
   c.rl.eps = 1e-6                    # std epsilon of the advantage
+  # Scalar options of the estimator, e.g. {'scale': 'batch'} for grpo
+  # (TRL's scale_rewards: 'group' | 'batch' | 'none').
+  c.rl.advantage_options = ml_collections.ConfigDict()
   c.rl.policy_loss = 'clipped_token'  # clipped_token | clipped_sequence | gspo | ...
   c.rl.aggregation = 'seq_mean_token_mean'  # | token_mean | seq_sum_norm
   c.rl.kl_estimator = 'k3'           # paper: k3, in the loss
@@ -140,7 +143,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.rl.dynamic_sampling = False      # DAPO: drop zero-spread groups, resample
   c.rl.max_sampling_rounds = 3       # rounds of resampling per step at most
   c.rl.mask_truncated = False        # DAPO overlong filtering (no loss on them)
-  c.rl.loss_options = ml_collections.ConfigDict()  # extra grpo_loss kwargs
+  # Extra keyword arguments of rl.grpo_loss, e.g. {'delta': 4.0}
+  # (INTELLECT-2), {'top_entropy_quantile': 0.2} (80/20 forking tokens),
+  # {'entropy_coef': 1e-3}, {'policy_options': {'tau_pos': 1.0}} (sapo).
+  c.rl.loss_options = ml_collections.ConfigDict()
 
   # Sampling (the rollout policy)
   c.sampling = ml_collections.ConfigDict()

@@ -18,6 +18,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 
+def _host(x) -> np.ndarray:
+  """This process's rows of a sampler output (all rows with one process)."""
+  from r1jax.stages.common import host_rows  # pylint: disable=g-import-not-at-top
+  return host_rows(x)
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
   """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021).
 
@@ -127,8 +133,8 @@ def evaluate_problems(
     out = sampler.generate(params, prompts, max_new_tokens=max_new_tokens,
                            n=num_samples, temperature=temperature, top_p=top_p,
                            seed=seed + start)
-    tokens = np.asarray(out.tokens)
-    mask = np.asarray(out.mask)
+    tokens = _host(out.tokens)
+    mask = _host(out.mask)
     completions = [tokenizer.decode(t[m]) for t, m in zip(tokens, mask)]
     examples = [r for r in chunk for _ in range(num_samples)]
     reward_name = accuracy_reward or chunk[0].get('task') or 'math'
@@ -137,7 +143,7 @@ def evaluate_problems(
     rows = slice(start, start + len(chunk))
     correct[rows] = np.asarray(acc, np.float32).reshape(len(chunk), num_samples)
     formatted[rows] = np.asarray(fmt, np.float32).reshape(len(chunk), num_samples)
-    lengths[rows] = np.asarray(out.lengths, np.float32).reshape(
+    lengths[rows] = _host(out.lengths).astype(np.float32).reshape(
         len(chunk), num_samples)
     for i, text in enumerate(completions):
       answers[start + i // num_samples].append(rw.extract_answer(text))

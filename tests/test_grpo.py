@@ -262,3 +262,52 @@ def test_eight_devices_equal_one_device(base_dir, tmp_path):
   # The step changed the parameters (so the comparison is not vacuous).
   flat = H.base_params(base_dir)
   assert max(np.abs(results[1][k] - flat[k]).max() for k in flat) > 1e-4
+
+
+_TWO_HOSTS = textwrap.dedent('''
+    import json, os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+    os.environ['JAX_PLATFORMS'] = 'cpu'
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    import jax
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    import grpo_helpers as H
+    from r1jax.stages import grpo
+    base, workdir, port, pid = sys.argv[1:5]
+    c = H.grpo_config(base, train__steps=2, eval__num_problems=8)
+    c.distributed.coordinator_address = f'localhost:{{port}}'
+    c.distributed.num_processes = 2
+    c.distributed.process_id = int(pid)
+    out = grpo.train_and_evaluate(c, workdir)
+    print('RESULT', jax.process_count(), jax.device_count(), out['step'],
+          round(out['eval/pass@1'], 6))
+    jax.distributed.shutdown()
+''')
+
+
+@pytest.mark.slow
+def test_two_processes_run_two_grpo_steps(base_dir, tmp_path):
+  import socket
+  script = tmp_path / 'host.py'
+  script.write_text(_TWO_HOSTS.format(repo=str(REPO), tests=str(REPO / 'tests')))
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  procs = [subprocess.Popen(
+      [sys.executable, str(script), str(base_dir), str(tmp_path / 'run'),
+       str(port), str(pid)], env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for pid in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  results = []
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    results += [l for l in out.splitlines() if l.startswith('RESULT')]
+  # Both processes finish step 2 of one 4-device job and agree on the eval.
+  assert len(results) == 2 and results[0] == results[1], results
+  assert results[0].startswith('RESULT 2 4 2 ')
+  rows = H.read_rows(tmp_path / 'run')
+  assert rows[2]['train/loss'] == rows[2]['train/loss']  # finite, written once
+  with ckpt_lib.Checkpointer(tmp_path / 'run' / 'checkpoints') as ck:
+    assert ck.latest_step() == 2

@@ -284,6 +284,10 @@ def evaluate_model(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
   'samples', a few completions as text.
   """
   from r1jax import evaluate  # pylint: disable=g-import-not-at-top
+  nproc = jax.process_count()
+  if nproc > 1:  # each process scores its own equal share
+    records = list(records)[:len(records) - len(records) % nproc]
+    records = records[jax.process_index()::nproc]
   by_task: dict[str, list[dict]] = {}
   for r in records:
     by_task.setdefault(r.get('task') or ec.dataset, []).append(r)
@@ -311,7 +315,13 @@ def evaluate_model(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
   for k, pairs in weighted.items():
     total = sum(n for n, _ in pairs)
     stats[k] = sum(n * v for n, v in pairs) / total
-  stats['num_problems'] = len(records)
+  if nproc > 1:  # equal shares: the global mean is the mean of the means
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    names = sorted(k for k, v in stats.items() if isinstance(v, float))
+    local = np.asarray([stats[k] for k in names], np.float64)
+    means = np.asarray(multihost_utils.process_allgather(local)).mean(axis=0)
+    stats.update({k: float(v) for k, v in zip(names, means)})
+  stats['num_problems'] = len(records) * nproc
   shown = [k for k in ('pass@1', f'cons@{ec.num_samples}', 'greedy_accuracy',
                        'format_rate', 'mean_length') if k in stats]
   log(f'held-out ({len(records)} problems x {ec.num_samples} samples, '

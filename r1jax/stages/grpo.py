@@ -445,7 +445,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     batch = _to_device(host, config, mesh)
     batch['adv'] = grpo_update.advantages(
         batch.pop('rewards'), group_size=rc.group_size,
-        estimator=rc.advantage, eps=float(rc.eps))
+        estimator=rc.advantage, eps=float(rc.eps),
+        options=tuple(sorted(rc.advantage_options.to_dict().items())))
     if use_ref:
       with timer('reference'):
         batch['ref_logp'] = logprobs_fn(ref_params, batch)

@@ -160,10 +160,17 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
   return jax.jit(update, donate_argnums=0)
 
 
-@functools.partial(jax.jit, static_argnames=('group_size', 'estimator', 'eps'))
-def advantages(rewards_B, *, group_size: int, estimator: str, eps: float):
-  """Group-relative advantages of flat prompt-major rewards (global array)."""
-  return rl.compute_advantages(rewards_B, group_size, estimator, eps=eps)
+@functools.partial(jax.jit, static_argnames=('group_size', 'estimator', 'eps',
+                                             'options'))
+def advantages(rewards_B, *, group_size: int, estimator: str, eps: float,
+               options: tuple[tuple[str, Any], ...] = ()):
+  """Group-relative advantages of flat prompt-major rewards (global array).
+
+  `options` are the estimator's scalar keyword options as (name, value)
+  pairs (static), e.g. (('scale', 'batch'),).
+  """
+  return rl.compute_advantages(rewards_B, group_size, estimator, eps=eps,
+                               **dict(options))
 
 
 @jax.jit
