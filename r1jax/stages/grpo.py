@@ -49,6 +49,12 @@ _SHAPING_REWARDS = ('format', 'format_lenient', 'overlong', 'language')
 
 # =============================================================== config checks
 
+# grpo_loss arguments the trainer fills itself (arrays, or rl.* fields).
+_TRAINER_LOSS_ARGS = ('logp_BxT', 'old_logp_BxT', 'ref_logp_BxT', 'adv_B',
+                      'mask_BxT', 'entropy_BxT', 'policy_loss', 'aggregation',
+                      'kl_estimator', 'beta', 'epsilon_low', 'epsilon_high',
+                      'dual_clip', 'seq_weights_B', 'sampler_logp_BxT')
+
 
 def validate_config(config: ml_collections.ConfigDict, num_devices_batch: int,
                     process_count: int = 1) -> None:
@@ -75,6 +81,14 @@ def validate_config(config: ml_collections.ConfigDict, num_devices_batch: int,
     raise ValueError(
         f'config.rewards.accuracy={config.rewards.accuracy!r} is not a known '
         f'reward; known: {rewards_lib.REWARDS.names()}')
+  import inspect  # pylint: disable=g-import-not-at-top
+  loss_params = inspect.signature(rl.grpo_loss).parameters
+  for name in rc.loss_options:
+    if name not in loss_params or name in _TRAINER_LOSS_ARGS:
+      raise ValueError(
+          f'config.rl.loss_options.{name} is not a grpo_loss option the config '
+          'may set; known: '
+          f'{sorted(set(loss_params) - set(_TRAINER_LOSS_ARGS))}')
   common.check(config, [
       ('rl.group_size', g >= 1, 'must be >= 1'),
       ('rl.group_size', not (g == 1 and rc.advantage in ('grpo', 'rloo')),
