@@ -73,6 +73,7 @@ def test_no_recompilation_after_step_one(base_dir, tmp_path):
   assert out['compiles'] == counts[0]
 
 
+@pytest.mark.slow
 def test_beta_zero_skips_the_reference(base_dir, tmp_path, monkeypatch):
   calls = []
   real = grpo.grpo_update.make_logprobs_fn
@@ -148,6 +149,17 @@ def test_dapo_config_runs_dynamic_sampling_and_overlong(base_dir, tmp_path):
     assert 'train/reward/overlong' in rows[s]
     assert 'train/kl' not in rows[s]  # beta = 0
     assert np.isfinite(rows[s]['train/loss'])
+
+
+@pytest.mark.parametrize('estimator', ['remax', 'opo', 'reinforce_pp'])
+def test_estimators_that_need_the_trainer(base_dir, tmp_path, estimator):
+  """remax gets the greedy answer's reward as its baseline, opo and
+  reinforce_pp the completion lengths."""
+  c = H.grpo_config(base_dir, rl__advantage=estimator, train__steps=1,
+                    eval__num_problems=0)
+  grpo.train_and_evaluate(c, str(tmp_path))
+  row = H.read_rows(tmp_path)[1]
+  assert np.isfinite(row['train/loss']) and row['train/adv_std'] > 0
 
 
 def test_unknown_loss_option_fails_naming_it(base_dir, tmp_path):

@@ -189,6 +189,9 @@ class Rollout:
     self.weights = config.rewards.weights.to_dict()
     self.options = config.rewards.options.to_dict()
     self.accuracy = config.rewards.accuracy
+    # ReMax: the baseline is the reward of each prompt's greedy answer.
+    self.greedy_baseline = grpo_update.estimator_takes(
+        config.rl.advantage, 'baseline_P')
 
   def _one_round(self, params, key) -> dict[str, Any]:
     sc, g = self.config.sampling, self.config.rl.group_size
@@ -204,6 +207,16 @@ class Rollout:
     total_B, per_reward, reward_metrics = rewards_lib.compute_rewards(
         texts, examples, self.weights, self.options,
         lengths_B=host['lengths'])
+    if self.greedy_baseline:
+      greedy = self.sampler.generate(
+          params, (batch['prompt_ids'], batch['prompt_mask']),
+          max_new_tokens=sc.max_new_tokens, n=1, temperature=0.0,
+          seed=key)
+      g_texts = _decode(self.tokenizer, common.host_rows(greedy.tokens),
+                        common.host_rows(greedy.lengths))
+      host['baseline'] = rewards_lib.compute_rewards(
+          g_texts, batch['examples'], self.weights, self.options,
+          lengths_B=common.host_rows(greedy.lengths))[0]
     host['reward_s'] = time.perf_counter() - t0
     host.update(texts=texts, examples=examples, rewards=total_B,
                 per_reward=per_reward, reward_metrics=reward_metrics)
@@ -252,6 +265,9 @@ def _stack_groups(groups, g: int) -> dict[str, Any]:
   out['texts'] = [t for r, i in groups for t in r['texts'][i * g:(i + 1) * g]]
   out['examples'] = [e for r, i in groups
                      for e in r['examples'][i * g:(i + 1) * g]]
+  if 'baseline' in groups[0][0]:
+    out['baseline'] = np.asarray([r['baseline'][i] for r, i in groups],
+                                 np.float32)
   names = groups[0][0]['per_reward']
   out['per_reward'] = {n: np.concatenate(
       [r['per_reward'][n][i * g:(i + 1) * g] for r, i in groups]) for n in names}
@@ -303,7 +319,10 @@ def _to_device(host: dict[str, Any], config, mesh) -> dict[str, jax.Array]:
       'mask': loss_mask,
       'old_logp': host['logprobs'].astype(np.float32),
       'rewards': host['rewards'].astype(np.float32),
+      'lengths': host['lengths'].astype(np.float32),
   }
+  if 'baseline' in host:
+    arrays['baseline'] = host['baseline']
   return parallel.host_local_to_global(arrays, mesh)
 
 
@@ -457,8 +476,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     key = jax.random.fold_in(base_key, step)
     host = rollout(state['params'], key, timer)           # sample + reward
     batch = _to_device(host, config, mesh)
+    lengths_B = batch.pop('lengths')
     batch['adv'] = grpo_update.advantages(
-        batch.pop('rewards'), group_size=rc.group_size,
+        batch.pop('rewards'),
+        lengths_B if grpo_update.estimator_takes(rc.advantage, 'lengths_PxG')
+        else None,
+        batch.pop('baseline', None), group_size=rc.group_size,
         estimator=rc.advantage, eps=float(rc.eps),
         options=tuple(sorted(rc.advantage_options.to_dict().items())))
     if use_ref:

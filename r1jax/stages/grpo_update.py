@@ -162,15 +162,29 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
 
 @functools.partial(jax.jit, static_argnames=('group_size', 'estimator', 'eps',
                                              'options'))
-def advantages(rewards_B, *, group_size: int, estimator: str, eps: float,
+def advantages(rewards_B, lengths_B=None, baseline_P=None, *,
+               group_size: int, estimator: str, eps: float,
                options: tuple[tuple[str, Any], ...] = ()):
   """Group-relative advantages of flat prompt-major rewards (global array).
 
   `options` are the estimator's scalar keyword options as (name, value)
-  pairs (static), e.g. (('scale', 'batch'),).
+  pairs (static), e.g. (('scale', 'batch'),). `lengths_B` (completion
+  lengths, for opo / reinforce_pp) and `baseline_P` (the greedy answer's
+  reward, for remax) are passed when not None.
   """
+  arrays = {}
+  if lengths_B is not None:
+    arrays['lengths_B'] = lengths_B
+  if baseline_P is not None:
+    arrays['baseline_P'] = baseline_P
   return rl.compute_advantages(rewards_B, group_size, estimator, eps=eps,
-                               **dict(options))
+                               **dict(options), **arrays)
+
+
+def estimator_takes(estimator: str, name: str) -> bool:
+  """Whether advantage estimator `estimator` has keyword `name`."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  return name in inspect.signature(rl.ADVANTAGES.get(estimator)).parameters
 
 
 @jax.jit
