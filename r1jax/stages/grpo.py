@@ -207,6 +207,7 @@ class Rollout:
     total_B, per_reward, reward_metrics = rewards_lib.compute_rewards(
         texts, examples, self.weights, self.options,
         lengths_B=host['lengths'])
+    host['reward_s'] = time.perf_counter() - t0
     if self.greedy_baseline:
       greedy = self.sampler.generate(
           params, (batch['prompt_ids'], batch['prompt_mask']),
@@ -214,10 +215,9 @@ class Rollout:
           seed=key)
       g_texts = _decode(self.tokenizer, common.host_rows(greedy.tokens),
                         common.host_rows(greedy.lengths))
-      host['baseline'] = rewards_lib.compute_rewards(
+      host['baseline'] = rewards_lib.compute_rewards(  # part of 'sample'
           g_texts, batch['examples'], self.weights, self.options,
           lengths_B=common.host_rows(greedy.lengths))[0]
-    host['reward_s'] = time.perf_counter() - t0
     host.update(texts=texts, examples=examples, rewards=total_B,
                 per_reward=per_reward, reward_metrics=reward_metrics)
     return host
@@ -404,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     eos_ids=[tokenizer.eos_id],
                     prompt_buckets=(config.sampling.max_prompt_tokens,),
                     mesh=mesh)
-  _check_eval_prompts(config, tokenizer, eval_recs, sampler)
+  _check_eval_prompts(config, tokenizer, eval_recs)
 
   # ------------------------------------------------------------ train state
   updates_per_step = rc.num_iterations * rc.num_minibatches
@@ -537,7 +537,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return final
 
 
-def _check_eval_prompts(config, tokenizer, records, sampler) -> None:
+def _check_eval_prompts(config, tokenizer, records) -> None:
   """An eval prompt longer than the prompt width fails now, not mid-run."""
   if not records:
     return
@@ -549,4 +549,3 @@ def _check_eval_prompts(config, tokenizer, records, sampler) -> None:
         f'config.sampling.max_prompt_tokens={config.sampling.max_prompt_tokens}'
         f' is shorter than the longest eval prompt ({longest} tokens); raise '
         'it or use fewer / shorter eval problems')
-  del sampler
