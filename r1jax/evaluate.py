@@ -17,11 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-
-def _host(x) -> np.ndarray:
-  """This process's rows of a sampler output (all rows with one process)."""
-  from r1jax.stages.common import host_rows  # pylint: disable=g-import-not-at-top
-  return host_rows(x)
+from r1jax import parallel
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -133,8 +129,8 @@ def evaluate_problems(
     out = sampler.generate(params, prompts, max_new_tokens=max_new_tokens,
                            n=num_samples, temperature=temperature, top_p=top_p,
                            seed=seed + start)
-    tokens = _host(out.tokens)
-    mask = _host(out.mask)
+    tokens = parallel.host_rows(out.tokens)
+    mask = parallel.host_rows(out.mask)
     completions = [tokenizer.decode(t[m]) for t, m in zip(tokens, mask)]
     examples = [r for r in chunk for _ in range(num_samples)]
     reward_name = accuracy_reward or chunk[0].get('task') or 'math'
@@ -143,7 +139,7 @@ def evaluate_problems(
     rows = slice(start, start + len(chunk))
     correct[rows] = np.asarray(acc, np.float32).reshape(len(chunk), num_samples)
     formatted[rows] = np.asarray(fmt, np.float32).reshape(len(chunk), num_samples)
-    lengths[rows] = _host(out.lengths).astype(np.float32).reshape(
+    lengths[rows] = parallel.host_rows(out.lengths).astype(np.float32).reshape(
         len(chunk), num_samples)
     for i, text in enumerate(completions):
       answers[start + i // num_samples].append(rw.extract_answer(text))

@@ -273,3 +273,22 @@ def host_local_to_global(batch_np, mesh: Mesh,
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(sharding, x)
   return jax.tree.map(one, batch_np)
+
+
+def host_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, as numpy.
+
+  With one process it is the whole array. Rows are those of the addressable
+  shards, in order, each row once (replicas skipped).
+  """
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  seen, parts = set(), []
+  for shard in sorted(x.addressable_shards,
+                      key=lambda s: s.index[0].start or 0):
+    start = shard.index[0].start or 0
+    if start in seen:
+      continue
+    seen.add(start)
+    parts.append(np.asarray(shard.data))
+  return np.concatenate(parts, axis=0)

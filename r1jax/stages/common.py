@@ -181,6 +181,22 @@ def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformatio
                   weight_decay=tc.weight_decay, mask=decay_mask))
 
 
+def init_train_state(params, optimizer: optax.GradientTransformation,
+                     seed: int, mesh):
+  """(state, shardings): params, optimizer state, step and RNG on the mesh.
+
+  Optimizer moments follow their parameter's layout; counters replicate.
+  """
+  state = {
+      'params': params,
+      'opt_state': optimizer.init(params),
+      'step': jnp.zeros((), jnp.int32),
+      'rng': jax.random.key_data(jax.random.key(seed)),
+  }
+  shardings = parallel.state_shardings(mesh, state)
+  return jax.device_put(state, shardings), shardings
+
+
 # =================================================================== resume
 
 
@@ -415,22 +431,3 @@ class Timer:
   def pop(self) -> dict[str, float]:
     out, self.totals = self.totals, {}
     return out
-
-
-def host_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, as numpy.
-
-  With one process it is the whole array. Rows are those of the addressable
-  shards, in order, each row once (replicas skipped).
-  """
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  seen, parts = set(), []
-  for shard in sorted(x.addressable_shards,
-                      key=lambda s: s.index[0].start or 0):
-    start = shard.index[0].start or 0
-    if start in seen:
-      continue
-    seen.add(start)
-    parts.append(np.asarray(shard.data))
-  return np.concatenate(parts, axis=0)

@@ -9,7 +9,6 @@ generations, orbax checkpoints with exact resume, metrics to TensorBoard and
 JSONL. Data-parallel / fsdp through the mesh in `config.mesh`.
 """
 
-import functools
 import pathlib
 import time
 from typing import Any
@@ -19,8 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
-from flax import nnx
 
 from r1jax import metrics as metrics_lib
 from r1jax import parallel
@@ -244,15 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # ------------------------------------------------------------ train state
   optimizer = common.make_optimizer(tc)
-  state = {
-      'params': params,
-      'opt_state': optimizer.init(params),
-      'step': jnp.zeros((), jnp.int32),
-      'rng': jax.random.key_data(jax.random.key(config.seed)),
-  }
-  # Optimizer moments follow their parameter's layout; counters replicate.
-  shardings = parallel.state_shardings(mesh, state)
-  state = jax.device_put(state, shardings)
+  state, shardings = common.init_train_state(params, optimizer, config.seed,
+                                             mesh)
   state, extra, latest = common.restore_latest(
       checkpointer, state, shardings, {'data_state': train_iter.get_state()})
   if latest is not None:
