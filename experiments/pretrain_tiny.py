@@ -99,6 +99,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Export: a Hugging Face directory of the final weights ('' = none). By
   # default the known place R1-Zero experiments load their base model from.
   c.export = ml_collections.ConfigDict()
+  c.export.hf = True                 # export the final model (HF directory)
   c.export.hf_dir = default_base_dir() if not runlocal else ''
 
   # End-of-run evaluation on held-out problems (R1-Zero template).

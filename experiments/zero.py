@@ -193,6 +193,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.eval.at_start = True             # evaluate the base model at step 0
   c.eval.num_texts = 2               # completions printed per eval
 
+  # Export: the final policy as a Hugging Face directory (what the next stage
+  # of a pipeline, or r1jax.evaluate, loads).
+  c.export = ml_collections.ConfigDict()
+  c.export.hf = True                 # False: checkpoints only
+  c.export.hf_dir = ''               # '' = WORKDIR/hf
+
   # Mesh: -1 = all remaining devices.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
   # Multi-host: jax.distributed (also from JAX_COORDINATOR_ADDRESS etc.).

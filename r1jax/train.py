@@ -18,6 +18,7 @@ from ml_collections import config_flags
 STAGES = {
     'sft': 'r1jax.stages.sft',
     'grpo': 'r1jax.stages.grpo',
+    'rejection_sampling': 'r1jax.stages.rejection',
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -125,6 +125,59 @@ def cold_start_examples(records: Iterable[Mapping[str, str]], source: str,
   return examples
 
 
+# The connecting words of a synthetic chain of thought, per language:
+# (first step, later steps, the closing summary before the answer).
+CONNECTIVES = {
+    'en': ('First,', 'Then,', 'So the answer is'),
+    'ru': ('сперва', 'затем', 'итак, ответ'),
+}
+
+
+def synthetic_trace(steps: Sequence[str], answer: str, language: str,
+                    rng=None, p_mixed: float = 0.0) -> str:
+  """A readable chain of thought for a synthetic problem, with a summary:
+
+      <think> First, 9 - 2 = 7. Then, 7 + 5 = 12. So the answer is 12.
+      </think> <answer> 12 </answer>   (one line)
+
+  With `p_mixed` > 0 each connective is, with that probability, written in
+  English instead of `language`: the language mixing that R1's language
+  reward removes.
+  """
+  own = CONNECTIVES[language]
+  pick = lambda i: (CONNECTIVES['en'][i] if rng is not None and
+                    rng.random() < p_mixed else own[i])
+  parts = [f'{pick(0 if j == 0 else 1)} {step}.' for j, step in enumerate(steps)]
+  parts.append(f'{pick(2)} {answer}.')
+  return f'<think> {" ".join(parts)} </think> <answer> {answer} </answer>'
+
+
+def synthetic_examples(records: Iterable[Mapping], template: str,
+                       p_mixed: float = 0.0, seed: int = 0,
+                       tokenizer=None) -> list[dict[str, str]]:
+  """Cold-start SFT examples for synthetic problems (`solution_steps`).
+
+  A record's `target_language` (see `synthetic.localize`) sets the language
+  of its connectives; English ones are never mixed.
+  """
+  import random  # pylint: disable=g-import-not-at-top
+  from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  tmpl = templates.get_template(template)
+  out = []
+  for rec in records:
+    lang = rec.get('target_language') or 'en'
+    if lang not in CONNECTIVES:
+      raise ValueError(f'record {rec.get("id")}: no connectives for language '
+                       f'{lang!r}; known: {sorted(CONNECTIVES)}')
+    rng = random.Random(synthetic.stable_hash('cold-start', seed, rec['id']))
+    trace = synthetic_trace(rec['solution_steps'], rec['answer'], lang, rng,
+                            p_mixed if lang != 'en' else 0.0)
+    out.append(dict(id=rec['id'], prompt=tmpl.render(rec['problem'], tokenizer),
+                    completion=tmpl.completion_prefix + trace,
+                    answer=rec['answer']))
+  return out
+
+
 def write_jsonl(examples: Iterable[Mapping], path: str | os.PathLike) -> int:
   """Writes one JSON object per line (UTF-8, not ASCII-escaped); the count."""
   n = 0

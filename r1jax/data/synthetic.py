@@ -334,3 +334,39 @@ def generate(task: str, n: int, seed: int, split: str = 'train', *,
     seen.add(key)
     records.append(dict(id=f'{task}/{split}/{seed}/{len(records)}', **rec))
   return records
+
+
+# ----------------------------------------------------------------------------
+# Prompt languages (the language-consistency study)
+# ----------------------------------------------------------------------------
+
+# How an arithmetic problem is asked in each language; the expression stays.
+PROBLEM_PREFIX = {'en': 'Compute ', 'ru': 'Вычисли '}
+
+
+def localize(records: Sequence[dict], languages: dict[str, float],
+             seed: int = 0) -> list[dict]:
+  """Records asked in languages drawn with weights `languages` (e.g.
+  {'en': 0.5, 'ru': 0.5}), each with its `target_language` field.
+
+  The draw is a pure function of (seed, record id). Only arithmetic problems
+  ('Compute ...') have translations.
+  """
+  unknown = set(languages) - set(PROBLEM_PREFIX)
+  if unknown:
+    raise ValueError(f'no problem wording for languages {sorted(unknown)}; '
+                     f'known: {sorted(PROBLEM_PREFIX)}')
+  names = sorted(languages)
+  weights = [float(languages[n]) for n in names]
+  out = []
+  for rec in records:
+    rng = random.Random(stable_hash('language', seed, rec['id']))
+    lang = rng.choices(names, weights)[0]
+    problem = rec['problem']
+    if lang != 'en':
+      if not problem.startswith(PROBLEM_PREFIX['en']):
+        raise ValueError(f'record {rec["id"]}: only arithmetic problems '
+                         f'("Compute ...") can be asked in {lang!r}')
+      problem = PROBLEM_PREFIX[lang] + problem[len(PROBLEM_PREFIX['en']):]
+    out.append({**rec, 'problem': problem, 'target_language': lang})
+  return out

@@ -59,6 +59,85 @@ def check_known(config: ml_collections.ConfigDict, dotted: str,
                      f'{sorted(known)}')
 
 
+# ============================================================ run records
+
+RUN_CONFIG = 'run_config.json'   # the config a workdir's run was started with
+DONE = 'done.json'               # written when a stage finishes: its metrics
+EXPORT_DIR = 'hf'                # a finished stage's model, as an HF directory
+
+
+def write_run_config(config: ml_collections.ConfigDict,
+                     workdir: pathlib.Path) -> None:
+  """Saves the run's config as WORKDIR/run_config.json (process 0)."""
+  if jax.process_index() != 0:
+    return
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / (RUN_CONFIG + '.tmp')
+  tmp.write_text(config.to_json_best_effort(indent=1, sort_keys=True),
+                 encoding='utf-8')
+  tmp.replace(workdir / RUN_CONFIG)
+
+
+def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict | None:
+  """The config saved by `write_run_config`, or None when there is none."""
+  path = pathlib.Path(workdir) / RUN_CONFIG
+  if not path.is_file():
+    return None
+  return ml_collections.ConfigDict(json.loads(path.read_text(encoding='utf-8')))
+
+
+def mark_done(workdir: pathlib.Path, final: dict[str, Any]) -> None:
+  """Records that the stage in `workdir` ran to the end (with its metrics)."""
+  if jax.process_index() != 0:
+    return
+  scalars = {k: v for k, v in final.items()
+             if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+  path = pathlib.Path(workdir) / DONE
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(json.dumps(scalars, indent=1, sort_keys=True), encoding='utf-8')
+  tmp.replace(path)
+
+
+def read_done(workdir: pathlib.Path) -> dict[str, Any] | None:
+  path = pathlib.Path(workdir) / DONE
+  if not path.is_file():
+    return None
+  return json.loads(path.read_text(encoding='utf-8'))
+
+
+def export_dir(config, workdir: pathlib.Path) -> pathlib.Path:
+  """Where a stage writes its final model: config.export.hf_dir or WORKDIR/hf."""
+  hf_dir = config.get('export', {}).get('hf_dir', '') if 'export' in config else ''
+  return pathlib.Path(hf_dir) if hf_dir else pathlib.Path(workdir) / EXPORT_DIR
+
+
+def resolve_hf_path(path: str) -> str:
+  """An HF directory for `path`: itself, or the model an earlier stage's
+  workdir exported (WORKDIR/hf, or its config's export.hf_dir).
+
+  A workdir whose stage has not finished fails naming its latest step.
+  """
+  p = pathlib.Path(path)
+  if (p / 'config.json').is_file():
+    return str(p)
+  if (p / EXPORT_DIR / 'config.json').is_file():
+    return str(p / EXPORT_DIR)
+  run = read_run_config(p)
+  if run is not None:
+    exported = export_dir(run, p)
+    if (exported / 'config.json').is_file():
+      return str(exported)
+    steps = ckpt_lib.Checkpointer(p / 'checkpoints').latest_step() if (
+        p / 'checkpoints').is_dir() else None
+    raise FileNotFoundError(
+        f'{path} is the workdir of a {run.get("stage", "?")!r} run that has not '
+        f'finished (latest checkpoint: step {steps}); run it to the end first '
+        '(the same command resumes it), or evaluate its checkpoint with '
+        'python -m r1jax.evaluate --checkpoint=' + str(path))
+  return str(p)
+
+
 # ========================================================= model + tokenizer
 
 # Fields compared between a named preset and a checkpoint's own config.
@@ -97,19 +176,21 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
                    param_dtype=jnp.dtype(mc.param_dtype), remat=mc.remat)
   if mc.hf_path:
     from r1jax.model import hf  # pylint: disable=g-import-not-at-top
-    config_file = pathlib.Path(mc.hf_path) / 'config.json'
+    hf_path = resolve_hf_path(mc.hf_path)
+    config_file = pathlib.Path(hf_path) / 'config.json'
     if not config_file.is_file():
       raise FileNotFoundError(
           f'config.model.hf_path={mc.hf_path!r}: no config.json there; '
-          'point it at a Hugging Face model directory.')
+          'point it at a Hugging Face model directory or at the workdir of a '
+          'finished stage.')
     cfg = hf.config_from_hf(json.loads(config_file.read_text()), **overrides)
-    check_architecture(mc.preset, cfg, mc.hf_path, mc.overrides)
+    check_architecture(mc.preset, cfg, hf_path, mc.overrides)
     graphdef, abstract = _abstract(cfg)  # with this run's dtypes and remat
     shardings = parallel.param_shardings(mesh, abstract)
     _, _, params = hf.load_pretrained(
-        mc.hf_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        hf_path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         shardings=shardings)
-    tokenizer = Tokenizer.from_dir(config.tokenizer.path or mc.hf_path)
+    tokenizer = Tokenizer.from_dir(config.tokenizer.path or hf_path)
     return cfg, graphdef, params, tokenizer
   if mc.gguf_path:
     from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
@@ -133,6 +214,29 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
         'config.tokenizer.vocab_size <= the model vocabulary')
   graphdef, params = parallel.init_sharded(cfg, mesh, config.seed)
   return cfg, graphdef, params, tokenizer
+
+
+def ensure_base_model(config, workdir: pathlib.Path, log) -> None:
+  """Pretrains the tiny base model first when the config asks for it and it
+  is not in the cache (the `pretrain_tiny` stage, in workdir/pretrain_tiny)."""
+  mc = config.model
+  if not mc.hf_path or (
+      pathlib.Path(resolve_hf_path(mc.hf_path)) / 'config.json').exists():
+    return
+  if not mc.get('pretrain_if_missing', False):
+    raise FileNotFoundError(
+        f'config.model.hf_path={mc.hf_path!r} has no config.json. Point it at '
+        'a Hugging Face model directory, or set '
+        'config.model.pretrain_if_missing=True to build the tiny base model.')
+  from experiments import pretrain_tiny  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import sft  # pylint: disable=g-import-not-at-top
+  pre = pretrain_tiny.get_config(mc.pretrain_arg)
+  pre.export.hf_dir = mc.hf_path
+  sub = workdir / 'pretrain_tiny'
+  log(f'stage pretrain_tiny: no base model at {mc.hf_path}; pretraining it '
+      f'first in {sub} (experiments/pretrain_tiny.py:{mc.pretrain_arg})')
+  sft.train_and_evaluate(pre, str(sub))
+  log(f'stage pretrain_tiny: done; base model exported to {mc.hf_path}')
 
 
 def _abstract(cfg):
@@ -264,6 +368,21 @@ def drop_metrics_after(workdir: pathlib.Path, step: int) -> int:
 # =============================================================== evaluation
 
 
+def synthetic_train_records(dc: ml_collections.ConfigDict, seed: int
+                            ) -> list[dict]:
+  """data.num_train synthetic train problems over data.tasks (with their
+  data.difficulty), asked in data.languages when it is set."""
+  from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  records = []
+  per_task = max(1, dc.num_train // len(dc.tasks))
+  for task in dc.tasks:
+    records += synthetic.generate(task, per_task, seed=seed, split='train',
+                                  **dc.difficulty.to_dict().get(task, {}))
+  if dc.get('languages'):
+    records = synthetic.localize(records, dc.languages.to_dict(), seed)
+  return records
+
+
 def eval_records(config, split_seed_offset: int = 0) -> list[dict]:
   """Held-out problems: synthetic test splits, or a named dataset."""
   ec = config.eval
@@ -281,6 +400,9 @@ def eval_records(config, split_seed_offset: int = 0) -> list[dict]:
       knobs = ec.difficulty.to_dict().get(task, corpus_difficulty.get(task, {}))
       records += synthetic.generate(task, per_task, seed=ec.seed + split_seed_offset,
                                     split=ec.split, **knobs)
+    languages = ec.get('languages') or config.data.get('languages')
+    if languages:  # a mixed-language test set
+      records = synthetic.localize(records, languages.to_dict(), ec.seed)
     return records
   from r1jax.data import builders  # pylint: disable=g-import-not-at-top
   local_dir = config.data.get('local_dir', '') or None

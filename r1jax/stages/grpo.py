@@ -138,14 +138,7 @@ def train_records(config) -> list[dict]:
   """The RL prompt pool: synthetic train splits, or a named data set."""
   dc = config.data
   if dc.source == 'synthetic':
-    from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    records = []
-    per_task = max(1, dc.num_train // len(dc.tasks))
-    for task in dc.tasks:
-      records += synthetic.generate(task, per_task, seed=config.seed,
-                                    split='train',
-                                    **dc.difficulty.to_dict().get(task, {}))
-    return records
+    return common.synthetic_train_records(dc, config.seed)
   from r1jax.data import builders  # pylint: disable=g-import-not-at-top
   recs = builders.load_dataset(dc.source, dc.split, local_dir=dc.local_dir or None)
   n = len(recs) if not dc.num_train else min(dc.num_train, len(recs))
@@ -183,28 +176,6 @@ def _loss_kwargs(rc) -> dict[str, Any]:
   return kw
 
 
-def ensure_base_model(config, workdir: pathlib.Path, log) -> None:
-  """Pretrains the tiny base model first when the config asks for it and it
-  is not in the cache (the `pretrain_tiny` stage, in workdir/pretrain_tiny)."""
-  mc = config.model
-  if not mc.hf_path or (pathlib.Path(mc.hf_path) / 'config.json').exists():
-    return
-  if not mc.pretrain_if_missing:
-    raise FileNotFoundError(
-        f'config.model.hf_path={mc.hf_path!r} has no config.json. Point it at '
-        'a Hugging Face model directory, or set '
-        'config.model.pretrain_if_missing=True to build the tiny base model.')
-  from experiments import pretrain_tiny  # pylint: disable=g-import-not-at-top
-  from r1jax.stages import sft  # pylint: disable=g-import-not-at-top
-  pre = pretrain_tiny.get_config(mc.pretrain_arg)
-  pre.export.hf_dir = mc.hf_path
-  sub = workdir / 'pretrain_tiny'
-  log(f'stage pretrain_tiny: no base model at {mc.hf_path}; pretraining it '
-      f'first in {sub} (experiments/pretrain_tiny.py:{mc.pretrain_arg})')
-  sft.train_and_evaluate(pre, str(sub))
-  log(f'stage pretrain_tiny: done; base model exported to {mc.hf_path}')
-
-
 # =================================================================== train
 
 
@@ -228,8 +199,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                   jax.process_count())
   common.CompileCounter.install()
   say = print if jax.process_index() == 0 else (lambda *_: None)
-  ensure_base_model(config, workdir, say)
+  common.ensure_base_model(config, workdir, say)
   checkpointer, writer = common.open_run(workdir, tc.keep_checkpoints)
+  common.write_run_config(config, workdir)
 
   # ------------------------------------------------------ model & tokenizer
   model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(
@@ -363,9 +335,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpointer.wait()
   if start_step >= tc.steps:
     writer.log(f'run already complete at step {start_step}')
+  out_dir = common.export_dir(config, workdir)
+  if config.export.hf:  # every process: params are gathered, process 0 writes
+    from r1jax.model import hf  # pylint: disable=g-import-not-at-top
+    hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
+    writer.log(f'exported Hugging Face checkpoint to {out_dir}')
   final['wall_time_s'] = time.perf_counter() - t_start
   final['compiles'] = common.CompileCounter.count()
   final['step'] = step
+  common.mark_done(workdir, final)
   writer.log(f'done in {common.format_seconds(final["wall_time_s"])}')
   checkpointer.close()
   writer.close()

@@ -80,13 +80,27 @@ def build_examples(config, tokenizer) -> tuple[list[dict], list[dict]]:
     as_ex = lambda docs: [{'prompt': '', 'completion': d} for d in docs]
     return as_ex(train), as_ex(evals)
   if dc.source == 'jsonl':
-    examples = read_jsonl_examples(dc.path)
+    path = pathlib.Path(dc.path)
+    if path.is_dir():  # a rejection-sampling workdir
+      from r1jax.stages import rejection  # pylint: disable=g-import-not-at-top
+      path = path / rejection.SFT_FILE
+      if not path.is_file():
+        raise FileNotFoundError(
+            f'config.data.path={dc.path!r} is a directory without '
+            f'{rejection.SFT_FILE}; point it at a JSONL file or at the workdir '
+            'of a finished rejection_sampling stage')
+    examples = read_jsonl_examples(str(path))
     n_eval = min(dc.num_eval_docs, len(examples) // 10)
     return examples[n_eval:], examples[:n_eval]
   # cold_start: readable <think> traces from reference solutions.
   from r1jax.data import builders, cold_start  # pylint: disable=g-import-not-at-top
   examples = []
   for name in dc.datasets:
+    if name == 'synthetic':  # the tiny models' tasks, in data.languages
+      examples += cold_start.synthetic_examples(
+          common.synthetic_train_records(dc, config.seed), dc.template,
+          p_mixed=dc.get('p_mixed', 0.0), seed=config.seed)
+      continue
     records = builders.load_dataset(name, 'train', local_dir=dc.local_dir or None)
     examples += cold_start.cold_start_examples(records, source=name,
                                                template=dc.template)
@@ -211,7 +225,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   t_start = time.perf_counter()
   workdir = pathlib.Path(workdir)
   _SAMPLERS.clear()
+  common.ensure_base_model(config, workdir, print)
   checkpointer, writer = common.open_run(workdir, config.train.keep_checkpoints)
+  common.write_run_config(config, workdir)
   tc = config.train
   mesh = parallel.make_mesh(dict(config.mesh))
 
@@ -298,11 +314,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   final['history'] = history
 
   # ------------------------------------------------------------ end of run
-  if config.export.hf_dir:
+  out_dir = common.export_dir(config, workdir)
+  if config.export.get('hf', True):  # all processes: gathered, 0 writes
     from r1jax.model import hf  # pylint: disable=g-import-not-at-top
-    hf.save_pretrained(config.export.hf_dir, model_cfg, state['params'],
-                       tokenizer=tokenizer)
-    writer.log(f'exported Hugging Face checkpoint to {config.export.hf_dir}')
+    hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
+    writer.log(f'exported Hugging Face checkpoint to {out_dir}')
   tokenizer.save(workdir / 'tokenizer')
   if config.eval.num_problems > 0:
     from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
@@ -316,6 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.write_texts(step, 'final/samples', stats.get('samples', []))
     final.update(stats)
   final['wall_time_s'] = time.perf_counter() - t_start
+  final['step'] = step
+  common.mark_done(workdir, final)
   writer.log(f'done in {final["wall_time_s"]:.0f} s')
   checkpointer.close()
   writer.close()

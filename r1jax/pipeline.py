@@ -1,0 +1,131 @@
+r"""Runs a multi-stage recipe: each stage in its own sub-directory, in order.
+
+    python -m r1jax.pipeline --config=experiments/r1.py --workdir=runs/r1
+    python -m r1jax.pipeline --config=experiments/r1.py:runlocal \
+        --workdir=runs/r1 --config.reasoning_rl.train.steps=20
+
+A pipeline config has `order`, a tuple of stage names, and one field per name
+holding that stage's full config (so any field of any stage can be set from
+the command line). A string value '@name' anywhere in a stage's config is
+replaced by the workdir of stage `name` (WORKDIR/name): that is how a stage
+starts from an earlier stage's model (model.hf_path='@cold_start') or reads
+its data (data.path='@rejection').
+
+Restarting the same command skips the stages that finished (their
+WORKDIR/<name>/done.json exists) and resumes the one that was killed from its
+last checkpoint.
+"""
+
+import json
+import pathlib
+import time
+from typing import Any
+
+from absl import app, flags, logging
+import ml_collections
+
+from r1jax import train
+
+# --config and --workdir are r1jax.train's flags (one config-file flag per
+# process); the pipeline adds its own.
+_ONLY = flags.DEFINE_list('only', [], 'Run only these stages (by name).')
+
+
+def stage_dirs(config, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
+  return {name: workdir / name for name in config.order}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  if 'order' not in config or not config.order:
+    raise ValueError('a pipeline config needs config.order, the tuple of its '
+                     'stage names')
+  names = list(config.order)
+  for i, name in enumerate(names):
+    if name not in config:
+      raise ValueError(f'config.order names {name!r} but the config has no '
+                       f'config.{name} (the stage\'s own config)')
+    if 'stage' not in config[name]:
+      raise ValueError(f'config.{name} has no `stage` field; is it a stage '
+                       'config?')
+    for key, value in _strings(config[name]):
+      if value.startswith('@'):
+        ref = value[1:]
+        if ref not in names[:i]:
+          raise ValueError(
+              f'config.{name}.{key}={value!r} refers to stage {ref!r}, which '
+              f'is not an earlier stage; earlier: {names[:i]}')
+  if len(set(names)) != len(names):
+    raise ValueError(f'config.order={tuple(names)} repeats a stage name')
+
+
+def _strings(node, prefix: str = ''):
+  """(dotted key, value) of every string field under `node`."""
+  for key in node.keys():
+    value = node[key]
+    dotted = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _strings(value, dotted + '.')
+    elif isinstance(value, str):
+      yield dotted, value
+
+
+def resolve(stage_config: ml_collections.ConfigDict,
+            dirs: dict[str, pathlib.Path]) -> ml_collections.ConfigDict:
+  """A copy of `stage_config` with '@name' strings made stage workdirs."""
+  out = ml_collections.ConfigDict(stage_config.to_dict())
+  for key, value in list(_strings(out)):
+    if value.startswith('@'):
+      node = out
+      *parents, leaf = key.split('.')
+      for p in parents:
+        node = node[p]
+      node[leaf] = str(dirs[value[1:]])
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        only: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Runs the stages in order; returns {stage: its final metrics}."""
+  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
+  validate_config(config)
+  for name in only:
+    if name not in config.order:
+      raise ValueError(f'--only names {name!r}; stages: {list(config.order)}')
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  dirs = stage_dirs(config, workdir)
+  results: dict[str, Any] = {}
+  t0 = time.perf_counter()
+  for i, name in enumerate(config.order):
+    header = f'=== pipeline stage {i + 1}/{len(config.order)}: {name}'
+    done = common.read_done(dirs[name])
+    if done is not None:
+      print(f'{header} ({config[name].stage}): finished before, skipped')
+      results[name] = done
+      continue
+    if only and name not in only:
+      print(f'{header}: not in --only, skipped')
+      continue
+    print(f'{header} ({config[name].stage}) in {dirs[name]}', flush=True)
+    stage_config = resolve(config[name], dirs)
+    train.run(stage_config, str(dirs[name]))
+    results[name] = common.read_done(dirs[name]) or {}
+  summary = {'stages': results, 'wall_time_s': time.perf_counter() - t0}
+  (workdir / 'pipeline.json').write_text(
+      json.dumps(summary, indent=1, default=str), encoding='utf-8')
+  print(f'=== pipeline done in {common.format_seconds(summary["wall_time_s"])}'
+        f'; summary in {workdir / "pipeline.json"}')
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  run(flags.FLAGS.config, str(pathlib.Path(flags.FLAGS.workdir).absolute()),
+      tuple(_ONLY.value))
+
+
+if __name__ == '__main__':
+  app.run(main)
