@@ -102,13 +102,16 @@ def evaluate_problems(
     batch_size: int = 64,
     seed: int = 0,
     ks: Sequence[int] = (),
+    target_language: str = 'en',
 ) -> dict[str, Any]:
   """Samples `num_samples` completions per record and scores them.
 
   Returns pass@1 (mean correctness over all samples), pass@k for each k in
   `ks` (k <= num_samples), cons@{num_samples} when num_samples > 1 (the
   `majority_vote` over extracted answers, equivalent answers pooled, scored by
-  the accuracy reward), the strict-format rate, the mean completion length in
+  the accuracy reward), the strict-format rate, the language consistency of
+  the chain of thought (share of its words in the record's
+  `target_language`, else `target_language`), the mean completion length in
   tokens, `num_problems`, `num_samples` and a few sample texts (`samples`).
   `summarize(stats)` keeps only the float metrics.
   """
@@ -119,6 +122,7 @@ def evaluate_problems(
 
   correct = np.zeros((len(records), num_samples), np.float32)
   formatted = np.zeros((len(records), num_samples), np.float32)
+  language = np.zeros((len(records), num_samples), np.float32)
   lengths = np.zeros((len(records), num_samples), np.float32)
   answers: list[list[str | None]] = [[] for _ in records]
   texts: list[str] = []
@@ -136,9 +140,15 @@ def evaluate_problems(
     reward_name = accuracy_reward or chunk[0].get('task') or 'math'
     acc = rw.REWARDS.get(reward_name)(completions, examples)
     fmt = rw.REWARDS.get(format_reward)(completions, examples)
+    # A record's target_language wins; a chain of thought with no words
+    # (only arithmetic) counts as consistent.
+    lang = rw.REWARDS.get('language')(completions, examples,
+                                      target_language=target_language,
+                                      empty_score=1.0)
     rows = slice(start, start + len(chunk))
     correct[rows] = np.asarray(acc, np.float32).reshape(len(chunk), num_samples)
     formatted[rows] = np.asarray(fmt, np.float32).reshape(len(chunk), num_samples)
+    language[rows] = np.asarray(lang, np.float32).reshape(len(chunk), num_samples)
     lengths[rows] = parallel.host_rows(out.lengths).astype(np.float32).reshape(
         len(chunk), num_samples)
     for i, text in enumerate(completions):
@@ -149,6 +159,7 @@ def evaluate_problems(
   stats: dict[str, Any] = {
       'pass@1': float(correct.mean()),
       'format_rate': float((formatted >= 1.0).mean()),
+      'language_consistency': float(language.mean()),
       'mean_length': float(lengths.mean()),
       'num_problems': len(records),
       'num_samples': num_samples,
@@ -180,6 +191,6 @@ def summarize(stats: Mapping[str, Any]) -> dict[str, float]:
 
 def format_stats(stats: Mapping[str, Any]) -> str:
   keys = [k for k in stats if k.startswith(('pass@', 'cons@'))]
-  keys += ['format_rate', 'mean_length']
+  keys += ['format_rate', 'language_consistency', 'mean_length']
   return ', '.join(f'{k} {stats[k]:.3f}' for k in keys if k in stats and
                    isinstance(stats[k], float) and math.isfinite(stats[k]))

@@ -134,4 +134,22 @@ def test_cons_at_k_pools_equivalent_answers():
   assert stats['pass@4'] == pytest.approx(1.0)
   assert stats['cons@4'] == 1.0
   assert set(evaluate.summarize(stats)) == {'pass@1', 'pass@4', 'cons@4',
-                                            'format_rate', 'mean_length'}
+                                            'format_rate', 'mean_length',
+                                            'language_consistency'}
+  assert stats['language_consistency'] == 1.0   # 'x' is an English word
+
+
+def test_language_consistency_uses_each_record_target():
+  """Half the words of the first chain of thought are Russian; the second
+  record asks for Russian and gets it."""
+  from r1jax.tokenizer import train_bpe
+  texts = ['<think> first сперва then затем </think> <answer> 5 </answer>',
+           '<think> сперва затем </think> <answer> 5 </answer>']
+  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
+                                           'pad_token': '<|pad|>'})
+  records = [{'problem': 'Compute 2 + 3.', 'answer': '5', 'task': 'math'},
+             {'problem': 'Вычисли 2 + 3.', 'answer': '5', 'task': 'math',
+              'target_language': 'ru'}]
+  stats = evaluate.evaluate_problems(_ScriptedSampler(tok, texts), None, tok,
+                                     records, template='r1_zero')
+  assert stats['language_consistency'] == pytest.approx((0.5 + 1.0) / 2)

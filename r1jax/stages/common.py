@@ -418,7 +418,8 @@ def evaluate_model(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
   Keys: pass@1 (over eval.num_samples samples at eval.temperature), pass@k
   for k in eval.ks, cons@<num_samples> (majority vote by answer
   equivalence), greedy_accuracy (temperature 0, when eval.greedy), format_rate
-  (strict R1 format), mean_length (tokens); '<task>/<key>' per task; and
+  (strict R1 format), language_consistency (share of chain-of-thought words
+  in each problem's language), mean_length (tokens); '<task>/<key>' per task; and
   'samples', a few completions as text.
   """
   from r1jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -461,7 +462,8 @@ def evaluate_model(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
     stats.update({k: float(v) for k, v in zip(names, means)})
   stats['num_problems'] = len(records) * nproc
   shown = [k for k in ('pass@1', f'cons@{ec.num_samples}', 'greedy_accuracy',
-                       'format_rate', 'mean_length') if k in stats]
+                       'format_rate', 'language_consistency', 'mean_length')
+           if k in stats]
   log(f'held-out ({len(records)} problems x {ec.num_samples} samples, '
       f'template {ec.template!r}, temperature {ec.temperature}): ' +
       ' | '.join(f'{k} {stats[k]:.3f}' for k in shown))
