@@ -242,6 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = restored
     batcher.set_state(extra['data_state'])
     writer.log(f'resumed from step {latest}')
+  grpo_rollout.drop_completions_after(workdir, -1 if latest is None else latest)
   start_step = int(state['step'])
   # A host copy: state's buffers are donated to the update.
   base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(state['rng'])))
@@ -325,6 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       writer.log(common.progress_line(
           step, tc.steps, time.perf_counter() - t_loop, step - start_step, m,
           _CONSOLE))
+      grpo_rollout.write_completions(
+          workdir, step, grpo_rollout.completion_records(host, config))
     final.update({f'train/{k}': v for k, v in m.items()})
 
     if (config.eval.every and step % config.eval.every == 0) or step == tc.steps:

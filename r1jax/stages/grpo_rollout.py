@@ -7,6 +7,8 @@ the step has enough groups whose rewards differ. `to_device` turns the
 host rows into the global arrays the jitted update takes.
 """
 
+import json
+import pathlib
 from typing import Any
 
 import jax
@@ -149,6 +151,56 @@ def rollout_metrics(host: dict[str, Any], config) -> dict[str, float]:
   m['sampling_rounds'] = float(host['sampling_rounds'])
   m['frac_informative_groups'] = float(host['frac_informative_groups'])
   return m
+
+
+# A few completions of each logged step with their rewards, readable without
+# TensorBoard (`python -m r1jax.inspect WORKDIR` prints the latest ones).
+COMPLETIONS_FILE = 'completions.jsonl'
+
+
+def completion_records(host: dict[str, Any], config, n: int = 4) -> list[dict]:
+  """Up to `n` completions of a rollout, from different groups, with rewards."""
+  g = config.rl.group_size
+  out = []
+  for j, i in enumerate(range(0, len(host['texts']), g)[:n]):
+    i += j % g  # a different sample index in each group
+    example = host['examples'][i]
+    out.append({
+        'problem': str(example.get('problem', '')),
+        'answer': str(example.get('answer', '')),
+        'completion': host['texts'][i],
+        'reward': float(host['rewards'][i]),
+        'rewards': {k: float(v[i]) for k, v in host['per_reward'].items()},
+        'length': int(host['lengths'][i]),
+        'truncated': bool(host['finish_reason'][i] != 0),
+    })
+  return out
+
+
+def write_completions(workdir, step: int, records: list[dict]) -> None:
+  """Appends one row {'step', 'completions'} to WORKDIR/completions.jsonl."""
+  if jax.process_index() != 0 or not records:
+    return
+  with open(pathlib.Path(workdir) / COMPLETIONS_FILE, 'a',
+            encoding='utf-8') as f:
+    f.write(json.dumps({'step': int(step), 'completions': records}) + '\n')
+
+
+def drop_completions_after(workdir, step: int) -> None:
+  """Drops rows of steps > `step` (a resumed run writes them again)."""
+  path = pathlib.Path(workdir) / COMPLETIONS_FILE
+  if jax.process_index() != 0 or not path.is_file():
+    return
+  kept = []
+  for line in path.read_text(encoding='utf-8').splitlines():
+    try:
+      if int(json.loads(line)['step']) <= step:
+        kept.append(line + '\n')
+    except (ValueError, KeyError, TypeError):
+      continue  # a line cut by a kill mid-write
+  tmp = path.with_suffix('.jsonl.tmp')
+  tmp.write_text(''.join(kept), encoding='utf-8')
+  tmp.replace(path)
 
 
 def to_device(host: dict[str, Any], config, mesh) -> dict[str, jax.Array]:
