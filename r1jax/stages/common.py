@@ -31,6 +31,15 @@ from r1jax.tokenizer import Tokenizer, train_bpe
 # =============================================================== config checks
 
 
+class ConfigError(ValueError):
+  """A config that cannot run; the one-line message names the key and the fix
+  (r1jax.train prints it without a traceback)."""
+
+
+class MissingFileError(ConfigError, FileNotFoundError):
+  """A file or directory a config names does not exist."""
+
+
 def config_get(config: ml_collections.ConfigDict, dotted: str) -> Any:
   node = config
   for part in dotted.split('.'):
@@ -40,14 +49,14 @@ def config_get(config: ml_collections.ConfigDict, dotted: str) -> Any:
 
 def check(config: ml_collections.ConfigDict,
           checks: Iterable[tuple[str, bool, str]]) -> None:
-  """Raises ValueError('config.<key>=<value> <why>') for the first failed check."""
+  """Raises ConfigError('config.<key>=<value> <why>') for the first failed check."""
   for key, ok, why in checks:
     if not ok:
       try:
         value = repr(config_get(config, key))
       except (KeyError, AttributeError):
         value = '<missing>'
-      raise ValueError(f'config.{key}={value} {why}')
+      raise ConfigError(f'config.{key}={value} {why}')
 
 
 def check_known(config: ml_collections.ConfigDict, dotted: str,
@@ -55,8 +64,8 @@ def check_known(config: ml_collections.ConfigDict, dotted: str,
   """Fails naming the key when config.<dotted> is not one of `known`."""
   value = config_get(config, dotted)
   if value not in known:
-    raise ValueError(f'config.{dotted}={value!r} is not known; known: '
-                     f'{sorted(known)}')
+    raise ConfigError(f'config.{dotted}={value!r} is not known; known: '
+                      f'{sorted(known)}')
 
 
 # ============================================================ run records
@@ -130,7 +139,7 @@ def resolve_hf_path(path: str) -> str:
       return str(exported)
     steps = ckpt_lib.Checkpointer(p / 'checkpoints').latest_step() if (
         p / 'checkpoints').is_dir() else None
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'{path} is the workdir of a {run.get("stage", "?")!r} run that has not '
         f'finished (latest checkpoint: step {steps}); run it to the end first '
         '(the same command resumes it), or evaluate its checkpoint with '
@@ -155,7 +164,7 @@ def check_architecture(preset: str, cfg, source: str,
   diffs = [f'{f} {getattr(cfg, f)} (preset: {getattr(want, f)})'
            for f in _ARCH_FIELDS if getattr(cfg, f) != getattr(want, f)]
   if diffs:
-    raise ValueError(
+    raise ConfigError(
         f'{source} is not a {preset!r} checkpoint: {", ".join(diffs)}. Point '
         f"config.model.hf_path / gguf_path at a {preset} checkpoint, or set "
         "config.model.preset='' to take the checkpoint's own architecture.")
@@ -179,7 +188,7 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
     hf_path = resolve_hf_path(mc.hf_path)
     config_file = pathlib.Path(hf_path) / 'config.json'
     if not config_file.is_file():
-      raise FileNotFoundError(
+      raise MissingFileError(
           f'config.model.hf_path={mc.hf_path!r}: no config.json there; '
           'point it at a Hugging Face model directory or at the workdir of a '
           'finished stage.')
@@ -195,7 +204,7 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
   if mc.gguf_path:
     from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
     if not pathlib.Path(mc.gguf_path).is_file():
-      raise FileNotFoundError(
+      raise MissingFileError(
           f'config.model.gguf_path={mc.gguf_path!r} is not a file.')
     cfg, _, params = gguf.load_gguf(mc.gguf_path, dtype=overrides['dtype'],
                                     param_dtype=overrides['param_dtype'])
@@ -224,7 +233,7 @@ def ensure_base_model(config, workdir: pathlib.Path, log) -> None:
       pathlib.Path(resolve_hf_path(mc.hf_path)) / 'config.json').exists():
     return
   if not mc.get('pretrain_if_missing', False):
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'config.model.hf_path={mc.hf_path!r} has no config.json. Point it at '
         'a Hugging Face model directory, or set '
         'config.model.pretrain_if_missing=True to build the tiny base model.')
