@@ -27,6 +27,10 @@ setuptools.setup(
             'pytest-timeout==2.4.0',
             'hypothesis==6.155.2',
             'matplotlib==3.11.2',
+            # tests/test_notebook.py executes notebooks/r1_zero_colab.ipynb.
+            'nbclient==0.11.0',
+            'nbformat==5.11.1',
+            'ipykernel==7.4.0',
         ],
     },
 )
