@@ -85,6 +85,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 50 if not runlocal else 2
   c.train.keep_checkpoints = 2
 
+  # Token-level distillation (r1jax/stages/sft.py), off while teacher='':
+  # loss = (1 - weight) * NLL + weight * T^2 * KL to a frozen teacher run on
+  # the same batch; the teacher must share the student's tokenizer.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ''             # HF dir, GGUF file or a stage's workdir
+  c.distill.kind = 'forward'         # KL(teacher || student) | 'reverse'
+  c.distill.weight = 1.0             # w in [0, 1]
+  c.distill.temperature = 1.0        # T > 0, on both models' logits
+
   c.export = ml_collections.ConfigDict()
   c.export.hf = True
   c.export.hf_dir = ''               # '' = WORKDIR/hf (the next stage's input)

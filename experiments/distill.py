@@ -15,8 +15,11 @@ r"""Distillation: a small student learns from a strong teacher's traces.
 
 Token-level distillation is a switch of the SFT stage, for a teacher and a
 student with one tokenizer: --config.student_sft.distill.teacher=<teacher dir>
---config.student_sft.distill.kind=forward (KL(teacher || student)) or reverse,
-computed on the fly from the teacher's logits on the same tokens.
+(the checkpoint teacher_traces samples from: an HF dir, a GGUF file or a
+finished stage's workdir) --config.student_sft.distill.kind=forward
+(KL(teacher || student)) or reverse, computed on the fly from the teacher's
+logits on the same tokens; distill.weight mixes it with the NLL of the traces
+and distill.temperature softens both distributions (KL scaled by T^2).
 With a real student, point student_sft.model.hf_path at it and drop
 student_base: --config.order=teacher_traces,student_sft.
 paper: Qwen2.5 and Llama students fine-tuned on 800k R1 samples, SFT only;
@@ -59,11 +62,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.student_sft.model.pretrain_if_missing = False
   c.student_sft.data.source = 'jsonl'
   c.student_sft.data.path = '@teacher_traces'
-  c.student_sft.distill = ml_collections.ConfigDict()
+  # Token-level distillation (the section comes from cold_start.py):
   c.student_sft.distill.teacher = ''  # '' = sequence-level only
   c.student_sft.distill.kind = 'forward'  # forward | reverse KL
-  c.student_sft.distill.weight = 1.0  # loss = (1 - w) * NLL + w * KL
-  c.student_sft.distill.temperature = 1.0
+  c.student_sft.distill.weight = 1.0  # loss = (1 - w) * NLL + w * T^2 * KL
+  c.student_sft.distill.temperature = 1.0  # T, on both models' logits
 
   if compare:
     c.student_rl = reasoning_rl.get_config(arg)

@@ -7,11 +7,17 @@ for pretraining), packed or bucketed sequences, AdamW with warm-up and cosine
 decay, gradient clipping and accumulation, periodic eval loss and sample
 generations, orbax checkpoints with exact resume, metrics to TensorBoard and
 JSONL. Data-parallel / fsdp through the mesh in `config.mesh`.
+
+Token-level distillation (`config.distill`, off while distill.teacher=''):
+a frozen teacher with the student's tokenizer (any size) is run on the same
+batch inside the train step, and the loss becomes (1 - w) * NLL + w * KL,
+the KL forward (teacher || student) or reverse, at a temperature, over the
+same target tokens (r1jax/rl/distill.py). Metrics: loss, nll, distill/kl.
 """
 
 import pathlib
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +30,20 @@ from r1jax import parallel
 from r1jax.data import pipeline
 from r1jax.model import config as model_config
 from r1jax.model import functional as fn
+from r1jax.rl import distill as distill_lib
 from r1jax.stages import common
+from r1jax.tokenizer import Tokenizer
 
 DATA_SOURCES = ('synthetic_corpus', 'jsonl', 'cold_start')
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails at start-up with a message that names the bad key."""
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices_batch: int = 1, process_count: int = 1) -> None:
+  """Fails at start-up with a message that names the bad key.
+
+  r1jax.train calls it before the mesh exists (one device, one process); the
+  stage again with its mesh.
+  """
   tc = config.train
   common.check(config, [
       ('train.steps', tc.steps > 0, 'must be positive'),
@@ -47,9 +60,66 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        or bool(config.model.hf_path or config.model.gguf_path),
        f'unknown preset; known: {model_config.PRESETS.names()}'),
   ])
+  ec = config.get('eval', ml_collections.ConfigDict())
+  common.check(config, [
+      ('train.batch_size', tc.batch_size % num_devices_batch == 0,
+       f'must be divisible by the mesh batch axes (data x fsdp = '
+       f'{num_devices_batch} devices); change it or config.mesh'),
+      ('train.batch_size', tc.batch_size % process_count == 0,
+       f'must be divisible by the number of processes ({process_count})'),
+      ('train.log_every', tc.log_every >= 1, 'must be >= 1'),
+      ('train.eval_every', tc.eval_every >= 1, 'must be >= 1'),
+      ('train.checkpoint_every', tc.checkpoint_every >= 1, 'must be >= 1'),
+      ('train.keep_checkpoints', tc.keep_checkpoints >= 1, 'must be >= 1'),
+      ('train.sample_every', tc.sample_every >= 0, 'must be >= 0 (0: never)'),
+      ('train.min_lr_ratio', 0 <= tc.min_lr_ratio <= 1, 'must be in [0, 1]'),
+      ('data.num_eval_docs', config.data.num_eval_docs >= 0, 'must be >= 0'),
+      ('data.datasets', config.data.source != 'cold_start' or
+       len(config.data.get('datasets', ())) > 0,
+       "is empty: data.source='cold_start' needs at least one data set "
+       "(e.g. ('synthetic',) or ('gsm8k',))"),
+      ('eval.num_samples', ec.get('num_samples', 1) >= 1, 'must be >= 1'),
+      ('eval.ks', all(1 <= k <= ec.get('num_samples', 1)
+                      for k in ec.get('ks', ())),
+       f'must be in [1, eval.num_samples={ec.get("num_samples", 1)}] (pass@k '
+       'needs k samples per problem)'),
+  ])
+  mc = config.model
+  if (config.tokenizer.path == 'train' and not (mc.hf_path or mc.gguf_path)
+      and 'vocab_size' in config.tokenizer):
+    vocab = model_config.get_config(mc.preset, **dict(mc.overrides)).vocab_size
+    common.check(config, [
+        ('tokenizer.vocab_size', config.tokenizer.vocab_size <= vocab,
+         f'is more than the model preset {mc.preset!r} has (vocab_size='
+         f'{vocab}); lower it or raise config.model.overrides.vocab_size')])
   if config.data.source == 'jsonl' and not config.data.path:
-    raise ValueError("config.data.path must name a JSONL file when "
+    raise common.ConfigError("config.data.path must name a JSONL file when "
                      "config.data.source='jsonl'")
+  if 'distill' in config:
+    dc = distill_config(config)
+    is_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    common.check(config, [
+        ('distill.teacher', isinstance(dc.teacher, str),
+         "must be a path (a checkpoint), or '' for none"),
+        ('distill.kind', dc.kind in distill_lib.DISTILL_DIVERGENCES,
+         f'must be one of {distill_lib.DISTILL_DIVERGENCES.names()}'),
+        ('distill.weight', is_num(dc.weight) and 0 <= dc.weight <= 1,
+         'must be in [0, 1]'),
+        ('distill.temperature', is_num(dc.temperature) and dc.temperature > 0,
+         'must be positive'),
+    ])
+
+
+# Token-level distillation, off unless config.distill.teacher is set; a
+# config without a `distill` section (pretraining) has it off.
+DISTILL_DEFAULTS = dict(teacher='', kind='forward', weight=1.0,
+                        temperature=1.0)
+
+
+def distill_config(config) -> ml_collections.ConfigDict:
+  """config.distill with the defaults filled in (all of them without one)."""
+  given = config.distill.to_dict() if 'distill' in config else {}
+  return ml_collections.ConfigDict({**DISTILL_DEFAULTS, **given})
 
 
 def read_jsonl_examples(path: str) -> list[dict[str, str]]:
@@ -111,60 +181,181 @@ def build_examples(config, tokenizer) -> tuple[list[dict], list[dict]]:
 # ======================================================================= loss
 
 
+def _logits(graphdef, params, batch) -> jax.Array:
+  """Teacher-forced logits [B, T, V] of a packed / bucketed batch."""
+  mask_BxTxT = pipeline.segment_mask(batch['segment_ids'])
+  logits_BxTxV, _ = fn.apply(graphdef, params, batch['tokens'],
+                             batch['positions'], mask_BxTxT)
+  return logits_BxTxV
+
+
+def _nll_from_logits(logits_BxTxV, batch) -> tuple[jax.Array, jax.Array]:
+  logp_BxT1 = fn.token_logprobs(logits_BxTxV[:, :-1], batch['tokens'][:, 1:])
+  w_BxT1 = batch['loss_mask'][:, 1:].astype(jnp.float32)
+  return -(logp_BxT1 * w_BxT1).sum(), w_BxT1.sum()
+
+
 def nll_sum(graphdef, params, batch) -> tuple[jax.Array, jax.Array]:
   """Summed next-token NLL over target tokens, and the number of targets.
 
   `batch['loss_mask'][b, t]` marks tokens[b, t] as a target predicted from the
   tokens before it in the same segment.
   """
-  tokens_BxT = batch['tokens']
-  mask_BxTxT = pipeline.segment_mask(batch['segment_ids'])
-  logits_BxTxV, _ = fn.apply(graphdef, params, tokens_BxT, batch['positions'],
-                             mask_BxTxT)
-  logp_BxT1 = fn.token_logprobs(logits_BxTxV[:, :-1], tokens_BxT[:, 1:])
-  w_BxT1 = batch['loss_mask'][:, 1:].astype(jnp.float32)
-  return -(logp_BxT1 * w_BxT1).sum(), w_BxT1.sum()
+  return _nll_from_logits(_logits(graphdef, params, batch), batch)
 
 
-def make_train_step(graphdef, optimizer, grad_accum: int):
+class Teacher(NamedTuple):
+  """A frozen teacher for token-level distillation (`config.distill`)."""
+  graphdef: Any
+  params: Any
+  kind: str            # a name in distill_lib.DISTILL_DIVERGENCES
+  weight: float        # loss = (1 - weight) * NLL + weight * KL
+  temperature: float
+  vocab_size: int      # the shared tokenizer's vocabulary
+
+
+def loss_sum(graphdef, params, batch, teacher: Teacher | None = None,
+             teacher_params=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The summed SFT loss of a (micro-)batch and its parts {nll, kl, n}.
+
+  Without a teacher: the summed NLL. With one: (1 - w) * NLL + w * KL, where
+  KL is `distill_lib.distill_kl_sum` of the student's and the teacher's
+  next-token distributions over the same target positions as the NLL. Both
+  are sums; the caller divides by the number of targets over all
+  micro-batches.
+  """
+  logits_BxTxV = _logits(graphdef, params, batch)
+  nll, n = _nll_from_logits(logits_BxTxV, batch)
+  if teacher is None:
+    return nll, {'nll': nll, 'kl': jnp.zeros(()), 'n': n}
+  teacher_logits_BxTxV = jax.lax.stop_gradient(
+      _logits(teacher.graphdef, teacher_params, batch))
+  kl = distill_lib.distill_kl_sum(
+      logits_BxTxV[:, :-1], teacher_logits_BxTxV[:, :-1],
+      batch['loss_mask'][:, 1:], kind=teacher.kind,
+      temperature=teacher.temperature, vocab_size=teacher.vocab_size)
+  w = teacher.weight
+  return (1.0 - w) * nll + w * kl, {'nll': nll, 'kl': kl, 'n': n}
+
+
+def make_train_step(graphdef, optimizer, grad_accum: int,
+                    teacher: Teacher | None = None):
   """A jitted step: (state, batch) -> (state, metrics); state is donated.
 
   The batch is split into `grad_accum` micro-batches along its leading axis;
-  gradients of the summed NLL are accumulated and divided by the total number
-  of target tokens, so the update equals the one of the whole batch.
+  gradients of the summed loss are accumulated and divided by the total number
+  of target tokens, so the update equals the one of the whole batch. With a
+  `teacher`, its logits are computed on each micro-batch inside the step (its
+  params are an argument of the compiled program, never updated).
   """
 
-  def step(state, batch):
+  def step(state, batch, teacher_params):
     params = state['params']
     micro = jax.tree.map(
         lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]),
         batch)
     grad_fn = jax.value_and_grad(
-        lambda p, b: nll_sum(graphdef, p, b), has_aux=True)
+        lambda p, b: loss_sum(graphdef, p, b, teacher, teacher_params),
+        has_aux=True)
 
     def body(carry, mb):
-      g_acc, loss_acc, n_acc = carry
-      (loss, n), g = grad_fn(params, mb)
+      g_acc, sums = carry
+      (loss, parts), g = grad_fn(params, mb)
       g_acc = jax.tree.map(jnp.add, g_acc, g)
-      return (g_acc, loss_acc + loss, n_acc + n), None
+      sums = jax.tree.map(jnp.add, sums, dict(parts, loss=loss))
+      return (g_acc, sums), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, loss_sum, n), _ = jax.lax.scan(
-        body, (zeros, jnp.zeros(()), jnp.zeros(())), micro)
+    sums0 = {k: jnp.zeros(()) for k in ('loss', 'nll', 'kl', 'n')}
+    (grads, sums), _ = jax.lax.scan(body, (zeros, sums0), micro)
+    n = sums['n']
     denom = jnp.maximum(n, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state['opt_state'], params)
     new_params = optax.apply_updates(params, updates)
     metrics = {
-        'loss': loss_sum / denom,
+        'loss': sums['loss'] / denom,
         'grad_norm': optax.global_norm(grads),
         'target_tokens': n,
     }
+    if teacher is not None:
+      metrics['nll'] = sums['nll'] / denom
+      metrics['distill/kl'] = sums['kl'] / denom
     new_state = dict(state, params=new_params, opt_state=opt_state,
                      step=state['step'] + 1)
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=0)
+  jitted = jax.jit(step, donate_argnums=0)
+  teacher_params = None if teacher is None else teacher.params
+  return lambda state, batch: jitted(state, batch, teacher_params)
+
+
+def load_teacher(config, mesh, tokenizer, log=print) -> Teacher | None:
+  """The frozen teacher of `config.distill`, or None when distill.teacher=''.
+
+  The teacher (an HF directory, a GGUF file, or a finished stage's workdir)
+  may have any architecture and size, but must share the student's
+  tokenizer; that is checked before its weights are read. Its params go onto
+  the run's mesh, in the student's dtypes.
+  """
+  dc = distill_config(config)
+  if not dc.teacher:
+    return None
+  path = dc.teacher
+  is_gguf = pathlib.Path(path).is_file()
+  if is_gguf:
+    from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
+    teacher_tokenizer = gguf.tokenizer_from_gguf(path)
+  else:
+    path = common.resolve_hf_path(path)
+    if not (pathlib.Path(path) / 'config.json').is_file():
+      raise FileNotFoundError(
+          f'config.distill.teacher={dc.teacher!r} is not a GGUF file, a '
+          'Hugging Face directory (with config.json) or the workdir of a '
+          'finished stage.')
+    teacher_tokenizer = Tokenizer.from_dir(path)
+  check_same_tokenizer(tokenizer, teacher_tokenizer, dc.teacher)
+  mc = config.model
+  teacher_config = ml_collections.ConfigDict({
+      'seed': config.seed,
+      'model': {'preset': '', 'overrides': {}, 'dtype': mc.dtype,
+                'param_dtype': mc.param_dtype, 'remat': False,
+                'hf_path': '' if is_gguf else path,
+                'gguf_path': path if is_gguf else ''},
+      'tokenizer': {'path': ''}})
+  cfg, graphdef, params, _ = common.load_model_and_tokenizer(
+      teacher_config, None, mesh)
+  if cfg.vocab_size < tokenizer.vocab_size:
+    raise ValueError(
+        f'config.distill.teacher={dc.teacher!r} has vocab_size='
+        f'{cfg.vocab_size}, fewer rows than its tokenizer\'s '
+        f'{tokenizer.vocab_size} tokens')
+  log(f'distill: {dc.kind} KL to teacher {dc.teacher} ({cfg.num_layers} '
+      f'layers, {fn.count_params(params):,} params), weight {dc.weight}, '
+      f'temperature {dc.temperature}')
+  return Teacher(graphdef=graphdef, params=params, kind=dc.kind,
+                 weight=float(dc.weight), temperature=float(dc.temperature),
+                 vocab_size=tokenizer.vocab_size)
+
+
+def check_same_tokenizer(student: Tokenizer, teacher: Tokenizer,
+                         teacher_path: str) -> None:
+  """Token-level distillation compares distributions id by id: the two
+  tokenizers must map the same tokens to the same ids."""
+  vocab_s = student.tok.get_vocab(with_added_tokens=True)
+  vocab_t = teacher.tok.get_vocab(with_added_tokens=True)
+  if vocab_s == vocab_t:
+    return
+  token, _ = min(set(vocab_s.items()) ^ set(vocab_t.items()),
+                 key=lambda kv: (kv[1], kv[0]))
+  raise ValueError(
+      f'config.distill.teacher={teacher_path!r}: token-level distillation '
+      'needs a shared tokenizer (the same token -> id map), but the '
+      f"teacher's has {len(vocab_t)} tokens and the student's {len(vocab_s)}, "
+      f'and they differ (e.g. {token!r}: student id {vocab_s.get(token)}, '
+      f'teacher id {vocab_t.get(token)}). Sequence-level distillation '
+      "(distill.teacher='': SFT on the teacher's traces) works across "
+      'tokenizers.')
 
 
 def make_eval_step(graphdef):
@@ -230,12 +421,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   common.write_run_config(config, workdir)
   tc = config.train
   mesh = parallel.make_mesh(dict(config.mesh))
+  validate_config(config, parallel.batch_size_divisor(mesh), jax.process_count())
 
   # ------------------------------------------------------ model & tokenizer
   model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(
       config, workdir, mesh)
   writer.log(f'model: {model_cfg.num_layers} layers, '
              f'{fn.count_params(params):,} params; vocab {tokenizer.vocab_size}')
+  teacher = load_teacher(config, mesh, tokenizer, writer.log)
 
   # ------------------------------------------------------------------ data
   train_examples, eval_examples = build_examples(config, tokenizer)
@@ -270,7 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   to_device = lambda b: parallel.host_local_to_global(
       {k: np.asarray(v) for k, v in b.items()}, mesh)
   eval_batches = [to_device(b) for b in eval_batches]
-  train_step = make_train_step(graphdef, optimizer, tc.grad_accum)
+  train_step = make_train_step(graphdef, optimizer, tc.grad_accum, teacher)
   eval_step = make_eval_step(graphdef)
 
   # ------------------------------------------------------------------- loop
@@ -294,9 +487,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       t_last, tokens_since = time.perf_counter(), 0.0
       writer.write(step, m, prefix='train/')
       writer.log(metrics_lib.progress_line(
-          step, tc.steps, m, ('loss', 'grad_norm', 'tokens_per_s')))
+          step, tc.steps, m,
+          ('loss', 'nll', 'distill/kl', 'grad_norm', 'tokens_per_s')))
       history.append((step, loss))
       final['train_loss'] = loss
+      if teacher is not None:
+        final['train_nll'] = m['nll']
+        final['distill_kl'] = m['distill/kl']
     if eval_batches and (step % tc.eval_every == 0 or step == tc.steps):
       eval_loss = _eval_loss(eval_step, state['params'], eval_batches)
       writer.write(step, {'loss': eval_loss}, prefix='eval/')
