@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from r1jax import memory
 from r1jax import parallel
 from r1jax import rewards as rewards_lib
 from r1jax import rl
@@ -202,6 +203,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   common.ensure_base_model(config, workdir, say)
   checkpointer, writer = common.open_run(workdir, tc.keep_checkpoints)
   common.write_run_config(config, workdir)
+  # Before any weights load or compile: print the memory estimate, fail if
+  # it cannot fit the device (r1jax/memory.py).
+  memory.check_grpo(config, memory.model_config_of(config), mesh, writer.log)
 
   # ------------------------------------------------------ model & tokenizer
   model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(

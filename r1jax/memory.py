@@ -1,0 +1,326 @@
+"""Device-memory estimate of a GRPO run, from its config, before any compile.
+
+    est = memory.grpo_estimate(model_cfg, prompts_per_step=32, group_size=16,
+                               prompt_tokens=512, max_new_tokens=1024,
+                               num_minibatches=16, grad_accum=4,
+                               use_reference=True)
+    print(est.table())
+
+Bytes per device. Three things stay resident for the whole run: the
+parameters, the optimizer state (AdamW: two moments in the parameter dtype)
+and the frozen reference (when beta > 0). On top of them, one phase of the
+step at a time:
+
+  sample     the KV cache of every row (prompts x group size), the prefill's
+             attention scores and the decode step's logits;
+  reference  the reference log-prob pass over the whole rollout at once (its
+             [rows, L, V] float32 logits dominate for large vocabularies);
+  update     the gradient accumulator and one micro-batch's gradient, the
+             micro-batch's activations (all layers' without remat, one
+             layer's inputs per layer plus one layer's worth with it) and its
+             LM-head logits (log-probs, entropy and their gradient).
+
+Parameters, optimizer state, the reference and the KV cache are exact (the
+tests compare them with real arrays); activations are an estimate of what the
+backward pass keeps (per token and layer: the projections, the SwiGLU
+intermediates, the float32 attention scores and probabilities), which XLA's
+fusion usually beats. Parameters are divided over the mesh's fsdp x tensor
+axes, rows over data x fsdp.
+
+`check_grpo` prints the estimate at start-up and fails naming the knobs when
+it exceeds the device memory: `bytes_limit` of `device.memory_stats()` (GPU,
+TPU). CPU devices report no limit: there the estimate (times the number of
+local devices, which share the host) is compared with the host's available
+memory and only a warning is printed, since host memory is shared with other
+processes, swappable and changes while the run starts. R1JAX_MEMORY_CHECK=0
+turns the failure into a warning on every backend.
+"""
+
+import dataclasses
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from r1jax.model.config import ModelConfig
+
+_GIB = 2 ** 30
+KNOBS = ('rl.group_size', 'rl.prompts_per_step', 'rl.num_minibatches',
+         'rl.grad_accum', 'sampling.max_new_tokens', 'model.remat')
+
+
+class MemoryBudgetError(ValueError):
+  """The estimated peak of a config exceeds the device memory."""
+
+
+def _budget_bucket(n: int) -> int:
+  # The sampler's completion buckets (imported lazily: jax-heavy module).
+  from r1jax.sampling.sampler import budget_bucket  # pylint: disable=g-import-not-at-top
+  return budget_bucket(n)
+
+
+# ================================================================ components
+
+
+def param_bytes(cfg: ModelConfig) -> int:
+  """Bytes of one parameter tree in `cfg.param_dtype`."""
+  return cfg.num_params() * jnp.dtype(cfg.param_dtype).itemsize
+
+
+def adamw_bytes(cfg: ModelConfig) -> int:
+  """AdamW's first and second moments (parameter dtype) and its counters
+  (`stages.common.make_optimizer`: clip -> adamw with a schedule)."""
+  return 2 * param_bytes(cfg) + 2 * 4
+
+
+def kv_cache_bytes(cfg: ModelConfig, rows: int, prompt_width: int,
+                   max_new_tokens: int, cache_dtype=None) -> int:
+  """The sampler's decode cache: K and V per layer, [rows, P + L, K, H]
+  (L: the completion budget rounded up to its bucket)."""
+  slots = prompt_width + _budget_bucket(max_new_tokens)
+  itemsize = jnp.dtype(cache_dtype or cfg.dtype).itemsize
+  return (2 * cfg.num_layers * rows * slots * cfg.num_kv_heads *
+          cfg.head_dim * itemsize)
+
+
+def _layer_activation_bytes(cfg: ModelConfig, rows: int, seq: int) -> int:
+  """What one block keeps for its backward pass (no remat), [rows, seq]."""
+  e = jnp.dtype(cfg.dtype).itemsize
+  d, f, n, k, h = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                   cfg.num_kv_heads, cfg.head_dim)
+  # residuals and norm outputs (4 D), q/k/v before and after rope and the
+  # attention output (3 N H + 3 K H), SwiGLU gate/up/silu/product (4 F);
+  # the two RMSNorms' float32 inputs (2 D x 4 bytes).
+  per_token = (4 * d + 3 * n * h + 3 * k * h + 4 * f) * e + 2 * d * 4
+  scores = n * seq * (4 + e)  # float32 scores + probabilities per query
+  return rows * seq * (per_token + scores)
+
+
+def activation_bytes(cfg: ModelConfig, rows: int, seq: int,
+                     remat: bool | None = None) -> int:
+  """Activations of a teacher-forced forward + backward over [rows, seq]
+  (the LM head's logits not included: see `logits_bytes`)."""
+  remat = cfg.remat if remat is None else remat
+  e = jnp.dtype(cfg.dtype).itemsize
+  layer = _layer_activation_bytes(cfg, rows, seq)
+  mask = rows * seq * seq  # the bool attention mask, shared by the layers
+  embed = 2 * rows * seq * cfg.hidden_size * e  # embeddings, final norm
+  if remat:  # each block's input, plus one block recomputed at a time
+    return cfg.num_layers * rows * seq * cfg.hidden_size * e + layer + mask + embed
+  return cfg.num_layers * layer + mask + embed
+
+
+def logits_bytes(cfg: ModelConfig, rows: int, positions: int) -> int:
+  """LM-head logits over [rows, positions] in the update: compute-dtype
+  logits and their float32 copy, the log-softmax, the entropy's
+  probabilities and the logits' gradient."""
+  e = jnp.dtype(cfg.dtype).itemsize
+  return rows * positions * cfg.vocab_size * (e + 4 + 4 + 8)
+
+
+# ================================================================== estimate
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """Bytes per device of each part of a GRPO step (see the module doc)."""
+  params: int
+  optimizer: int
+  reference: int
+  kv_cache: int
+  sample_other: int   # prefill attention, decode logits, token buffers
+  reference_pass: int
+  gradients: int
+  activations: int
+  update_logits: int
+
+  @property
+  def resident(self) -> int:
+    return self.params + self.optimizer + self.reference
+
+  @property
+  def phases(self) -> dict[str, int]:
+    return {'sample': self.kv_cache + self.sample_other,
+            'reference': self.reference_pass,
+            'update': self.gradients + self.activations + self.update_logits}
+
+  @property
+  def peak_phase(self) -> str:
+    return max(self.phases, key=self.phases.get)
+
+  @property
+  def total(self) -> int:
+    return self.resident + max(self.phases.values())
+
+  def table(self) -> str:
+    rows = [('params', self.params), ('optimizer (AdamW)', self.optimizer),
+            ('reference', self.reference), ('kv cache', self.kv_cache),
+            ('sample, other', self.sample_other),
+            ('reference pass', self.reference_pass),
+            ('gradients', self.gradients), ('activations', self.activations),
+            ('update logits', self.update_logits)]
+    lines = [f'  {name:<18} {_fmt(v):>10}' for name, v in rows]
+    lines.append(f'  {"peak (" + self.peak_phase + ")":<18} '
+                 f'{_fmt(self.total):>10}  = resident {_fmt(self.resident)} '
+                 f'+ {self.peak_phase} {_fmt(self.phases[self.peak_phase])}')
+    return '\n'.join(lines)
+
+
+def _fmt(n: int) -> str:
+  return f'{n / _GIB:.2f} GiB' if n >= _GIB / 10 else f'{n / 2**20:.1f} MiB'
+
+
+def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
+                  prompt_tokens: int, max_new_tokens: int,
+                  num_minibatches: int, grad_accum: int, use_reference: bool,
+                  batch_devices: int = 1, param_shards: int = 1,
+                  remat: bool | None = None) -> Estimate:
+  """Bytes per device of one GRPO step (see the module doc).
+
+  Args:
+    cfg: the model (its param_dtype, dtype and, unless `remat` is given,
+      remat are used).
+    prompts_per_step, group_size: the rollout is their product in rows.
+    prompt_tokens: the prompt width (sampling.max_prompt_tokens).
+    max_new_tokens: the completion budget (rounded up to its bucket).
+    num_minibatches, grad_accum: rows per device of one micro-batch are
+      rows / batch_devices / num_minibatches / grad_accum.
+    use_reference: beta > 0 (a reference tree and its log-prob pass).
+    batch_devices: devices the rows are split over (mesh data x fsdp).
+    param_shards: devices a parameter is split over (mesh fsdp x tensor).
+  """
+  rows = prompts_per_step * group_size
+  rows_dev = -(-rows // batch_devices)
+  prompts_dev = -(-prompts_per_step // batch_devices)
+  micro = max(1, rows_dev // max(1, num_minibatches * grad_accum))
+  budget = _budget_bucket(max_new_tokens)
+  seq = prompt_tokens + budget - 1  # [prompt, completion[:-1]]
+  p = -(-param_bytes(cfg) // param_shards)
+  e = jnp.dtype(cfg.dtype).itemsize
+  prefill = (prompts_dev * cfg.num_heads * prompt_tokens ** 2 * (4 + e) +
+             prompts_dev * prompt_tokens ** 2)
+  decode_logits = rows_dev * cfg.vocab_size * 4 * 3
+  buffers = rows_dev * budget * (4 + 4 + 1)  # tokens, log-probs, mask
+  ref_pass = 0
+  if use_reference:
+    # Forward only: XLA frees each layer's scores before the next and fuses
+    # the log-softmax into the logits; the float32 logits over every row and
+    # completion position remain (plus their compute-dtype copy below f32).
+    ref_pass = (rows_dev * budget * cfg.vocab_size * (4 + (e if e < 4 else 0))
+                + rows_dev * cfg.num_heads * seq * seq * 4 +
+                rows_dev * seq * seq)
+  return Estimate(
+      params=p,
+      optimizer=-(-adamw_bytes(cfg) // param_shards),
+      reference=p if use_reference else 0,
+      kv_cache=kv_cache_bytes(cfg, rows_dev, prompt_tokens, max_new_tokens),
+      sample_other=prefill + decode_logits + buffers,
+      reference_pass=ref_pass,
+      gradients=2 * p,  # the accumulator + one micro-batch's gradient
+      activations=activation_bytes(cfg, micro, seq, remat),
+      update_logits=logits_bytes(cfg, micro, budget))
+
+
+# ================================================================ the check
+
+
+def model_config_of(config) -> ModelConfig:
+  """The run's ModelConfig from its config alone (no weights loaded)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from r1jax.model import config as model_config  # pylint: disable=g-import-not-at-top
+  mc = config.model
+  overrides = dict(dtype=jnp.dtype(mc.dtype),
+                   param_dtype=jnp.dtype(mc.param_dtype), remat=bool(mc.remat))
+  if mc.hf_path:
+    from r1jax.model import hf  # pylint: disable=g-import-not-at-top
+    from r1jax.stages.common import resolve_hf_path  # pylint: disable=g-import-not-at-top
+    path = pathlib.Path(resolve_hf_path(mc.hf_path)) / 'config.json'
+    return hf.config_from_hf(json.loads(path.read_text()), **overrides)
+  if mc.gguf_path:
+    from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
+    return gguf.config_from_gguf(mc.gguf_path).replace(**overrides)
+  return model_config.get_config(mc.preset, **dict(mc.get('overrides', {})),
+                                 **overrides)
+
+
+def device_memory_limit(device=None) -> int | None:
+  """The device's `bytes_limit` (GPU, TPU), or None where none is reported
+  (CPU)."""
+  device = device or jax.local_devices()[0]
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  return int(stats['bytes_limit']) if stats and 'bytes_limit' in stats else None
+
+
+def host_available_bytes() -> int | None:
+  """MemAvailable of /proc/meminfo (Linux), else None."""
+  try:
+    with open('/proc/meminfo') as f:
+      for line in f:
+        if line.startswith('MemAvailable:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def estimate_for_config(config, model_cfg: ModelConfig, mesh) -> Estimate:
+  """`grpo_estimate` of a GRPO experiment config on `mesh`."""
+  rc, sc = config.rl, config.sampling
+  shape = dict(mesh.shape)
+  return grpo_estimate(
+      model_cfg, prompts_per_step=rc.prompts_per_step,
+      group_size=rc.group_size, prompt_tokens=sc.max_prompt_tokens,
+      max_new_tokens=sc.max_new_tokens, num_minibatches=rc.num_minibatches,
+      grad_accum=rc.grad_accum, use_reference=rc.beta > 0,
+      batch_devices=shape.get('data', 1) * shape.get('fsdp', 1),
+      param_shards=shape.get('fsdp', 1) * shape.get('tensor', 1))
+
+
+def over_budget_message(est: Estimate, limit: int, where: str,
+                        devices: int = 1) -> str:
+  """The failure message: the figures, the largest phase, the knobs."""
+  phase = est.peak_phase
+  hint = {
+      'sample': 'the KV cache grows with rl.prompts_per_step x '
+                'rl.group_size x (prompt + sampling.max_new_tokens)',
+      'reference': 'the reference pass scores the whole rollout at once: '
+                   'lower rl.prompts_per_step x rl.group_size or '
+                   'sampling.max_new_tokens',
+      'update': 'a micro-batch is rows / (rl.num_minibatches x '
+                'rl.grad_accum); raise either, or set model.remat=True',
+  }[phase]
+  total = (f'{_fmt(est.total)} per device' if devices == 1 else
+           f'{_fmt(est.total)} per device x {devices} devices')
+  return (f'estimated peak memory {total} exceeds {where} '
+          f'({_fmt(limit)}); the {phase} phase is largest: {hint}. '
+          f'Knobs: {", ".join(KNOBS)}. Estimate:\n{est.table()}\n'
+          '(R1JAX_MEMORY_CHECK=0 makes this a warning.)')
+
+
+def check_grpo(config, model_cfg: ModelConfig, mesh,
+               log: Callable[[str], None] = print) -> Estimate:
+  """Prints the estimate; raises MemoryBudgetError when it exceeds the
+  device's memory (warns only on CPU, or with R1JAX_MEMORY_CHECK=0)."""
+  est = estimate_for_config(config, model_cfg, mesh)
+  log(f'memory estimate per device (r1jax.memory):\n{est.table()}')
+  limit = device_memory_limit()
+  enforce = os.environ.get('R1JAX_MEMORY_CHECK', '1') != '0'
+  devices = 1
+  if limit is not None:
+    where = f'the device memory of {jax.local_devices()[0].device_kind}'
+  else:  # CPU: local devices share the host's memory; warn only
+    limit = host_available_bytes()
+    where = 'the host memory available'
+    devices = jax.local_device_count()
+    enforce = False
+  if limit is not None and est.total * devices > limit:
+    msg = over_budget_message(est, limit, where, devices)
+    if enforce:
+      raise MemoryBudgetError(msg)
+    log(f'warning: {msg}')
+  return est
