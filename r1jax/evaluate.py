@@ -10,6 +10,9 @@ The vote pools equivalent answers (`r1jax.rewards.answers_equal`: '1/2' and
 `records` are dataset records with an `answer` (and task fields such as
 `numbers` / `target`); correctness is decided by a reward function from the
 reward library (`accuracy_reward`, e.g. 'math', 'arithmetic', 'countdown').
+
+The command, `python -m r1jax.evaluate --checkpoint=... --datasets=...`, is
+r1jax/evaluate_cli.py.
 """
 
 import math
@@ -194,3 +197,10 @@ def format_stats(stats: Mapping[str, Any]) -> str:
   keys += ['format_rate', 'language_consistency', 'mean_length']
   return ', '.join(f'{k} {stats[k]:.3f}' for k in keys if k in stats and
                    isinstance(stats[k], float) and math.isfinite(stats[k]))
+
+
+if __name__ == '__main__':
+  # The command lives in evaluate_cli.py (flags, checkpoint kinds, reports).
+  import sys  # pylint: disable=g-import-not-at-top
+  from r1jax import evaluate_cli  # pylint: disable=g-import-not-at-top
+  sys.exit(evaluate_cli.main())

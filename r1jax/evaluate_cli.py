@@ -1,0 +1,517 @@
+r"""`python -m r1jax.evaluate`: a checkpoint's scores on the math sets.
+
+    python -m r1jax.evaluate --checkpoint=runs/zero \
+        --datasets=gsm8k,math500,aime24,amc23,synthetic
+
+    # SmolLM2-135M-Instruct on 50 GSM8K problems, greedy, its chat template:
+    python -m r1jax.evaluate --checkpoint=SmolLM2-135M-Instruct.Q4_1.gguf \
+        --datasets=gsm8k --limit=50 --k=1 --temperature=0 --no-greedy \
+        --template=chat --max_new_tokens=320 --output=/tmp/smollm2.json
+
+Per data set: pass@1 averaged over k samples (the R1 paper's temperature 0.6,
+top-p 0.95), cons@k (majority vote, equivalent answers pooled), unbiased
+pass@k, greedy accuracy, strict-format rate, language consistency of the
+chain of thought and mean completion length (tokens). The results go to JSON
+(--output; default: `eval.json` inside a checkpoint directory or workdir,
+`<file>.eval.json` beside a GGUF file), with the same table in markdown next
+to it (`.md`) and on stdout; a progress bar goes to stderr.
+
+--checkpoint takes
+  * a Hugging Face directory (config.json + safetensors + tokenizer),
+  * a GGUF file (dequantized),
+  * a training workdir: a finished stage's export (WORKDIR/hf), else the
+    params of its latest orbax checkpoint, on the model its run_config.json
+    describes, with the tokenizer the run used.
+
+The math sets are the `r1jax.data.builders` test splits, read from --data_dir
+(raw jsonl, default $R1JAX_DATA_DIR) and scored with the 'math' reward;
+`synthetic` is the synthetic tasks' test split (--synthetic_tasks,
+--synthetic_problems), each task scored by its own reward. Sampling is the
+one `r1jax.sampling.Sampler`; scoring is `r1jax.evaluate.evaluate_problems`.
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Sequence, TextIO
+
+import jax
+import ml_collections
+import numpy as np
+
+from r1jax import checkpoint as ckpt_lib
+from r1jax import evaluate
+from r1jax import generate
+from r1jax import parallel
+from r1jax.sampling import Sampler
+from r1jax.stages import common
+
+MATH_SETS = ('gsm8k', 'math500', 'aime24', 'amc23')  # test splits
+KNOWN_DATASETS = MATH_SETS + ('synthetic',)
+SYNTHETIC_SEED = 1234  # the held-out seed of the experiment configs
+_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+class EvalError(ValueError):
+  """Bad input; its message is the one line the command prints."""
+
+
+# ================================================================ checkpoint
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  cfg: Any
+  graphdef: Any
+  params: Any
+  tokenizer: Any
+  kind: str         # 'hf', 'gguf' or 'workdir'
+  source: str       # what was read: the directory, file or checkpoint step
+  step: int | None  # the orbax step restored (workdir checkpoints only)
+
+
+def checkpoint_kind(path: pathlib.Path) -> str:
+  """'gguf', 'hf' or 'workdir'; EvalError for anything else."""
+  if not path.exists():
+    raise EvalError(f'--checkpoint={path}: no such file or directory')
+  if path.is_file():
+    if path.suffix == '.gguf':
+      return 'gguf'
+    raise EvalError(f'--checkpoint={path} is a file but not a .gguf file; '
+                    'give a GGUF file, a Hugging Face directory or a workdir')
+  if (path / 'config.json').is_file():
+    return 'hf'
+  if ((path / common.RUN_CONFIG).is_file() or (path / 'checkpoints').is_dir()
+      or (path / common.EXPORT_DIR / 'config.json').is_file()):
+    return 'workdir'
+  raise EvalError(
+      f'--checkpoint={path} is none of: a GGUF file, a Hugging Face directory '
+      f'(no config.json), a training workdir (no {common.RUN_CONFIG}, '
+      'checkpoints/ or hf/)')
+
+
+def _source_config(dtype: str, hf_path: str = '', gguf_path: str = ''):
+  """The `model` / `tokenizer` sections that common.load_model_and_tokenizer
+  reads, for a checkpoint given on the command line."""
+  return ml_collections.ConfigDict({
+      'seed': 0,
+      'model': {'hf_path': hf_path, 'gguf_path': gguf_path, 'preset': '',
+                'dtype': dtype, 'param_dtype': dtype, 'remat': False,
+                'overrides': {}},
+      'tokenizer': {'path': ''}})
+
+
+def load_model(checkpoint: str | pathlib.Path, mesh, dtype: str = '',
+               ) -> LoadedModel:
+  """The model, params (on `mesh`) and tokenizer of `checkpoint`.
+
+  `dtype` sets compute and parameter dtype ('' = float32, or for a workdir
+  checkpoint the run's own).
+  """
+  path = pathlib.Path(checkpoint)
+  kind = checkpoint_kind(path)
+  if kind != 'workdir':
+    config = _source_config(dtype or 'float32', **(
+        {'gguf_path': str(path)} if kind == 'gguf' else {'hf_path': str(path)}))
+    cfg, graphdef, params, tok = common.load_model_and_tokenizer(
+        config, path, mesh)
+    return LoadedModel(cfg, graphdef, params, tok, kind, str(path), None)
+
+  run = common.read_run_config(path)
+  exported = (common.export_dir(run, path) if run is not None
+              else path / common.EXPORT_DIR)
+  ckpt_dir = path / 'checkpoints'
+  latest = None
+  if ckpt_dir.is_dir():
+    with ckpt_lib.Checkpointer(ckpt_dir) as ckptr:
+      latest = ckptr.latest_step()
+  finished = common.read_done(path) is not None
+  if (exported / 'config.json').is_file() and (finished or latest is None):
+    config = _source_config(dtype or 'float32', hf_path=str(exported))
+    cfg, graphdef, params, tok = common.load_model_and_tokenizer(
+        config, exported, mesh)
+    return LoadedModel(cfg, graphdef, params, tok, kind, str(exported), None)
+  if latest is None:
+    raise EvalError(f'--checkpoint={path} is a workdir with no complete '
+                    f'checkpoint in {ckpt_dir} and no exported model')
+  if run is None:
+    raise EvalError(f'--checkpoint={path} has checkpoints but no '
+                    f'{common.RUN_CONFIG} to rebuild its model from')
+  return _restore_workdir(path, run, latest, dtype, mesh)
+
+
+def _restore_workdir(path: pathlib.Path, run, step: int, dtype: str, mesh
+                     ) -> LoadedModel:
+  """The params of checkpoint `step`, on the model the run was built with.
+
+  The run's model source (base checkpoint or preset) gives the architecture
+  and tokenizer; only 'params' is read from the checkpoint, the optimizer
+  state, reference params and data position are skipped.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  run.model.remat = False
+  if dtype:
+    run.model.dtype = dtype
+  cfg, graphdef, params, tok = common.load_model_and_tokenizer(run, path, mesh)
+  ckpt_dir = path / 'checkpoints'
+  saved = ocp.v1.metadata(ckpt_dir / str(step)).metadata
+  if 'params' not in saved:
+    raise EvalError(f'{ckpt_dir / str(step)} holds no params '
+                    f'(keys: {sorted(saved)})')
+  target = {k: jax.tree.map(lambda _: ocp.v1.PLACEHOLDER, v)
+            for k, v in saved.items() if k != 'params'}
+  target['params'] = ckpt_lib.abstract_like(params)
+  with ckpt_lib.Checkpointer(ckpt_dir) as ckptr:
+    params = ckptr.restore(step, abstract_state=target)['params']
+  return LoadedModel(cfg, graphdef, params, tok, 'workdir',
+                     str(ckpt_dir / str(step)), step)
+
+
+# ===================================================================== data
+
+
+def check_datasets(names: Sequence[str]) -> list[str]:
+  unknown = [n for n in names if n not in KNOWN_DATASETS]
+  if unknown or not names:
+    raise EvalError(f'--datasets: unknown data set {", ".join(unknown) or "(none)"}'
+                    f'; known: {", ".join(KNOWN_DATASETS)}')
+  return list(dict.fromkeys(names))
+
+
+def dataset_records(name: str, *, limit: int = 0, data_dir: str = '',
+                    tfds_dir: str = '', synthetic_tasks: Sequence[str] = (),
+                    synthetic_problems: int = 200) -> list[dict]:
+  """The first `limit` (0: all) test problems of data set `name`."""
+  if name == 'synthetic':
+    from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    tasks = list(synthetic_tasks) or synthetic.TASKS.names()
+    per_task = -(-synthetic_problems // len(tasks))
+    by_task = [synthetic.generate(t, per_task, seed=SYNTHETIC_SEED,
+                                  split='test') for t in tasks]
+    # Interleaved, so that --limit keeps a mix of the tasks.
+    records = [r for group in zip(*by_task) for r in group]
+    records = records[:synthetic_problems]
+  else:
+    from r1jax.data import builders  # pylint: disable=g-import-not-at-top
+    try:
+      records = builders.load_dataset(name, 'test', data_dir=tfds_dir or None,
+                                      local_dir=data_dir or None)
+    except (FileNotFoundError, RuntimeError) as e:  # no raw file, offline
+      raise EvalError(f'data set {name}: {e}') from e
+  return list(records[:limit] if limit else records)
+
+
+# =============================================================== evaluation
+
+
+class Progress:
+  """'gsm8k: [####......] 120/500 24% ETA 3m10s | pass@1 0.41' on stderr.
+
+  On a terminal the line is redrawn in place; otherwise a line is written
+  every 10% (and at the end), so logs stay short.
+  """
+
+  def __init__(self, total: int, stream: TextIO | None = None):
+    self.total, self.done, self.stream = total, 0, stream or sys.stderr
+    self.t0 = time.perf_counter()
+    self._tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+    self._tenth = 0
+
+  def advance(self, n: int, label: str, metrics: dict[str, Any]) -> None:
+    self.done += n
+    line = label + ': ' + common.progress_line(
+        self.done, self.total, time.perf_counter() - self.t0, self.done,
+        metrics, [('pass@1', 'pass@1')])
+    tenth = 10 * self.done // max(self.total, 1)
+    if self._tty:
+      end = '\n' if self.done >= self.total else ''
+      self.stream.write('\r\033[K' + line + end)
+    elif tenth > self._tenth or self.done >= self.total:
+      self.stream.write(line + '\n')
+    self._tenth = tenth
+    self.stream.flush()
+
+
+def _merge(parts: Sequence[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+  """Stats of disjoint problem sets, as if scored together.
+
+  Every float metric is a mean over problems (k samples each), so the union's
+  value is the problem-weighted mean of the parts'.
+  """
+  total = sum(n for n, _ in parts)
+  keys = [k for k, v in parts[0][1].items() if isinstance(v, float)]
+  out: dict[str, Any] = {
+      k: sum(n * s[k] for n, s in parts) / total for k in keys}
+  out['num_problems'] = total
+  out['num_samples'] = parts[0][1]['num_samples']
+  out['samples'] = [t for _, s in parts for t in s['samples']][:4]
+  return out
+
+
+def _score_in_batches(sampler, params, tokenizer, records, *, label: str,
+                      progress: Progress, num_samples: int, batch_size: int,
+                      seed: int, **kw) -> dict[str, Any]:
+  """evaluate_problems over `records`, one sampler batch per call so the
+  progress bar moves; seeds as in one call over all of them."""
+  per_call = max(1, batch_size // num_samples)
+  parts = []
+  for start in range(0, len(records), per_call):
+    chunk = records[start:start + per_call]
+    stats = evaluate.evaluate_problems(
+        sampler, params, tokenizer, chunk, num_samples=num_samples,
+        batch_size=batch_size, seed=seed + start, **kw)
+    parts.append((len(chunk), stats))
+    progress.advance(len(chunk), label, _merge(parts))
+  return _merge(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  template: str = 'r1_zero'
+  num_samples: int = 16        # k
+  temperature: float = 0.6
+  top_p: float = 0.95
+  max_new_tokens: int = 1024
+  batch_size: int = 64         # completions per sampler call
+  greedy: bool = True          # also one temperature-0 pass
+  seed: int = 0
+
+
+def evaluate_dataset(sampler, params, tokenizer, records: Sequence[dict],
+                     s: Settings, *, label: str, progress: Progress
+                     ) -> dict[str, Any]:
+  """Scores of one data set; a mix of synthetic tasks is scored task by task
+  (each with its own reward) and also reported per task ('by_task')."""
+  groups: dict[str, list[dict]] = {}
+  for r in records:
+    groups.setdefault(r.get('task') or 'math', []).append(r)
+  k = s.num_samples
+  parts = []
+  for reward, recs in groups.items():
+    common_kw = dict(template=s.template, max_new_tokens=s.max_new_tokens,
+                     accuracy_reward=reward, batch_size=s.batch_size,
+                     label=label, progress=progress)
+    stats = _score_in_batches(
+        sampler, params, tokenizer, recs, num_samples=k,
+        temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+        ks=(k,) if k > 1 else (), **common_kw)
+    if s.greedy and s.temperature == 0:
+      stats['greedy_accuracy'] = stats['pass@1']
+    elif s.greedy:
+      stats['greedy_accuracy'] = _score_in_batches(
+          sampler, params, tokenizer, recs, num_samples=1, temperature=0.0,
+          top_p=1.0, seed=s.seed, **common_kw)['pass@1']
+    parts.append((reward, len(recs), stats))
+  out = _merge([(n, st) for _, n, st in parts])
+  if len(parts) > 1:
+    out['by_task'] = {task: {**evaluate.summarize(st), 'num_problems': n}
+                      for task, n, st in parts}
+  return out
+
+
+def evaluate_checkpoint(checkpoint: str, datasets: Sequence[str],
+                        settings: Settings = Settings(), *, limit: int = 0,
+                        data_dir: str = '', tfds_dir: str = '',
+                        synthetic_tasks: Sequence[str] = (),
+                        synthetic_problems: int = 200, dtype: str = '',
+                        log: Callable[[str], None] = print,
+                        progress_stream: TextIO | None = None
+                        ) -> dict[str, Any]:
+  """The report of `checkpoint` on `datasets` (see the module docstring)."""
+  t0 = time.perf_counter()
+  datasets = check_datasets(datasets)
+  from r1jax.data.templates import TEMPLATES  # pylint: disable=g-import-not-at-top
+  if settings.template not in TEMPLATES:
+    raise EvalError(f'--template={settings.template!r} is not a prompt '
+                    f'template; known: {", ".join(TEMPLATES.names())}')
+  records = {name: dataset_records(
+      name, limit=limit, data_dir=data_dir, tfds_dir=tfds_dir,
+      synthetic_tasks=synthetic_tasks, synthetic_problems=synthetic_problems)
+             for name in datasets}
+  mesh = parallel.make_mesh({'data': -1})
+  model = load_model(checkpoint, mesh, dtype)
+  log(f'{model.kind} checkpoint {model.source}: {model.cfg.num_layers} layers,'
+      f' vocab {model.tokenizer.vocab_size}; ' + ', '.join(
+          f'{n} {len(r)} problems' for n, r in records.items()))
+  sampler = Sampler(model.graphdef, model.cfg, pad_id=model.tokenizer.pad_id,
+                    eos_ids=generate.stop_ids(model.tokenizer),
+                    prompt_buckets=generate.prompt_buckets(
+                        model.cfg.max_position_embeddings), mesh=mesh)
+  passes = 1 + (settings.greedy and settings.temperature > 0)
+  progress = Progress(passes * sum(len(r) for r in records.values()),
+                      progress_stream)
+  results = {}
+  for name, recs in records.items():
+    if recs:
+      results[name] = evaluate_dataset(sampler, model.params, model.tokenizer,
+                                       recs, settings, label=name,
+                                       progress=progress)
+  return {
+      'checkpoint': str(checkpoint), 'kind': model.kind,
+      'loaded_from': model.source, 'step': model.step,
+      'settings': {**dataclasses.asdict(settings), 'limit': limit,
+                   'dtype': np.dtype(model.cfg.dtype).name},
+      'results': results,
+      'wall_s': time.perf_counter() - t0,
+  }
+
+
+# ================================================================== reports
+
+_COLUMNS = (('pass@1', 'pass@1'), ('cons@{k}', 'cons@{k}'),
+            ('pass@{k}', 'pass@{k}'), ('greedy', 'greedy_accuracy'),
+            ('format', 'format_rate'), ('language', 'language_consistency'),
+            ('length', 'mean_length'))
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+  """The report's metrics as a markdown table, one row per data set (and
+  per synthetic task); a column no data set has (cons@1, greedy when it
+  was not run) is left out."""
+  s = report['settings']
+  k = s['num_samples']
+  cols = dict((key.format(k=k), label.format(k=k)) for label, key in _COLUMNS)
+  cols = [(label, key) for key, label in cols.items()
+          if any(key in r for r in report['results'].values())]
+  lines = [
+      f'{report["kind"]} checkpoint `{report["checkpoint"]}`: template '
+      f'`{s["template"]}`, k={k}, temperature {s["temperature"]}, top-p '
+      f'{s["top_p"]}, max_new_tokens {s["max_new_tokens"]}'
+      + (f', first {s["limit"]} problems' if s['limit'] else ''), '',
+      '| data set | problems | ' + ' | '.join(c for c, _ in cols) + ' |',
+      '|---|---:|' + '---:|' * len(cols)]
+
+  def row(name, stats):
+    cells = []
+    for _, key in cols:
+      v = stats.get(key)
+      cells.append('-' if v is None else
+                   f'{v:.1f}' if key == 'mean_length' else f'{v:.3f}')
+    return f'| {name} | {stats["num_problems"]} | ' + ' | '.join(cells) + ' |'
+
+  for name, stats in report['results'].items():
+    lines.append(row(name, stats))
+    for task, t in stats.get('by_task', {}).items():
+      lines.append(row(f'{name}/{task}', t))
+  return '\n'.join(lines) + '\n'
+
+
+def default_output(checkpoint: str | pathlib.Path) -> pathlib.Path:
+  """eval.json inside a directory; <name>.eval.json beside a file."""
+  path = pathlib.Path(checkpoint)
+  if path.is_dir():
+    return path / 'eval.json'
+  return path.with_name(path.stem + '.eval.json')
+
+
+def write_report(report: dict[str, Any], output: pathlib.Path) -> pathlib.Path:
+  """Writes OUTPUT (json) and the markdown table beside it; the .md path."""
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.write_text(json.dumps(report, indent=1, default=_jsonable) + '\n',
+                    encoding='utf-8')
+  md = output.with_suffix('.md')
+  md.write_text(markdown_table(report), encoding='utf-8')
+  return md
+
+
+def _jsonable(x):
+  if isinstance(x, np.generic):
+    return x.item()
+  raise TypeError(f'{type(x).__name__} is not JSON serializable')
+
+
+# ====================================================================== CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog='python -m r1jax.evaluate',
+      description='pass@1 over k samples, cons@k, pass@k, greedy accuracy, '
+      'format rate, language consistency and length of a checkpoint.')
+  p.add_argument('--checkpoint', required=True,
+                 help='HF directory, .gguf file, or a training workdir')
+  p.add_argument('--datasets', default='gsm8k,math500,aime24,amc23,synthetic',
+                 help=f'comma-separated, of: {", ".join(KNOWN_DATASETS)}')
+  p.add_argument('--num_samples', '--k', type=int, default=Settings.num_samples,
+                 help='k: samples per problem (paper: 16; 64 for cons@64)')
+  p.add_argument('--temperature', type=float, default=Settings.temperature)
+  p.add_argument('--top_p', type=float, default=Settings.top_p)
+  p.add_argument('--max_new_tokens', type=int, default=Settings.max_new_tokens)
+  p.add_argument('--template', default=Settings.template,
+                 help="prompt template (r1_zero; 'chat' or 'chat_boxed' for "
+                 'instruct models)')
+  p.add_argument('--batch_size', type=int, default=Settings.batch_size,
+                 help='completions per sampler call')
+  p.add_argument('--greedy', action=argparse.BooleanOptionalAction,
+                 default=True, help='also a temperature-0 pass (greedy '
+                 'accuracy)')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--limit', type=int, default=0,
+                 help='only the first N problems of each data set (0: all)')
+  p.add_argument('--data_dir', default='',
+                 help='raw jsonl files (default $R1JAX_DATA_DIR)')
+  p.add_argument('--tfds_dir', default='',
+                 help='prepared data sets (default $R1JAX_TFDS_DIR or '
+                 '~/.cache/r1jax/tfds)')
+  p.add_argument('--synthetic_tasks', default='',
+                 help='comma-separated synthetic tasks (default: all)')
+  p.add_argument('--synthetic_problems', type=int, default=200)
+  p.add_argument('--dtype', default='', choices=('',) + _DTYPES,
+                 help='compute/param dtype (default float32, or a workdir '
+                 "run's own)")
+  p.add_argument('--output', default='',
+                 help='results JSON (markdown beside it, .md); default: '
+                 'eval.json in the checkpoint directory, <file>.eval.json '
+                 'beside a GGUF file')
+  return p
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+  """Runs the command; 0 on success, 2 (after one error line) on bad input."""
+  stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+  parser = _parser()
+  args = parser.parse_args(argv)
+  checks = [(args.num_samples >= 1, '--num_samples/--k must be >= 1'),
+            (args.max_new_tokens >= 1, '--max_new_tokens must be >= 1'),
+            (args.batch_size >= 1, '--batch_size must be >= 1'),
+            (args.limit >= 0, '--limit must be >= 0'),
+            (args.temperature >= 0, '--temperature must be >= 0'),
+            (0 < args.top_p <= 1, '--top_p must be in (0, 1]'),
+            (args.synthetic_problems >= 1, '--synthetic_problems must be >= 1')]
+  for ok, why in checks:
+    if not ok:
+      parser.error(why)
+  settings = Settings(
+      template=args.template, num_samples=args.num_samples,
+      temperature=args.temperature, top_p=args.top_p,
+      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+      greedy=args.greedy, seed=args.seed)
+  split = lambda s: [x.strip() for x in s.split(',') if x.strip()]
+  try:
+    datasets = check_datasets(split(args.datasets))
+    checkpoint_kind(pathlib.Path(args.checkpoint))  # before any loading
+    if 'synthetic' in datasets and args.synthetic_tasks:
+      from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
+      bad = [t for t in split(args.synthetic_tasks) if t not in synthetic.TASKS]
+      if bad:
+        raise EvalError(f'--synthetic_tasks: unknown task {", ".join(bad)}; '
+                        f'known: {", ".join(synthetic.TASKS.names())}')
+    report = evaluate_checkpoint(
+        args.checkpoint, datasets, settings, limit=args.limit,
+        data_dir=args.data_dir, tfds_dir=args.tfds_dir,
+        synthetic_tasks=split(args.synthetic_tasks),
+        synthetic_problems=args.synthetic_problems, dtype=args.dtype,
+        log=lambda s: print(s, file=stderr), progress_stream=stderr)
+  except EvalError as e:
+    print(f'{parser.prog}: error: {e}', file=stderr)
+    return 2
+  output = pathlib.Path(args.output) if args.output else default_output(
+      args.checkpoint)
+  md = write_report(report, output)
+  stdout.write(markdown_table(report))
+  print(f'wrote {output} and {md} ({report["wall_s"]:.0f} s)', file=stderr)
+  return 0
