@@ -56,9 +56,13 @@ _TRAINER_LOSS_ARGS = ('logp_BxT', 'old_logp_BxT', 'ref_logp_BxT', 'adv_B',
                       'dual_clip', 'seq_weights_B', 'sampler_logp_BxT')
 
 
-def validate_config(config: ml_collections.ConfigDict, num_devices_batch: int,
-                    process_count: int = 1) -> None:
-  """Fails at start-up, before any compile, with one line naming the key."""
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices_batch: int = 1, process_count: int = 1) -> None:
+  """Fails at start-up, before any compile, with one line naming the key.
+
+  r1jax.train calls it before the mesh exists (one device, one process); the
+  stage again with its mesh.
+  """
   rc, sc, tc = config.rl, config.sampling, config.train
   g, p = rc.group_size, rc.prompts_per_step
   rows = p * g
@@ -118,6 +122,21 @@ def validate_config(config: ml_collections.ConfigDict, num_devices_batch: int,
       ('train.steps', tc.steps >= 1, 'must be >= 1'),
       ('train.lr', tc.lr > 0, 'must be > 0'),
       ('train.checkpoint_every', tc.checkpoint_every >= 1, 'must be >= 1'),
+      ('train.log_every', tc.log_every >= 1, 'must be >= 1'),
+      ('train.keep_checkpoints', tc.keep_checkpoints >= 1, 'must be >= 1'),
+      ('train.warmup_steps', tc.warmup_steps >= 0, 'must be >= 0'),
+      ('rl.epsilon_low', rc.epsilon_low >= 0, 'must be >= 0'),
+      ('rl.epsilon_high', rc.epsilon_high >= 0, 'must be >= 0'),
+      ('rl.dual_clip', rc.dual_clip == 0 or rc.dual_clip > 1,
+       'must be 0 (off) or > 1'),
+      ('sampling.top_p', 0 < sc.top_p <= 1, 'must be in (0, 1]'),
+      ('sampling.max_prompt_tokens', sc.max_prompt_tokens >= 1, 'must be >= 1'),
+      ('eval.every', config.eval.every >= 0, 'must be >= 0 (0: only at the end)'),
+      ('eval.num_samples', config.eval.num_samples >= 1, 'must be >= 1'),
+      ('eval.ks', all(1 <= k <= config.eval.num_samples
+                      for k in config.eval.get('ks', ())),
+       f'must be in [1, eval.num_samples={config.eval.num_samples}] (pass@k '
+       'needs k samples per problem)'),
       ('model.preset', not config.model.preset or
        config.model.preset in model_config.PRESETS,
        f'unknown preset; known: {model_config.PRESETS.names()}'),

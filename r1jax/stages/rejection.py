@@ -54,9 +54,21 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  rc, fc = config.rejection, config.filters
+  """Fails at start-up, before any compile, with one line naming the key."""
+  from r1jax.stages import grpo  # pylint: disable=g-import-not-at-top
+  rc, fc, sc = config.rejection, config.filters, config.sampling
+  datasets = grpo._dataset_names()  # pylint: disable=protected-access
   common.check(config, [
       ('rejection.num_samples', rc.num_samples >= 1, 'must be >= 1'),
+      ('rejection.num_prompts', rc.num_prompts >= 0, 'must be >= 0 (0: all)'),
+      ('sampling.temperature', sc.temperature >= 0, 'must be >= 0'),
+      ('sampling.top_p', 0 < sc.top_p <= 1, 'must be in (0, 1]'),
+      ('sampling.max_prompt_tokens', sc.max_prompt_tokens >= 1, 'must be >= 1'),
+      ('filters.max_tokens', fc.max_tokens >= 0,
+       'must be >= 0 (0: the sampling budget)'),
+      ('data.source', config.data.source == 'synthetic' or
+       config.data.source in datasets,
+       f"must be 'synthetic' or a dataset in {datasets}"),
       ('rejection.batch_size', rc.batch_size >= rc.num_samples,
        f'must be >= rejection.num_samples={rc.num_samples} (rows per '
        'sampler call)'),
@@ -73,7 +85,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        'model.gguf_path)'),
   ])
   if config.rewards.accuracy not in rewards_lib.REWARDS:
-    raise ValueError(
+    raise common.ConfigError(
         f'config.rewards.accuracy={config.rewards.accuracy!r} is not a known '
         f'reward; known: {rewards_lib.REWARDS.names()}')
 
@@ -210,6 +222,23 @@ def _sample_chunk(config, sampler, params, tokenizer, chunk, seed):
   return rows
 
 
+def check_prompt_lengths(config, tokenizer, records) -> None:
+  """A prompt longer than sampling.max_prompt_tokens fails before sampling
+  starts, not in the middle of the run."""
+  from r1jax.data.templates import prompt_ids  # pylint: disable=g-import-not-at-top
+  if not records:
+    return
+  longest = max(len(prompt_ids(config.data.template, r['problem'], tokenizer))
+                for r in records)
+  width = config.sampling.max_prompt_tokens
+  if longest > width:
+    raise common.ConfigError(
+        f'config.sampling.max_prompt_tokens={width} is shorter than the '
+        f'longest prompt ({longest} tokens with template '
+        f'{config.data.template!r}); raise it, or sample fewer / shorter '
+        'prompts')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Samples, filters and writes the SFT data set; returns the report."""
@@ -231,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   rc = config.rejection
   if rc.num_prompts:
     records = records[:rc.num_prompts]
+  check_prompt_lengths(config, tokenizer, records)
   sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
                     eos_ids=[tokenizer.eos_id],
                     prompt_buckets=(config.sampling.max_prompt_tokens,),
