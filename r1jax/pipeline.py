@@ -13,11 +13,18 @@ its data (data.path='@rejection').
 
 Restarting the same command skips the stages that finished (their
 WORKDIR/<name>/done.json exists) and resumes the one that was killed from its
-last checkpoint.
+last checkpoint. Before any stage runs, every stage's config is checked (keys,
+types, values; r1jax/stages/config_checks.py) and compared with the run its
+sub-workdir holds: a stage whose config changed is refused, or with
+--overwrite moved aside (with every later stage's run, which it fed) to
+WORKDIR/<name>/overwritten-<time>/ and run again. Files a stage reads are
+checked when it starts (an earlier stage may write them).
 """
 
+import difflib
 import json
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -36,26 +43,78 @@ def stage_dirs(config, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
+  """The pipeline's own structure: order, stage sections, '@' references."""
+  from r1jax.stages.common import ConfigError  # pylint: disable=g-import-not-at-top
   if 'order' not in config or not config.order:
-    raise ValueError('a pipeline config needs config.order, the tuple of its '
-                     'stage names')
+    raise ConfigError('a pipeline config needs config.order, the tuple of its '
+                      'stage names')
   names = list(config.order)
   for i, name in enumerate(names):
     if name not in config:
-      raise ValueError(f'config.order names {name!r} but the config has no '
-                       f'config.{name} (the stage\'s own config)')
+      raise ConfigError(f'config.order names {name!r} but the config has no '
+                        f'config.{name} (the stage\'s own config)')
     if 'stage' not in config[name]:
-      raise ValueError(f'config.{name} has no `stage` field; is it a stage '
-                       'config?')
+      raise ConfigError(f'config.{name} has no `stage` field; is it a stage '
+                        'config?')
     for key, value in _strings(config[name]):
       if value.startswith('@'):
         ref = value[1:]
         if ref not in names[:i]:
-          raise ValueError(
+          raise ConfigError(
               f'config.{name}.{key}={value!r} refers to stage {ref!r}, which '
               f'is not an earlier stage; earlier: {names[:i]}')
   if len(set(names)) != len(names):
-    raise ValueError(f'config.order={tuple(names)} repeats a stage name')
+    raise ConfigError(f'config.order={tuple(names)} repeats a stage name')
+  for key in config.keys():  # stage sections left out of order may stay
+    if key != 'order' and key not in names and not (
+        isinstance(config[key], ml_collections.ConfigDict)
+        and 'stage' in config[key]):
+      close = difflib.get_close_matches(key, ['order'] + names, n=1)
+      hint = (f'did you mean config.{close[0]}?' if close else
+              f'the keys of a pipeline config are order and its stages '
+              f'{names}')
+      raise ConfigError(f'unknown key config.{key}; {hint}')
+
+
+def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+          overwrite: bool = False) -> None:
+  """Every stage's config (keys, types, values) and every stage's workdir,
+  before any stage runs. A stage whose workdir holds a run of another config
+  is refused; with `overwrite` it and every later stage are moved aside."""
+  from r1jax.stages import common, config_checks  # pylint: disable=g-import-not-at-top
+  validate_config(config)
+  dirs = stage_dirs(config, workdir)
+  for name in config.order:
+    prefix = f'config.{name}'
+    stage_config = resolve(config[name], dirs)
+    try:
+      config_checks.check_stage_config(
+          stage_config, train.get_stage(stage_config.stage), prefix)
+    except common.ConfigError as e:
+      if f'{prefix}.' in str(e):  # config_checks named it from the root
+        raise
+      # The stages' own checks name keys from the stage config's root.
+      raise type(e)(f'{name}: {e}'.replace(' config.', f' {prefix}.')) from None
+  changed = None
+  for name in config.order:
+    diffs = config_checks.run_config_diff(common.read_run_config(dirs[name]),
+                                          resolve(config[name], dirs))
+    if diffs and not overwrite:
+      raise common.ConfigError(
+          f'{dirs[name]} holds a run of another config for stage {name} '
+          f'({config_checks.describe_diff(diffs)}); use a new --workdir, or '
+          f'pass --overwrite to move it and the later stages\' runs aside to '
+          f'<stage workdir>/{config_checks.OVERWRITTEN}<time>/ and run them '
+          'again')
+    if diffs and changed is None:
+      changed = name
+    if changed is not None and dirs[name].is_dir() and any(
+        not p.name.startswith(config_checks.OVERWRITTEN)
+        for p in dirs[name].iterdir()):
+      dest = config_checks.move_aside(dirs[name])
+      why = (config_checks.describe_diff(diffs) if diffs else
+             f'it starts from stage {changed}, whose config changed')
+      print(f'--overwrite: stage {name}: moved its old run ({why}) to {dest}')
 
 
 def _strings(node, prefix: str = ''):
@@ -84,14 +143,16 @@ def resolve(stage_config: ml_collections.ConfigDict,
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
-        only: tuple[str, ...] = ()) -> dict[str, Any]:
-  """Runs the stages in order; returns {stage: its final metrics}."""
+        only: tuple[str, ...] = (), overwrite: bool = False) -> dict[str, Any]:
+  """Checks every stage (see `check`), then runs the stages in order;
+  returns {stage: its final metrics}."""
   from r1jax.stages import common  # pylint: disable=g-import-not-at-top
-  validate_config(config)
   for name in only:
     if name not in config.order:
-      raise ValueError(f'--only names {name!r}; stages: {list(config.order)}')
+      raise common.ConfigError(
+          f'--only names {name!r}; stages: {list(config.order)}')
   workdir = pathlib.Path(workdir)
+  check(config, workdir, overwrite)
   workdir.mkdir(parents=True, exist_ok=True)
   dirs = stage_dirs(config, workdir)
   results: dict[str, Any] = {}
@@ -119,13 +180,17 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
 
 def main(argv):
+  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  run(flags.FLAGS.config, str(pathlib.Path(flags.FLAGS.workdir).absolute()),
-      tuple(_ONLY.value))
+  try:
+    run(flags.FLAGS.config, str(pathlib.Path(flags.FLAGS.workdir).absolute()),
+        tuple(_ONLY.value), flags.FLAGS.overwrite)
+  except common.ConfigError as e:  # one line, no traceback
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=train.parse_flags)

@@ -5,16 +5,27 @@ r"""Entry point: one config, one command, every stage of the recipe.
         --workdir=runs/tiny --config.train.steps=50
 
 `config.stage` picks the trainer; each stage module exposes
-`train_and_evaluate(config, workdir) -> dict` of final metrics.
+`validate_config(config)` and `train_and_evaluate(config, workdir) -> dict`
+of final metrics. Before the stage starts, the config is checked
+(r1jax/stages/config_checks.py): a bad key, type, value, file or workdir
+stops the command with one line that names it and says what to do.
+
+A workdir remembers its run's config (WORKDIR/run_config.json): the same
+command resumes the run; another config is refused unless --overwrite, which
+moves the old run to WORKDIR/overwritten-<time>/ (nothing is deleted).
 """
 
+import difflib
 import importlib
 import os
+import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-# Stage name -> module with train_and_evaluate(config, workdir).
+# Stage name -> module with validate_config(config) and
+# train_and_evaluate(config, workdir).
 STAGES = {
     'sft': 'r1jax.stages.sft',
     'grpo': 'r1jax.stages.grpo',
@@ -26,23 +37,102 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and samples.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'When WORKDIR holds a run of another config, move it '
+    'to WORKDIR/overwritten-<time>/ and start afresh (without this flag such '
+    'a workdir is refused). A run of the same config always resumes.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def get_stage(name: str):
   """The module implementing stage `name` (a clear error for unknown names)."""
+  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
   if name not in STAGES:
-    raise ValueError(f'config.stage={name!r} is not a known stage; known: '
-                     f'{sorted(STAGES)}')
+    close = difflib.get_close_matches(str(name), list(STAGES), n=1)
+    hint = f'did you mean {close[0]!r}? ' if close else ''
+    raise common.ConfigError(f'config.stage={name!r} is not a known stage; '
+                             f'{hint}known: {", ".join(sorted(STAGES))}')
   return importlib.import_module(STAGES[name])
 
 
-def run(config, workdir: str) -> dict:
+def check(config, workdir: str, overwrite: bool = False) -> None:
+  """Every start-up check of a stage config, before anything loads or
+  compiles (raises common.ConfigError naming the key or file)."""
+  from r1jax.stages import common, config_checks  # pylint: disable=g-import-not-at-top
+  if 'stage' not in config:
+    hint = (' it is a pipeline config (config.order): run it with python -m '
+            'r1jax.pipeline' if 'order' in config else
+            f' set config.stage to one of {", ".join(sorted(STAGES))}')
+    raise common.ConfigError(f'config has no `stage` field;{hint}')
   stage = get_stage(config.stage)
-  return stage.train_and_evaluate(config, workdir)
+  config_checks.check_stage_config(config, stage)
+  config_checks.check_files(config)
+  config_checks.check_workdir(config, workdir, overwrite)
+
+
+def run(config, workdir: str, overwrite: bool = False) -> dict:
+  """Checks `config` (see `check`), then runs or resumes its stage."""
+  check(config, workdir, overwrite)
+  return get_stage(config.stage).train_and_evaluate(config, workdir)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a misspelled --config.<key> as one line that
+  suggests the closest key (ml_collections raises a KeyError traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # e.g. --config.rl.group_size=abc
+    message = str(e)
+    match = re.match(r'flag --config\.([\w.]+)=(.*?): (.*)', message)
+    config = _config_file(argv)
+    if match and config is not None:
+      dotted, value, why = match.groups()
+      from r1jax.stages import common  # pylint: disable=g-import-not-at-top
+      current = common.config_get(config, dotted)
+      message = (f'--config.{dotted}={value}: config.{dotted} takes '
+                 f'{type(current).__name__} values (this config: {current!r}); '
+                 f'{why}')
+    sys.exit(f'FATAL Flags parsing error: {message}')
+  except (KeyError, AttributeError) as e:  # a key the config does not have
+    message = _override_error(argv) or str(e)
+    sys.exit(f'FATAL Flags parsing error: {message}')
+
+
+def _config_file(argv: list[str]):
+  """The config that --config names in `argv` (no overrides), or None."""
+  path = None
+  for i, arg in enumerate(argv[1:], 1):
+    name, eq, value = arg.lstrip('-').partition('=')
+    if name == 'config':
+      path = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+  if path is None:
+    return None
+  from ml_collections.config_flags import config_flags as parsers  # pylint: disable=g-import-not-at-top
+  try:
+    return parsers.ConfigFileFlagParser('config', lock_config=False).parse(path)
+  except Exception:  # pylint: disable=broad-exception-caught
+    return None  # absl reports the config file's own error
+
+
+def _override_error(argv: list[str]) -> str | None:
+  from r1jax.stages import config_checks  # pylint: disable=g-import-not-at-top
+  config = _config_file(argv)
+  if config is None:
+    return None
+  overrides = []
+  for arg in argv[1:]:
+    name = arg.lstrip('-').partition('=')[0]
+    if name.startswith(('config.', 'noconfig.')):
+      overrides.append(name.split('.', 1)[1])
+  for dotted in overrides:
+    message = config_checks.override_error(config, dotted)
+    if message:
+      return message
+  return None
 
 
 def main(argv):
+  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
@@ -50,9 +140,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   workdir = os.path.abspath(_WORKDIR.value)
-  logging.info('stage=%s workdir=%s', config.stage, workdir)
-  run(config, workdir)
+  logging.info('stage=%s workdir=%s', config.get('stage'), workdir)
+  try:
+    run(config, workdir, _OVERWRITE.value)
+  except common.ConfigError as e:  # one line, no traceback
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
