@@ -52,7 +52,7 @@ TRAIN_KEYS = (
     'train/frac_zero_spread_groups', 'train/tokens_per_s', 'time/step',
 )
 EVAL_PREFIXES = ('pass@', 'cons@', 'greedy_accuracy', 'format_rate',
-                 'mean_length', 'loss')
+                 'language_consistency', 'mean_length', 'loss')
 # metrics.jsonl keys holding sample texts (eval: GRPO; samples: SFT).
 TEXT_KEYS = ('eval/samples', 'final/samples', 'samples')
 
@@ -246,7 +246,7 @@ def describe_metrics(s: dict[str, Any], show_all: bool) -> list[str]:
     if ev != 0 and any(_is_number(base.get(k)) for k in keys):
       rows = [(k, _fmt(base[k]) if _is_number(base.get(k)) else '',
                _fmt(last_row[k])) for k in keys]
-      out.append(f'held-out evaluation (step 0 = the base model):')
+      out.append('held-out evaluation (step 0 = the base model):')
       out.append(_table(rows, ('metric', 'step 0', f'step {ev}')))
     else:
       out.append(f'held-out evaluation (step {ev}):')
@@ -256,7 +256,8 @@ def describe_metrics(s: dict[str, Any], show_all: bool) -> list[str]:
 
 
 def describe_samples(s: dict[str, Any], n: int, max_chars: int) -> list[str]:
-  """The latest completions with their rewards, else the latest eval texts."""
+  """The latest training completions with their rewards (GRPO), then the
+  latest sample texts in metrics.jsonl (eval samples; SFT samples)."""
   out = []
   rows = read_jsonl(s['workdir'] / grpo_rollout.COMPLETIONS_FILE)
   if rows and n:
