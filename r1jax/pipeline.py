@@ -83,7 +83,7 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   is refused; with `overwrite` it and every later stage are moved aside."""
   from r1jax.stages import common, config_checks  # pylint: disable=g-import-not-at-top
   validate_config(config)
-  dirs = stage_dirs(config, workdir)
+  dirs = stage_dirs(config, pathlib.Path(workdir))
   for name in config.order:
     prefix = f'config.{name}'
     stage_config = resolve(config[name], dirs)
@@ -97,8 +97,10 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       raise type(e)(f'{name}: {e}'.replace(' config.', f' {prefix}.')) from None
   changed = None
   for name in config.order:
-    diffs = config_checks.run_config_diff(common.read_run_config(dirs[name]),
-                                          resolve(config[name], dirs))
+    diffs = []
+    if config_checks.has_saved_work(dirs[name]):
+      diffs = config_checks.run_config_diff(
+          common.read_run_config(dirs[name]), resolve(config[name], dirs))
     if diffs and not overwrite:
       raise common.ConfigError(
           f'{dirs[name]} holds a run of another config for stage {name} '

@@ -309,6 +309,12 @@ def test_workdir_of_another_config_is_refused(base, tmp_path, no_compile):
   assert 'overwritten-' in message
 
 
+def test_a_failed_start_without_saved_work_may_be_retried(base, tmp_path):
+  common.write_run_config(_grpo(base), tmp_path)  # no checkpoint, no data
+  (tmp_path / 'checkpoints').mkdir()
+  config_checks.check_workdir(_grpo(base, rl__group_size=2), tmp_path)
+
+
 def test_resume_safe_changes_are_not_refused(base, tmp_path):
   _run_record(tmp_path, _grpo(base))
   c = _grpo(base, train__steps=10, train__log_every=5, eval__every=3,

@@ -425,6 +425,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir,
   """Refuses a workdir whose run_config.json is another config's (one line
   listing the differing keys); with `overwrite`, moves that run aside."""
   workdir = pathlib.Path(workdir)
+  if not has_saved_work(workdir):
+    return  # e.g. a start that failed before its first checkpoint
   diffs = run_config_diff(common.read_run_config(workdir), config)
   if not diffs:
     return
@@ -437,6 +439,23 @@ def check_workdir(config: ml_collections.ConfigDict, workdir,
   dest = move_aside(workdir)
   log(f'--overwrite: {workdir} held a run of another config '
       f'({describe_diff(diffs)}); moved it to {dest}')
+
+
+# What a run saves: a workdir with none of these (non-empty) has nothing to
+# protect, so a start that failed after writing run_config.json may be retried
+# with a corrected config.
+SAVED_WORK = ('checkpoints', common.DONE, 'samples.jsonl', 'sft.jsonl',
+              common.EXPORT_DIR)
+
+
+def has_saved_work(workdir) -> bool:
+  for name in SAVED_WORK:
+    path = pathlib.Path(workdir) / name
+    if path.is_dir() and any(path.iterdir()):
+      return True
+    if path.is_file() and path.stat().st_size > 0:
+      return True
+  return False
 
 
 def move_aside(workdir: pathlib.Path) -> pathlib.Path:
