@@ -16,7 +16,7 @@ chain of thought and mean completion length (tokens). The results go to JSON
 `<file>.eval.json` beside a GGUF file), with the same table in markdown next
 to it (`.md`) and on stdout; a progress bar goes to stderr.
 
---checkpoint takes
+--checkpoint takes (`r1jax.checkpoint_source`)
   * a Hugging Face directory (config.json + safetensors + tokenizer),
   * a GGUF file (dequantized),
   * a training workdir: a finished stage's export (WORKDIR/hf), else the
@@ -39,10 +39,9 @@ import time
 from typing import Any, Callable, Sequence, TextIO
 
 import jax
-import ml_collections
 import numpy as np
 
-from r1jax import checkpoint as ckpt_lib
+from r1jax import checkpoint_source
 from r1jax import evaluate
 from r1jax import generate
 from r1jax import parallel
@@ -59,125 +58,16 @@ class EvalError(ValueError):
   """Bad input; its message is the one line the command prints."""
 
 
-# ================================================================ checkpoint
-
-
-@dataclasses.dataclass
-class LoadedModel:
-  cfg: Any
-  graphdef: Any
-  params: Any
-  tokenizer: Any
-  kind: str         # 'hf', 'gguf' or 'workdir'
-  source: str       # what was read: the directory, file or checkpoint step
-  step: int | None  # the orbax step restored (workdir checkpoints only)
-
-
-def checkpoint_kind(path: pathlib.Path) -> str:
-  """'gguf', 'hf' or 'workdir'; EvalError for anything else."""
-  if not path.exists():
-    raise EvalError(f'--checkpoint={path}: no such file or directory')
-  if path.is_file():
-    if path.suffix == '.gguf':
-      return 'gguf'
-    raise EvalError(f'--checkpoint={path} is a file but not a .gguf file; '
-                    'give a GGUF file, a Hugging Face directory or a workdir')
-  if (path / 'config.json').is_file():
-    return 'hf'
-  if ((path / common.RUN_CONFIG).is_file() or (path / 'checkpoints').is_dir()
-      or (path / common.EXPORT_DIR / 'config.json').is_file()):
-    return 'workdir'
-  raise EvalError(
-      f'--checkpoint={path} is none of: a GGUF file, a Hugging Face directory '
-      f'(no config.json), a training workdir (no {common.RUN_CONFIG}, '
-      'checkpoints/ or hf/)')
-
-
-def _source_config(dtype: str, hf_path: str = '', gguf_path: str = ''):
-  """The `model` / `tokenizer` sections that common.load_model_and_tokenizer
-  reads, for a checkpoint given on the command line."""
-  return ml_collections.ConfigDict({
-      'seed': 0,
-      'model': {'hf_path': hf_path, 'gguf_path': gguf_path, 'preset': '',
-                'dtype': dtype, 'param_dtype': dtype, 'remat': False,
-                'overrides': {}},
-      'tokenizer': {'path': ''}})
-
-
-def load_model(checkpoint: str | pathlib.Path, mesh, dtype: str = '',
-               ) -> LoadedModel:
-  """The model, params (on `mesh`) and tokenizer of `checkpoint`.
-
-  `dtype` sets compute and parameter dtype ('' = float32, or for a workdir
-  checkpoint the run's own).
-  """
-  path = pathlib.Path(checkpoint)
-  kind = checkpoint_kind(path)
-  if kind != 'workdir':
-    config = _source_config(dtype or 'float32', **(
-        {'gguf_path': str(path)} if kind == 'gguf' else {'hf_path': str(path)}))
-    cfg, graphdef, params, tok = common.load_model_and_tokenizer(
-        config, path, mesh)
-    return LoadedModel(cfg, graphdef, params, tok, kind, str(path), None)
-
-  run = common.read_run_config(path)
-  exported = (common.export_dir(run, path) if run is not None
-              else path / common.EXPORT_DIR)
-  ckpt_dir = path / 'checkpoints'
-  latest = None
-  if ckpt_dir.is_dir():
-    with ckpt_lib.Checkpointer(ckpt_dir) as ckptr:
-      latest = ckptr.latest_step()
-  finished = common.read_done(path) is not None
-  if (exported / 'config.json').is_file() and (finished or latest is None):
-    config = _source_config(dtype or 'float32', hf_path=str(exported))
-    cfg, graphdef, params, tok = common.load_model_and_tokenizer(
-        config, exported, mesh)
-    return LoadedModel(cfg, graphdef, params, tok, kind, str(exported), None)
-  if latest is None:
-    raise EvalError(f'--checkpoint={path} is a workdir with no complete '
-                    f'checkpoint in {ckpt_dir} and no exported model')
-  if run is None:
-    raise EvalError(f'--checkpoint={path} has checkpoints but no '
-                    f'{common.RUN_CONFIG} to rebuild its model from')
-  return _restore_workdir(path, run, latest, dtype, mesh)
-
-
-def _restore_workdir(path: pathlib.Path, run, step: int, dtype: str, mesh
-                     ) -> LoadedModel:
-  """The params of checkpoint `step`, on the model the run was built with.
-
-  The run's model source (base checkpoint or preset) gives the architecture
-  and tokenizer; only 'params' is read from the checkpoint, the optimizer
-  state, reference params and data position are skipped.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  run.model.remat = False
-  if dtype:
-    run.model.dtype = dtype
-  cfg, graphdef, params, tok = common.load_model_and_tokenizer(run, path, mesh)
-  ckpt_dir = path / 'checkpoints'
-  saved = ocp.v1.metadata(ckpt_dir / str(step)).metadata
-  if 'params' not in saved:
-    raise EvalError(f'{ckpt_dir / str(step)} holds no params '
-                    f'(keys: {sorted(saved)})')
-  target = {k: jax.tree.map(lambda _: ocp.v1.PLACEHOLDER, v)
-            for k, v in saved.items() if k != 'params'}
-  target['params'] = ckpt_lib.abstract_like(params)
-  with ckpt_lib.Checkpointer(ckpt_dir) as ckptr:
-    params = ckptr.restore(step, abstract_state=target)['params']
-  return LoadedModel(cfg, graphdef, params, tok, 'workdir',
-                     str(ckpt_dir / str(step)), step)
-
-
 # ===================================================================== data
 
 
 def check_datasets(names: Sequence[str]) -> list[str]:
+  """`names` without repeats; EvalError naming an unknown one."""
   unknown = [n for n in names if n not in KNOWN_DATASETS]
   if unknown or not names:
-    raise EvalError(f'--datasets: unknown data set {", ".join(unknown) or "(none)"}'
-                    f'; known: {", ".join(KNOWN_DATASETS)}')
+    raise EvalError(f'--datasets: unknown data set '
+                    f'{", ".join(unknown) or "(none given)"}; known: '
+                    f'{", ".join(KNOWN_DATASETS)}')
   return list(dict.fromkeys(names))
 
 
@@ -322,17 +212,20 @@ def evaluate_checkpoint(checkpoint: str, datasets: Sequence[str],
                         ) -> dict[str, Any]:
   """The report of `checkpoint` on `datasets` (see the module docstring)."""
   t0 = time.perf_counter()
+  if jax.process_count() > 1:
+    raise EvalError('the evaluation command runs in a single process')
   datasets = check_datasets(datasets)
-  from r1jax.data.templates import TEMPLATES  # pylint: disable=g-import-not-at-top
-  if settings.template not in TEMPLATES:
+  from r1jax.data import templates  # pylint: disable=g-import-not-at-top
+  known = templates.TEMPLATES.names()
+  if settings.template not in known:
     raise EvalError(f'--template={settings.template!r} is not a prompt '
-                    f'template; known: {", ".join(TEMPLATES.names())}')
+                    f'template; known: {", ".join(known)}')
   records = {name: dataset_records(
       name, limit=limit, data_dir=data_dir, tfds_dir=tfds_dir,
       synthetic_tasks=synthetic_tasks, synthetic_problems=synthetic_problems)
              for name in datasets}
   mesh = parallel.make_mesh({'data': -1})
-  model = load_model(checkpoint, mesh, dtype)
+  model = checkpoint_source.load(checkpoint, mesh, dtype)
   log(f'{model.kind} checkpoint {model.source}: {model.cfg.num_layers} layers,'
       f' vocab {model.tokenizer.vocab_size}; ' + ', '.join(
           f'{n} {len(r)} problems' for n, r in records.items()))
@@ -493,7 +386,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
   split = lambda s: [x.strip() for x in s.split(',') if x.strip()]
   try:
     datasets = check_datasets(split(args.datasets))
-    checkpoint_kind(pathlib.Path(args.checkpoint))  # before any loading
+    checkpoint_source.checkpoint_kind(pathlib.Path(args.checkpoint))
     if 'synthetic' in datasets and args.synthetic_tasks:
       from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
       bad = [t for t in split(args.synthetic_tasks) if t not in synthetic.TASKS]
@@ -506,6 +399,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         synthetic_tasks=split(args.synthetic_tasks),
         synthetic_problems=args.synthetic_problems, dtype=args.dtype,
         log=lambda s: print(s, file=stderr), progress_stream=stderr)
+  except checkpoint_source.CheckpointError as e:
+    print(f'{parser.prog}: error: --checkpoint: {e}', file=stderr)
+    return 2
   except EvalError as e:
     print(f'{parser.prog}: error: {e}', file=stderr)
     return 2
