@@ -1,0 +1,106 @@
+"""Each benchmark script runs end to end at a tiny size (`--tiny`).
+
+In-process main() calls (no new interpreter, jax already imported); the
+figures themselves are benchmarks, not tested. The TRL / transformers sides
+run only where torch, transformers and trl are installed (they are not r1jax
+dependencies).
+"""
+
+import importlib
+import pathlib
+import sys
+
+import pytest
+
+from r1jax.model import config as model_config
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / 'scripts'
+
+
+def _script(name):
+  if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+  return importlib.import_module(name)
+
+
+def _has(*modules) -> bool:
+  try:
+    for m in modules:
+      importlib.import_module(m)
+  except ImportError:
+    return False
+  return True
+
+
+def test_bench_common_flops_and_peak_table():
+  bc = _script('bench_common')
+  cfg = bc.bench_model_config()  # bench_sampler's model: 22.3M params
+  assert bc.matmul_params(cfg) + bc.head_params(cfg) == 22282240
+  # The issue's figure: a decode step at batch 64 is 2.85 GFLOP of weights.
+  step = bc.generate_flops(cfg, 64, 64, 3) - bc.generate_flops(cfg, 64, 64, 2)
+  weights = 2 * 64 * (bc.matmul_params(cfg) + bc.head_params(cfg))
+  assert weights == pytest.approx(2.852e9, rel=1e-3)
+  assert step == pytest.approx(weights + bc.attention_flops(cfg, 64 * 66))
+  # Training is 3x forward.
+  assert bc.train_flops(cfg, 2, 16) == 3 * bc.forward_flops(cfg, 2, 16)
+  for kind, tflops in (('NVIDIA H100 80GB HBM3', 989), ('NVIDIA H200', 989),
+                       ('NVIDIA A100-SXM4-80GB', 312), ('TPU v4', 275),
+                       ('TPU v5 lite', 197), ('TPU v5p', 459),
+                       ('TPU v6 lite', 918), ('NVIDIA H100 PCIe', 756)):
+    assert bc.peak_bf16_flops(kind) == tflops * 1e12, kind
+  assert bc.peak_bf16_flops('cpu') is None
+  peak = bc.matmul_peak(sizes=(64,), repeats=1, min_seconds=0.001)
+  assert peak['flops'] > 0 and set(peak['by_size']) == {64}
+
+
+def test_bench_sampler_tiny(capsys):
+  argv = ['--tiny'] + ([] if _has('torch', 'transformers') else ['--skip_hf'])
+  _script('bench_sampler').main(argv)
+  out = capsys.readouterr().out
+  assert 'of the measured matmul peak' in out
+  assert 'GRPO shape: 8 rows = 2 prompts x 4 samples' in out
+
+
+def test_bench_train_tiny(capsys):
+  out = _script('bench_train').main(['--tiny'])
+  assert set(out) == {'sft_mfu', 'grpo_mfu'}
+  assert all(v > 0 for v in out.values())
+  text = capsys.readouterr().out
+  assert 'MFU' in text and 'where the time goes' in text
+
+
+def test_bench_vs_trl_tiny_r1jax_side(capsys):
+  _script('bench_vs_trl').main(['--tiny', '--skip_trl'])
+  out = capsys.readouterr().out
+  assert 'r1jax:' in out and 'split (median s): sample' in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has('torch', 'transformers', 'trl', 'datasets'),
+                    reason='TRL side needs torch, transformers, trl')
+def test_bench_vs_trl_tiny_both_sides(capsys):
+  _script('bench_vs_trl').main(['--tiny'])
+  out = capsys.readouterr().out
+  assert 'TRL GRPOTrainer:' in out and 'ratio TRL / r1jax' in out
+
+
+def test_bench_vs_trl_says_what_to_install(monkeypatch, capsys):
+  mod = _script('bench_vs_trl')
+  monkeypatch.setitem(sys.modules, 'trl', None)  # import trl -> ImportError
+  assert 'pip install torch==2.13.0' in mod.trl_missing()
+
+
+def test_bench_accelerator_tiny(capsys):
+  med = _script('bench_accelerator').main(['--tiny'])
+  assert med['step'] > 0
+  out = capsys.readouterr().out
+  for needle in ('sampler:', 'tokens/s/device', 'MFU', 'memory estimate'):
+    assert needle in out
+
+
+def test_bench_accelerator_default_is_qwen_half_b():
+  cfg = model_config.get_config('qwen2.5-0.5b')
+  assert 490e6 < cfg.num_params() < 500e6
+  mod = _script('bench_accelerator')
+  assert mod.ref_chunks(type('A', (), {'ref_chunks': 0, 'new_tokens': 512}),
+                        cfg, 512) >= 32  # 160 GB of logits in <= 4 GiB chunks
