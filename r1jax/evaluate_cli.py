@@ -3,10 +3,12 @@ r"""`python -m r1jax.evaluate`: a checkpoint's scores on the math sets.
     python -m r1jax.evaluate --checkpoint=runs/zero \
         --datasets=gsm8k,math500,aime24,amc23,synthetic
 
-    # SmolLM2-135M-Instruct on 50 GSM8K problems, greedy, its chat template:
+    # SmolLM2-135M-Instruct, 50 GSM8K problems, greedy, chat + \boxed{}
+    # instruction: pass@1 0.000 (0/50), 20 min on 2 busy CPU cores.
     python -m r1jax.evaluate --checkpoint=SmolLM2-135M-Instruct.Q4_1.gguf \
         --datasets=gsm8k --limit=50 --k=1 --temperature=0 --no-greedy \
-        --template=chat --max_new_tokens=320 --output=/tmp/smollm2.json
+        --template=chat_boxed --max_new_tokens=320 --batch_size=50 \
+        --output=/tmp/smollm2.json
 
 Per data set: pass@1 averaged over k samples (the R1 paper's temperature 0.6,
 top-p 0.95), cons@k (majority vote, equivalent answers pooled), unbiased
