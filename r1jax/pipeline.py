@@ -176,9 +176,48 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   summary = {'stages': results, 'wall_time_s': time.perf_counter() - t0}
   (workdir / 'pipeline.json').write_text(
       json.dumps(summary, indent=1, default=str), encoding='utf-8')
+  print(stage_table(config, results))
   print(f'=== pipeline done in {common.format_seconds(summary["wall_time_s"])}'
         f'; summary in {workdir / "pipeline.json"}')
   return results
+
+
+# Columns of the end-of-run table: (header, keys tried in order). SFT stages
+# record held-out metrics unprefixed, GRPO stages under eval/; a
+# rejection_sampling stage has no held-out eval (its sample pass@1 and the
+# number of examples it kept are shown instead).
+_COLUMNS = (
+    ('pass@1', ('eval/pass@1', 'pass@1')),
+    ('format', ('eval/format_rate', 'format_rate')),
+    ('language', ('eval/language_consistency', 'language_consistency')),
+    ('length', ('eval/mean_length', 'mean_length')),
+)
+
+
+def stage_table(config: ml_collections.ConfigDict,
+                results: dict[str, dict[str, Any]]) -> str:
+  """A markdown table of each finished stage's held-out metrics and wall time."""
+  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
+  head = ['stage', 'kind'] + [c for c, _ in _COLUMNS] + ['wall time', 'note']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for name in config.order:
+    r = results.get(name)
+    if r is None:
+      continue
+    cells = [name, config[name].stage]
+    for _, keys in _COLUMNS:
+      v = next((r[k] for k in keys if isinstance(r.get(k), (int, float))), None)
+      held_out = config[name].stage != 'rejection_sampling'
+      cells.append(f'{v:.3f}' if v is not None and held_out else '')
+    wall = r.get('wall_time_s')
+    cells.append(common.format_seconds(wall) if wall is not None else '')
+    if config[name].stage == 'rejection_sampling':
+      cells.append(f'kept {r.get("kept", 0)} of {r.get("sampled", 0)} '
+                   f'samples (sample pass@1 {r.get("pass@1", 0.0):.3f})')
+    else:
+      cells.append(f'{r.get("step", "")} steps')
+    lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+  return '\n'.join(lines)
 
 
 def main(argv):

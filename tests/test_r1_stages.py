@@ -195,7 +195,16 @@ def test_pipeline_chains_skips_and_resumes(base, tmp_path, capsys):
   assert (tmp_path / 'final_rl' / 'hf' / 'config.json').is_file()
   # Everything finished: a third run does nothing but report.
   pipeline.run(_pipeline_cfg(base), str(tmp_path))
-  assert capsys.readouterr().out.count('finished before, skipped') == 5
+  out = capsys.readouterr().out
+  assert out.count('finished before, skipped') == 5
+  # The end-of-run table: one row per stage, held-out metrics where a stage
+  # has them, the rejection stage's kept count.
+  rows = [l for l in out.splitlines() if l.startswith('| ')][1:]
+  assert [r.split(' | ')[0][2:] for r in rows] == list(c.order)
+  rl_row = next(r for r in rows if r.startswith('| final_rl | grpo |'))
+  assert f"{results['final_rl']['eval/pass@1']:.3f}" in rl_row
+  kept = results['rejection']['kept']
+  assert f'kept {kept} of 32 samples' in next(r for r in rows if 'rejection' in r)
 
 
 def test_pipeline_config_errors():
