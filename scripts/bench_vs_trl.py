@@ -198,6 +198,12 @@ def bench_trl(args, model_dir, records, workdir):
   torch.set_num_threads(args.torch_threads)
   tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
   tokenizer.padding_side = 'left'
+  from r1jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  r1jax_tok = Tokenizer.from_dir(model_dir)
+  same_ids = all(
+      tokenizer(templates.render_prompt(TEMPLATE, r['problem']),
+                add_special_tokens=False).input_ids ==
+      templates.prompt_ids(TEMPLATE, r['problem'], r1jax_tok) for r in records)
   data = datasets.Dataset.from_list([
       {'prompt': templates.render_prompt(TEMPLATE, r['problem']),
        'record': i} for i, r in enumerate(records)])
@@ -241,7 +247,8 @@ def bench_trl(args, model_dir, records, workdir):
   trainer.train()
   times = np.diff(timer.marks).tolist()
   assert len(times) == steps, (len(times), steps)
-  return times[args.warmup:], dict(first=times[0], torch=torch.__version__,
+  return times[args.warmup:], dict(first=times[0], same_ids=same_ids,
+                                   torch=torch.__version__,
                                    trl=trl.__version__,
                                    transformers=transformers.__version__)
 
@@ -320,7 +327,8 @@ def main(argv=None):
             f'{[round(t, 3) for t in t_steps]}; first step '
             f'{t_info["first"]:.1f} s; trl {t_info["trl"]}, transformers '
             f'{t_info["transformers"]}, torch {t_info["torch"]}, '
-            f'{args.torch_threads} threads)')
+            f'{args.torch_threads} threads); same prompt token ids as '
+            f'r1jax: {t_info["same_ids"]}')
       print(f'ratio TRL / r1jax step time: {t_med / r_med:.1f}x')
     print(f'load average after: {bench_common.load_average()}')
 
