@@ -11,6 +11,7 @@
   * a compile counter and the console progress line.
 """
 
+import contextlib
 import json
 import math
 import pathlib
@@ -345,6 +346,24 @@ def open_run(workdir: pathlib.Path, keep_checkpoints: int):
   latest = checkpointer.latest_step()
   drop_metrics_after(workdir, -1 if latest is None else latest)
   return checkpointer, metrics_lib.MetricWriter(workdir)
+
+
+@contextlib.contextmanager
+def saves_finish_on_error(checkpointer: ckpt_lib.Checkpointer):
+  """Lets a checkpoint being written in the background finish before an
+  exception (an error, Ctrl-C) leaves the training loop.
+
+  Without it the save thread outlives the loop, and a run resumed in the same
+  process (a notebook, a pipeline retry) races it for the same directory.
+  """
+  try:
+    yield
+  except BaseException:
+    try:
+      checkpointer.wait()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the loop's own exception is the one to report
+    raise
 
 
 def drop_metrics_after(workdir: pathlib.Path, step: int) -> int:

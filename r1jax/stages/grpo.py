@@ -303,61 +303,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # ------------------------------------------------------------------- loop
   step = start_step
   t_loop = time.perf_counter()
-  while step < tc.steps:
-    t_step = time.perf_counter()
-    key = jax.random.fold_in(base_key, step)
-    host = rollout(state['params'], key, timer)           # sample + reward
-    batch = grpo_rollout.to_device(host, config, mesh)
-    lengths_B = batch.pop('lengths')
-    batch['adv'] = grpo_update.advantages(
-        batch.pop('rewards'),
-        lengths_B if grpo_update.estimator_takes(rc.advantage, 'lengths_PxG')
-        else None,
-        batch.pop('baseline', None), group_size=rc.group_size,
-        estimator=rc.advantage, eps=float(rc.eps),
-        options=tuple(sorted(rc.advantage_options.to_dict().items())))
-    if use_ref:
-      with timer('reference'):
-        batch['ref_logp'] = logprobs_fn(ref_params, batch)
-        batch['ref_logp'].block_until_ready()
-    with timer('update'):
-      state, m = update_fn(state, batch)
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-    step += 1
-    if not m.pop('loss_finite') or not np.isfinite(m['loss']):
-      checkpointer.wait()
-      raise FloatingPointError(
-          f'step {step}: non-finite loss ({m["loss"]}) or gradient norm '
-          f'({m["grad_norm"]}); stopping. The last checkpoint '
-          f'(step {checkpointer.latest_step()}) is left as it was.')
-    if use_ref and rc.ref_reset_every and step % rc.ref_reset_every == 0:
-      ref_params = grpo_update.copy_tree(state['params'])
-      writer.log(f'step {step}: reference reset to the current policy')
+  with common.saves_finish_on_error(checkpointer):
+    while step < tc.steps:
+      t_step = time.perf_counter()
+      key = jax.random.fold_in(base_key, step)
+      host = rollout(state['params'], key, timer)           # sample + reward
+      batch = grpo_rollout.to_device(host, config, mesh)
+      lengths_B = batch.pop('lengths')
+      batch['adv'] = grpo_update.advantages(
+          batch.pop('rewards'),
+          lengths_B if grpo_update.estimator_takes(rc.advantage, 'lengths_PxG')
+          else None,
+          batch.pop('baseline', None), group_size=rc.group_size,
+          estimator=rc.advantage, eps=float(rc.eps),
+          options=tuple(sorted(rc.advantage_options.to_dict().items())))
+      if use_ref:
+        with timer('reference'):
+          batch['ref_logp'] = logprobs_fn(ref_params, batch)
+          batch['ref_logp'].block_until_ready()
+      with timer('update'):
+        state, m = update_fn(state, batch)
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+      step += 1
+      if not m.pop('loss_finite') or not np.isfinite(m['loss']):
+        checkpointer.wait()
+        raise FloatingPointError(
+            f'step {step}: non-finite loss ({m["loss"]}) or gradient norm '
+            f'({m["grad_norm"]}); stopping. The last checkpoint '
+            f'(step {checkpointer.latest_step()}) is left as it was.')
+      if use_ref and rc.ref_reset_every and step % rc.ref_reset_every == 0:
+        ref_params = grpo_update.copy_tree(state['params'])
+        writer.log(f'step {step}: reference reset to the current policy')
 
-    # ------------------------------------------------------------ metrics
-    m.update(grpo_rollout.rollout_metrics(host, config))
-    times = timer.pop()
-    times['step'] = time.perf_counter() - t_step
-    tokens = float(host['prompt_mask'].sum() + host['lengths'].sum())
-    m['tokens_per_s'] = tokens * jax.process_count() / times['step']
-    m['tokens_per_s_per_device'] = m['tokens_per_s'] / jax.device_count()
-    m['compiles'] = float(common.CompileCounter.count())
-    writer.write(step, m, prefix='train/')
-    writer.write(step, times, prefix='time/')
-    m.update({f'time/{k}': v for k, v in times.items()})
-    if step % tc.log_every == 0 or step == tc.steps:
-      writer.log(common.progress_line(
-          step, tc.steps, time.perf_counter() - t_loop, step - start_step, m,
-          _CONSOLE))
-      grpo_rollout.write_completions(
-          workdir, step, grpo_rollout.completion_records(host, config))
-    final.update({f'train/{k}': v for k, v in m.items()})
+      # ------------------------------------------------------------ metrics
+      m.update(grpo_rollout.rollout_metrics(host, config))
+      times = timer.pop()
+      times['step'] = time.perf_counter() - t_step
+      tokens = float(host['prompt_mask'].sum() + host['lengths'].sum())
+      m['tokens_per_s'] = tokens * jax.process_count() / times['step']
+      m['tokens_per_s_per_device'] = m['tokens_per_s'] / jax.device_count()
+      m['compiles'] = float(common.CompileCounter.count())
+      writer.write(step, m, prefix='train/')
+      writer.write(step, times, prefix='time/')
+      m.update({f'time/{k}': v for k, v in times.items()})
+      if step % tc.log_every == 0 or step == tc.steps:
+        writer.log(common.progress_line(
+            step, tc.steps, time.perf_counter() - t_loop, step - start_step, m,
+            _CONSOLE))
+        grpo_rollout.write_completions(
+            workdir, step, grpo_rollout.completion_records(host, config))
+      final.update({f'train/{k}': v for k, v in m.items()})
 
-    if (config.eval.every and step % config.eval.every == 0) or step == tc.steps:
-      run_eval(step)
-    if step % tc.checkpoint_every == 0 or step == tc.steps:
-      checkpointer.save(step, {**ckpt_state(),
-                               'data_state': batcher.get_state()})
+      if (config.eval.every and step % config.eval.every == 0) or step == tc.steps:
+        run_eval(step)
+      if step % tc.checkpoint_every == 0 or step == tc.steps:
+        checkpointer.save(step, {**ckpt_state(),
+                                 'data_state': batcher.get_state()})
   checkpointer.wait()
   if start_step >= tc.steps:
     writer.log(f'run already complete at step {start_step}')

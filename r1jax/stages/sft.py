@@ -471,42 +471,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   t_last, tokens_since = time.perf_counter(), 0.0
   step = start_step
   final: dict[str, Any] = {}
-  while step < tc.steps:
-    host_batch = next(train_iter)
-    tokens_since += float((np.asarray(host_batch['segment_ids']) > 0).sum())
-    state, m = train_step(state, to_device(host_batch))
-    step += 1
-    if step % tc.log_every == 0 or step == tc.steps:
-      m = jax.device_get(m)
-      loss = float(m['loss'])
-      if not np.isfinite(loss):
-        raise FloatingPointError(f'non-finite loss {loss} at step {step}')
-      dt = time.perf_counter() - t_last
-      m = {k: float(v) for k, v in m.items()}
-      m['tokens_per_s'] = tokens_since / max(dt, 1e-9)
-      t_last, tokens_since = time.perf_counter(), 0.0
-      writer.write(step, m, prefix='train/')
-      writer.log(metrics_lib.progress_line(
-          step, tc.steps, m,
-          ('loss', 'nll', 'distill/kl', 'grad_norm', 'tokens_per_s')))
-      history.append((step, loss))
-      final['train_loss'] = loss
-      if teacher is not None:
-        final['train_nll'] = m['nll']
-        final['distill_kl'] = m['distill/kl']
-    if eval_batches and (step % tc.eval_every == 0 or step == tc.steps):
-      eval_loss = _eval_loss(eval_step, state['params'], eval_batches)
-      writer.write(step, {'loss': eval_loss}, prefix='eval/')
-      writer.log(f'step {step}: eval loss {eval_loss:.4f}')
-      final['eval_loss'] = eval_loss
-    if (tc.sample_every and eval_examples and
-        (step % tc.sample_every == 0 or step == tc.steps)):
-      texts = _sample_texts(config, model_cfg, graphdef, state['params'],
-                            tokenizer, mesh, eval_examples)
-      writer.write_texts(step, 'samples', texts)
-      writer.log(f'step {step}: sample {texts[0]!r}')
-    if step % tc.checkpoint_every == 0 or step == tc.steps:
-      checkpointer.save(step, {**state, 'data_state': train_iter.get_state()})
+  with common.saves_finish_on_error(checkpointer):
+    while step < tc.steps:
+      host_batch = next(train_iter)
+      tokens_since += float((np.asarray(host_batch['segment_ids']) > 0).sum())
+      state, m = train_step(state, to_device(host_batch))
+      step += 1
+      if step % tc.log_every == 0 or step == tc.steps:
+        m = jax.device_get(m)
+        loss = float(m['loss'])
+        if not np.isfinite(loss):
+          raise FloatingPointError(f'non-finite loss {loss} at step {step}')
+        dt = time.perf_counter() - t_last
+        m = {k: float(v) for k, v in m.items()}
+        m['tokens_per_s'] = tokens_since / max(dt, 1e-9)
+        t_last, tokens_since = time.perf_counter(), 0.0
+        writer.write(step, m, prefix='train/')
+        writer.log(metrics_lib.progress_line(
+            step, tc.steps, m,
+            ('loss', 'nll', 'distill/kl', 'grad_norm', 'tokens_per_s')))
+        history.append((step, loss))
+        final['train_loss'] = loss
+        if teacher is not None:
+          final['train_nll'] = m['nll']
+          final['distill_kl'] = m['distill/kl']
+      if eval_batches and (step % tc.eval_every == 0 or step == tc.steps):
+        eval_loss = _eval_loss(eval_step, state['params'], eval_batches)
+        writer.write(step, {'loss': eval_loss}, prefix='eval/')
+        writer.log(f'step {step}: eval loss {eval_loss:.4f}')
+        final['eval_loss'] = eval_loss
+      if (tc.sample_every and eval_examples and
+          (step % tc.sample_every == 0 or step == tc.steps)):
+        texts = _sample_texts(config, model_cfg, graphdef, state['params'],
+                              tokenizer, mesh, eval_examples)
+        writer.write_texts(step, 'samples', texts)
+        writer.log(f'step {step}: sample {texts[0]!r}')
+      if step % tc.checkpoint_every == 0 or step == tc.steps:
+        checkpointer.save(step, {**state, 'data_state': train_iter.get_state()})
   checkpointer.wait()
   final['history'] = history
 
