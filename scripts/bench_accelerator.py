@@ -33,6 +33,7 @@ r1jax/memory.py's estimate, printed first.
 """
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -154,10 +155,12 @@ def main(argv=None):
       use_reference=args.beta > 0, batch_devices=n_dev)
   chunks = ref_chunks(args, cfg, rows_dev)
   limit = memory.device_memory_limit()
-  print(f'memory estimate per device (r1jax.memory; the reference pass runs '
-        f'here in {chunks} chunks: /{chunks}); device limit '
-        f'{"n/a" if limit is None else f"{limit / 2**30:.1f} GiB"}:\n'
-        f'{est.table()}')
+  print(f'memory estimate per device (r1jax.memory), device limit '
+        f'{"n/a" if limit is None else f"{limit / 2**30:.1f} GiB"}; the '
+        f'stage\'s one-shot reference pass would need '
+        f'{est.reference_pass / 2**30:.1f} GiB, here it runs in {chunks} '
+        f'chunk(s):\n'
+        f'{dataclasses.replace(est, reference_pass=est.reference_pass // chunks).table()}')
 
   peak_sizes = args.peak_sizes or ([512, 1024] if on_cpu else [4096, 8192])
   peak_dtype = jnp.float32 if on_cpu else jnp.bfloat16
