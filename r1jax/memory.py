@@ -13,8 +13,9 @@ step at a time:
 
   sample     the KV cache of every row (prompts x group size), the prefill's
              attention scores and the decode step's logits;
-  reference  the reference log-prob pass over the whole rollout at once (its
-             [rows, L, V] float32 logits dominate for large vocabularies);
+  reference  the reference log-prob pass, one update micro-batch of rows at
+             a time (its [rows, L, V] float32 logits dominate for large
+             vocabularies);
   update     the gradient accumulator and one micro-batch's gradient, the
              micro-batch's activations (all layers' without remat, one
              layer's inputs per layer plus one layer's worth with it) and its
@@ -204,12 +205,13 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
   buffers = rows_dev * budget * (4 + 4 + 1)  # tokens, log-probs, mask
   ref_pass = 0
   if use_reference:
-    # Forward only: XLA frees each layer's scores before the next and fuses
-    # the log-softmax into the logits; the float32 logits over every row and
-    # completion position remain (plus their compute-dtype copy below f32).
-    ref_pass = (rows_dev * budget * cfg.vocab_size * (4 + (e if e < 4 else 0))
-                + rows_dev * cfg.num_heads * seq * seq * 4 +
-                rows_dev * seq * seq)
+    # Forward only, one update micro-batch of rows at a time (the stage's
+    # make_logprobs_fn chunks): XLA frees each layer's scores before the next
+    # and fuses the log-softmax into the logits; the float32 logits over the
+    # chunk's rows and completion positions remain (plus their compute-dtype
+    # copy below f32).
+    ref_pass = (micro * budget * cfg.vocab_size * (4 + (e if e < 4 else 0))
+                + micro * cfg.num_heads * seq * seq * 4 + micro * seq * seq)
   return Estimate(
       params=p,
       optimizer=-(-adamw_bytes(cfg) // param_shards),
@@ -288,9 +290,9 @@ def over_budget_message(est: Estimate, limit: int, where: str,
   hint = {
       'sample': 'the KV cache grows with rl.prompts_per_step x '
                 'rl.group_size x (prompt + sampling.max_new_tokens)',
-      'reference': 'the reference pass scores the whole rollout at once: '
-                   'lower rl.prompts_per_step x rl.group_size or '
-                   'sampling.max_new_tokens',
+      'reference': 'the reference pass scores one micro-batch of rows '
+                   '(rows / (rl.num_minibatches x rl.grad_accum)) at a '
+                   'time: raise either, or lower sampling.max_new_tokens',
       'update': 'a micro-batch is rows / (rl.num_minibatches x '
                 'rl.grad_accum); raise either, or set model.remat=True',
   }[phase]

@@ -21,10 +21,9 @@ Printed per step (median of the timed steps):
     completion tokens) / step time / devices;
   * the split: sample, reward, reference, update.
 
-The reference pass runs in --ref_chunks row chunks (auto: float32 logits of
-at most 4 GiB per chunk): the GRPO stage scores the whole rollout at once,
-whose [rows, L, vocab] float32 logits (160 GB here) fit no device; see
-r1jax/memory.py's estimate, printed first.
+The reference pass runs as the GRPO stage runs it, one update micro-batch
+of rows at a time (the whole rollout's [rows, L, vocab] float32 logits, 160 GB
+here, would fit no device); r1jax/memory.py's estimate is printed first.
 
     python scripts/bench_accelerator.py                    # the full size
     python scripts/bench_accelerator.py --tiny             # CPU, seconds
@@ -33,7 +32,6 @@ r1jax/memory.py's estimate, printed first.
 """
 
 import argparse
-import dataclasses
 import time
 
 import jax
@@ -45,7 +43,6 @@ import bench_common
 from r1jax import memory
 from r1jax import parallel
 from r1jax.model import config as model_config
-from r1jax.model import functional as fn
 from r1jax.sampling import Sampler
 from r1jax.stages import common
 from r1jax.stages import grpo_rollout
@@ -72,27 +69,6 @@ def rl_config():
   return c
 
 
-def ref_chunks(args, cfg, rows_dev):
-  if args.ref_chunks:
-    return args.ref_chunks
-  per_row = args.new_tokens * cfg.vocab_size * 4
-  n = 1
-  while rows_dev % (2 * n) == 0 and rows_dev // n * per_row > 4 * 2 ** 30:
-    n *= 2
-  return n
-
-
-def chunked_logprobs(logprobs_fn, params, batch, chunks):
-  """logprobs_fn over `chunks` row chunks of the batch, concatenated."""
-  if chunks == 1:
-    return logprobs_fn(params, batch)
-  rows = batch['tokens'].shape[0]
-  step = rows // chunks
-  parts = [logprobs_fn(params, {k: v[i:i + step] for k, v in batch.items()})
-           for i in range(0, rows, step)]
-  return jnp.concatenate(parts, axis=0)
-
-
 def _rate(flops: float) -> str:
   return (f'{flops / 1e12:.1f} TFLOP/s' if flops >= 1e12 else
           f'{flops / 1e9:.1f} GFLOP/s')
@@ -113,7 +89,6 @@ def main(argv=None):
   p.add_argument('--new_tokens', type=int, default=512)
   p.add_argument('--minibatches', type=int, default=4)
   p.add_argument('--grad_accum', type=int, default=16)
-  p.add_argument('--ref_chunks', type=int, default=0, help='0: auto')
   p.add_argument('--beta', type=float, default=0.001)
   p.add_argument('--warmup', type=int, default=1)
   p.add_argument('--steps', type=int, default=2)
@@ -153,14 +128,10 @@ def main(argv=None):
       prompt_tokens=args.prompt_len, max_new_tokens=args.new_tokens,
       num_minibatches=args.minibatches, grad_accum=args.grad_accum,
       use_reference=args.beta > 0, batch_devices=n_dev)
-  chunks = ref_chunks(args, cfg, rows_dev)
   limit = memory.device_memory_limit()
   print(f'memory estimate per device (r1jax.memory), device limit '
-        f'{"n/a" if limit is None else f"{limit / 2**30:.1f} GiB"}; the '
-        f'stage\'s one-shot reference pass would need '
-        f'{est.reference_pass / 2**30:.1f} GiB, here it runs in {chunks} '
-        f'chunk(s):\n'
-        f'{dataclasses.replace(est, reference_pass=est.reference_pass // chunks).table()}')
+        f'{"n/a" if limit is None else f"{limit / 2**30:.1f} GiB"}:\n'
+        f'{est.table()}')
 
   peak_sizes = args.peak_sizes or ([512, 1024] if on_cpu else [4096, 8192])
   peak_dtype = jnp.float32 if on_cpu else jnp.bfloat16
@@ -181,7 +152,8 @@ def main(argv=None):
   update_fn = grpo_update.make_update_fn(
       graphdef, opt, loss_kwargs=dict(beta=args.beta), num_iterations=1,
       num_minibatches=args.minibatches, grad_accum=args.grad_accum, mesh=mesh)
-  logprobs_fn = grpo_update.make_logprobs_fn(graphdef)
+  logprobs_fn = grpo_update.make_logprobs_fn(
+      graphdef, mesh, num_chunks=args.minibatches * args.grad_accum)
   ids, mask = bench_common.random_prompts(args.prompts, args.prompt_len,
                                           cfg.vocab_size)
   rng = np.random.default_rng(0)
@@ -204,8 +176,7 @@ def main(argv=None):
         eps=1e-6)
     if ref_params is not None:
       with timer('reference'):
-        batch['ref_logp'] = chunked_logprobs(logprobs_fn, ref_params, batch,
-                                             chunks)
+        batch['ref_logp'] = logprobs_fn(ref_params, batch)
         batch['ref_logp'].block_until_ready()
     with timer('update'):
       state, m = update_fn(state, batch)

@@ -111,7 +111,7 @@ def test_update_and_reference_estimates_near_xla_accounting():
       graphdef, opt, loss_kwargs=dict(beta=0.001), num_iterations=1,
       num_minibatches=1, grad_accum=2, mesh=mesh)
   xla_update = update.lower(state, batch).compile().memory_analysis()
-  xla_ref = grpo_update.make_logprobs_fn(graphdef).lower(
+  xla_ref = grpo_update.make_logprobs_fn(graphdef, mesh, num_chunks=2).lower(
       params, batch).compile().memory_analysis()
   est = memory.grpo_estimate(
       cfg, prompts_per_step=4, group_size=4, prompt_tokens=p,

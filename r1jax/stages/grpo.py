@@ -274,7 +274,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       graphdef, optimizer, loss_kwargs=_loss_kwargs(rc),
       num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
       grad_accum=rc.grad_accum, mesh=mesh, nan_at_step=tc.debug_nan_at_step)
-  logprobs_fn = grpo_update.make_logprobs_fn(graphdef)
+  # In the update's micro-batches: never more logits at once than an update.
+  logprobs_fn = grpo_update.make_logprobs_fn(
+      graphdef, mesh, num_chunks=rc.num_minibatches * rc.grad_accum)
   rollout = grpo_rollout.Rollout(config, sampler, tokenizer, batcher)
   timer = common.Timer()
   final: dict[str, Any] = {}

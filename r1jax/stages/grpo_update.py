@@ -59,12 +59,41 @@ def completion_logprobs(graphdef, params, batch, *, with_entropy: bool = False):
   return logp_BxL, entropy_BxL
 
 
-def make_logprobs_fn(graphdef):
-  """jit (params, rollout) -> logp_BxL, zero outside the sampled tokens."""
+_LOGPROB_FIELDS = ('prompt_tokens', 'prompt_mask', 'tokens', 'sample_mask')
+
+
+def make_logprobs_fn(graphdef, mesh=None, num_chunks: int = 1):
+  """jit (params, rollout) -> logp_BxL, zero outside the sampled tokens.
+
+  The rows go through in `num_chunks` strided parts, one after another
+  (`lax.map`), so the pass holds the logits of B / num_chunks rows at a time:
+  the GRPO stage uses the update's micro-batch count, so the reference pass
+  never needs more memory than an update micro-batch (a [512, 1024, 152k]
+  float32 logits tensor is 300+ GiB). The result does not depend on it.
+  """
+  batch_axes = parallel.batch_spec(mesh) if mesh is not None else ()
+  row_axis = batch_axes[0] if len(batch_axes) else None
+
+  def one(params, part):
+    logp, _ = completion_logprobs(graphdef, params, part)
+    return jnp.where(part['sample_mask'], logp, 0.0)
+
   @jax.jit
   def logprobs(params, batch):
-    logp, _ = completion_logprobs(graphdef, params, batch)
-    return jnp.where(batch['sample_mask'], logp, 0.0)
+    batch = {k: batch[k] for k in _LOGPROB_FIELDS}
+    if num_chunks == 1:
+      return one(params, batch)
+    def split(x):
+      x = accumulation.split_rows(x, num_chunks)
+      if mesh is None:
+        return x
+      spec = P(None, row_axis, *([None] * (x.ndim - 2)))
+      return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    parts = jax.tree.map(split, batch)
+    logp_NxCxL = jax.lax.map(lambda part: one(params, part), parts)
+    # Undo the strided split: part i holds rows i, i + n, i + 2n, ...
+    logp_CxNxL = jnp.moveaxis(logp_NxCxL, 0, 1)
+    return logp_CxNxL.reshape((-1,) + logp_CxNxL.shape[2:])
   return logprobs
 
 
