@@ -4,6 +4,7 @@ runner (chaining, skipping finished stages, resuming a killed one)."""
 import json
 import pathlib
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -175,6 +176,7 @@ def _pipeline_cfg(base):
   return c
 
 
+@pytest.mark.slow
 def test_pipeline_chains_skips_and_resumes(base, tmp_path, capsys):
   c = _pipeline_cfg(base)
   c.reasoning_rl.train.debug_nan_at_step = 2   # dies at step 2 of 2
@@ -225,3 +227,64 @@ def test_unfinished_workdir_is_refused(base, tmp_path):
   (tmp_path / 'rl' / common.DONE).unlink()
   with pytest.raises(FileNotFoundError, match='has not finished'):
     common.resolve_hf_path(str(tmp_path / 'rl'))
+
+
+@pytest.mark.slow
+def test_distill_pipeline_runs_every_stage(base, tmp_path):
+  """experiments/distill.py:compare at tiny scale: the teacher's traces, a
+  smaller student with the teacher's tokenizer, SFT on the traces, and the
+  same student trained with GRPO instead."""
+  from experiments import distill
+  c = distill.get_config('runlocal,compare')
+  assert c.order == ('teacher_traces', 'student_base', 'student_sft',
+                     'student_rl')
+  tt = c.teacher_traces
+  tt.model.hf_path = str(base)
+  tt.rewards.accuracy = 'test_one'
+  tt.filters.format = False
+  tt.filters.min_language = 0.0
+  tt.filters.drop_truncated = False
+  tt.data.num_train = 8
+  tt.sampling.max_new_tokens = 8
+  sb = c.student_base
+  sb.tokenizer.path = str(base)
+  sb.model.overrides = ml_collections.ConfigDict(
+      dict(grpo_helpers.SMALL_MODEL, num_layers=1))
+  sb.data.num_docs = 300
+  sb.data.num_eval_docs = 16
+  sb.train.steps = 2
+  sb.train.warmup_steps = 1
+  sb.train.batch_size = 8
+  sb.train.log_every = 1
+  sb.train.eval_every = 2
+  sb.train.sample_every = 0
+  sb.train.checkpoint_every = 2
+  sb.eval.num_problems = 0
+  ss = c.student_sft
+  ss.train.steps = 2
+  ss.eval.num_problems = 4
+  ss.eval.num_samples = 2
+  ss.eval.ks = (1, 2)
+  ss.eval.max_new_tokens = 8
+  rl = c.student_rl
+  rl.rl.prompts_per_step = 8
+  rl.rl.group_size = 2
+  rl.sampling.max_new_tokens = 8
+  rl.eval.num_problems = 4
+  rl.eval.num_samples = 2
+  rl.eval.ks = (1, 2)
+  rl.eval.max_new_tokens = 8
+  rl.eval.at_start = False
+  rl.train.steps = 2
+  rl.data.num_train = 50
+  results = pipeline.run(c, str(tmp_path))
+  assert list(results) == list(c.order)
+  assert results['teacher_traces']['kept'] > 0
+  assert results['student_sft']['step'] == 2
+  assert results['student_rl']['step'] == 2
+  teacher = json.loads((base / 'config.json').read_text())
+  for stage in ('student_base', 'student_sft', 'student_rl'):
+    student = json.loads((tmp_path / stage / 'hf' / 'config.json').read_text())
+    assert student['num_hidden_layers'] == 1 < teacher['num_hidden_layers']
+    assert ((tmp_path / stage / 'hf' / 'tokenizer.json').read_text() ==
+            (base / 'tokenizer.json').read_text())
