@@ -234,8 +234,11 @@ def test_bad_input_fails_with_one_line(three_kinds, base_dir, tmp_path,
   line = _error([hf_dir, '--datasets=synthetic',
                  '--synthetic_tasks=arithmetic,sudoku'], capsys)
   assert 'unknown task sudoku; known: arithmetic, countdown' in line
+  # An empty TFDS dir too: a copy prepared earlier on this machine (in the
+  # default ~/.cache/r1jax/tfds) would otherwise be evaluated in full.
   line = _error([hf_dir, '--datasets=gsm8k',
-                 f'--data_dir={tmp_path / "nodata"}'], capsys)
+                 f'--data_dir={tmp_path / "nodata"}',
+                 f'--tfds_dir={tmp_path / "notfds"}'], capsys)
   assert line.startswith('python -m r1jax.evaluate: error: data set gsm8k:')
   assert 'gsm8k/train.jsonl not found' in line
   with pytest.raises(SystemExit):
