@@ -143,6 +143,37 @@ def test_sft_reads_a_rejection_workdir(base, tmp_path):
     train.run(cfg, str(tmp_path / 'sft2'))
 
 
+def _tiny_eval(stage):
+  """4 held-out problems x 2 samples of 8 tokens at the end of a stage."""
+  stage.eval.num_problems = 4
+  stage.eval.num_samples = 2
+  stage.eval.ks = (1, 2)
+  stage.eval.max_new_tokens = 8
+
+
+def _tiny_rl(rl):
+  """2 GRPO steps of 8 prompts x 2 samples of 8 tokens, eval at the end."""
+  rl.rl.prompts_per_step = 8
+  rl.rl.group_size = 2
+  rl.sampling.max_new_tokens = 8
+  _tiny_eval(rl)
+  rl.eval.at_start = False
+  rl.train.steps = 2
+  rl.data.num_train = 50
+
+
+def _tiny_rejection(rs, base):
+  """8 prompts from `base`, every sample correct, only the cheap filters."""
+  rs.rewards.accuracy = 'test_one'
+  rs.filters.format = False
+  rs.filters.min_language = 0.0
+  rs.filters.drop_truncated = False
+  rs.data.num_train = 8
+  rs.sampling.max_new_tokens = 8
+  if base is not None:
+    rs.model.hf_path = str(base)
+
+
 def _pipeline_cfg(base):
   c = r1.get_config('runlocal')
   c.cold_start.model.hf_path = str(base)
@@ -150,29 +181,11 @@ def _pipeline_cfg(base):
   c.sft.model.hf_path = str(base)
   for name in ('cold_start', 'sft'):
     c[name].train.steps = 2
-    c[name].eval.num_problems = 4
-    c[name].eval.num_samples = 2
-    c[name].eval.ks = (1, 2)
-    c[name].eval.max_new_tokens = 8
-  c.rejection.rewards.accuracy = 'test_one'
-  c.rejection.filters.format = False
-  c.rejection.filters.min_language = 0.0
-  c.rejection.filters.drop_truncated = False
-  c.rejection.data.num_train = 8
-  c.rejection.sampling.max_new_tokens = 8
+    _tiny_eval(c[name])
+  _tiny_rejection(c.rejection, None)  # samples from '@reasoning_rl'
   for name in ('reasoning_rl', 'final_rl'):
-    rl = c[name]
-    rl.rl.prompts_per_step = 8
-    rl.rl.group_size = 2
-    rl.sampling.max_new_tokens = 8
-    rl.eval.num_problems = 4
-    rl.eval.num_samples = 2
-    rl.eval.ks = (1, 2)
-    rl.eval.max_new_tokens = 8
-    rl.eval.at_start = False
-    rl.train.steps = 2
-    rl.train.checkpoint_every = 1
-    rl.data.num_train = 50
+    _tiny_rl(c[name])
+    c[name].train.checkpoint_every = 1
   return c
 
 
@@ -238,14 +251,7 @@ def test_distill_pipeline_runs_every_stage(base, tmp_path):
   c = distill.get_config('runlocal,compare')
   assert c.order == ('teacher_traces', 'student_base', 'student_sft',
                      'student_rl')
-  tt = c.teacher_traces
-  tt.model.hf_path = str(base)
-  tt.rewards.accuracy = 'test_one'
-  tt.filters.format = False
-  tt.filters.min_language = 0.0
-  tt.filters.drop_truncated = False
-  tt.data.num_train = 8
-  tt.sampling.max_new_tokens = 8
+  _tiny_rejection(c.teacher_traces, base)
   sb = c.student_base
   sb.tokenizer.path = str(base)
   sb.model.overrides = ml_collections.ConfigDict(
@@ -260,23 +266,9 @@ def test_distill_pipeline_runs_every_stage(base, tmp_path):
   sb.train.sample_every = 0
   sb.train.checkpoint_every = 2
   sb.eval.num_problems = 0
-  ss = c.student_sft
-  ss.train.steps = 2
-  ss.eval.num_problems = 4
-  ss.eval.num_samples = 2
-  ss.eval.ks = (1, 2)
-  ss.eval.max_new_tokens = 8
-  rl = c.student_rl
-  rl.rl.prompts_per_step = 8
-  rl.rl.group_size = 2
-  rl.sampling.max_new_tokens = 8
-  rl.eval.num_problems = 4
-  rl.eval.num_samples = 2
-  rl.eval.ks = (1, 2)
-  rl.eval.max_new_tokens = 8
-  rl.eval.at_start = False
-  rl.train.steps = 2
-  rl.data.num_train = 50
+  c.student_sft.train.steps = 2
+  _tiny_eval(c.student_sft)
+  _tiny_rl(c.student_rl)
   results = pipeline.run(c, str(tmp_path))
   assert list(results) == list(c.order)
   assert results['teacher_traces']['kept'] > 0
