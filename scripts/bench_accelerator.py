@@ -45,7 +45,6 @@ from r1jax import parallel
 from r1jax.model import config as model_config
 from r1jax.sampling import Sampler
 from r1jax.stages import common
-from r1jax.stages import grpo_rollout
 from r1jax.stages import grpo_update
 
 
@@ -169,18 +168,9 @@ def main(argv=None):
       host = {k: parallel.host_rows(v) for k, v in out._asdict().items()}
     with timer('reward'):  # random rewards: the host side is not measured
       host['rewards'] = rng.normal(size=rows).astype(np.float32)
-    batch = grpo_rollout.to_device(host, config, mesh)
-    batch.pop('lengths')
-    batch['adv'] = grpo_update.advantages(
-        batch.pop('rewards'), group_size=args.group, estimator='grpo',
-        eps=1e-6)
-    if ref_params is not None:
-      with timer('reference'):
-        batch['ref_logp'] = logprobs_fn(ref_params, batch)
-        batch['ref_logp'].block_until_ready()
-    with timer('update'):
-      state, m = update_fn(state, batch)
-      m = jax.device_get(m)
+    state, m, _ = bench_common.grpo_device_step(
+        host, config, mesh, args.group, state, update_fn, logprobs_fn,
+        ref_params, timer)
     times = timer.pop()
     times['step'] = time.perf_counter() - t0
     times['tokens'] = float(host['prompt_mask'].sum() + host['lengths'].sum())

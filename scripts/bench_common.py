@@ -196,3 +196,26 @@ def random_prompts(rows: int, width: int, vocab: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   ids = rng.integers(2, vocab, (rows, width), dtype=np.int32)
   return ids, np.ones((rows, width), bool)
+
+
+def grpo_device_step(host: dict, config, mesh, group_size: int, state,
+                     update_fn, logprobs_fn, ref_params, timer):
+  """The device side of a GRPO step as stages/grpo.py runs it (rollout to
+  the mesh, group advantages, reference log-probs, the update), timed into
+  `timer`'s 'reference' and 'update' spans.
+
+  Returns (state, metrics on the host, lengths_B).
+  """
+  from r1jax.stages import grpo_rollout, grpo_update  # pylint: disable=g-import-not-at-top
+  batch = grpo_rollout.to_device(host, config, mesh)
+  lengths_B = batch.pop('lengths')
+  batch['adv'] = grpo_update.advantages(
+      batch.pop('rewards'), group_size=group_size, estimator='grpo', eps=1e-6)
+  if ref_params is not None:
+    with timer('reference'):
+      batch['ref_logp'] = logprobs_fn(ref_params, batch)
+      batch['ref_logp'].block_until_ready()
+  with timer('update'):
+    state, m = update_fn(state, batch)
+    m = jax.device_get(m)
+  return state, m, lengths_B

@@ -152,18 +152,9 @@ def bench_r1jax(args, model_dir, records):
     t0 = time.perf_counter()
     # ---- the GRPO stage's loop body (stages/grpo.py), minus logging
     host = rollout(state['params'], jax.random.fold_in(key, step), timer)
-    dev = grpo_rollout.to_device(host, config, mesh)
-    lengths = dev.pop('lengths')
-    dev['adv'] = grpo_update.advantages(
-        dev.pop('rewards'), None, None, group_size=args.group,
-        estimator='grpo', eps=1e-6)
-    if ref_params is not None:
-      with timer('reference'):
-        dev['ref_logp'] = logprobs_fn(ref_params, dev)
-        dev['ref_logp'].block_until_ready()
-    with timer('update'):
-      state, m = update_fn(state, dev)
-      m = jax.device_get(m)
+    state, m, lengths = bench_common.grpo_device_step(
+        host, config, mesh, args.group, state, update_fn, logprobs_fn,
+        ref_params, timer)
     times = timer.pop()
     times['step'] = time.perf_counter() - t0
     times['other'] = times['step'] - sum(
