@@ -12,7 +12,10 @@ and the frozen reference (when beta > 0). On top of them, one phase of the
 step at a time:
 
   sample     the KV cache of every row (prompts x group size), the prefill's
-             attention scores and the decode step's logits;
+             attention scores and the decode step's logits; when the last
+             decode segment starts, its cache is grown from the previous
+             segment's, and both are counted (the worst case, if XLA keeps
+             every layer's old cache until the last copy);
   reference  the reference log-prob pass, one update micro-batch of rows at
              a time (its [rows, L, V] float32 logits dominate for large
              vocabularies);
@@ -61,6 +64,11 @@ def _budget_bucket(n: int) -> int:
   return budget_bucket(n)
 
 
+def _segment_ends(budget: int) -> tuple[int, ...]:
+  from r1jax.sampling.sampler import DECODE_SEGMENTS, segment_ends  # pylint: disable=g-import-not-at-top
+  return segment_ends(budget, DECODE_SEGMENTS)
+
+
 # ================================================================ components
 
 
@@ -76,10 +84,13 @@ def adamw_bytes(cfg: ModelConfig) -> int:
 
 
 def kv_cache_bytes(cfg: ModelConfig, rows: int, prompt_width: int,
-                   max_new_tokens: int, cache_dtype=None) -> int:
-  """The sampler's decode cache: K and V per layer, [rows, P + L, K, H]
-  (L: the completion budget rounded up to its bucket)."""
-  slots = prompt_width + _budget_bucket(max_new_tokens)
+                   max_new_tokens: int, cache_dtype=None, *,
+                   exact_slots: bool = False) -> int:
+  """The sampler's decode cache: K and V per layer, rows x (P + L) slots
+  (L: the completion budget rounded up to its bucket, or max_new_tokens
+  itself with exact_slots)."""
+  slots = prompt_width + (max_new_tokens if exact_slots else
+                          _budget_bucket(max_new_tokens))
   itemsize = jnp.dtype(cache_dtype or cfg.dtype).itemsize
   return (2 * cfg.num_layers * rows * slots * cfg.num_kv_heads *
           cfg.head_dim * itemsize)
@@ -203,6 +214,9 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
              prompts_dev * prompt_tokens ** 2)
   decode_logits = rows_dev * cfg.vocab_size * 4 * 3
   buffers = rows_dev * budget * (4 + 4 + 1)  # tokens, log-probs, mask
+  ends = _segment_ends(budget)
+  grow = (kv_cache_bytes(cfg, rows_dev, prompt_tokens, ends[-2],
+                         exact_slots=True) if len(ends) > 1 else 0)
   ref_pass = 0
   if use_reference:
     # Forward only, one update micro-batch of rows at a time (the stage's
@@ -217,7 +231,7 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
       optimizer=-(-adamw_bytes(cfg) // param_shards),
       reference=p if use_reference else 0,
       kv_cache=kv_cache_bytes(cfg, rows_dev, prompt_tokens, max_new_tokens),
-      sample_other=prefill + decode_logits + buffers,
+      sample_other=prefill + decode_logits + buffers + grow,
       reference_pass=ref_pass,
       gradients=2 * p,  # the accumulator + one micro-batch's gradient
       activations=activation_bytes(cfg, micro, seq, remat),

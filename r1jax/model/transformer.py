@@ -24,7 +24,8 @@ from flax import nnx
 
 from r1jax.model.config import ModelConfig
 
-# A per-layer key/value cache: {'k': [B, S, K, H], 'v': [B, S, K, H]}.
+# A per-layer key/value cache over S slots: {'k': [B, K, H, S], 'v': [B, K, S, H]}
+# (keys stored transposed; see `_attend_one` for why).
 LayerCache = dict[str, jax.Array]
 Cache = list[LayerCache]
 
@@ -115,20 +116,19 @@ class Attention(nnx.Module):
     q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
     k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
 
-    if cache is not None:
-      # Write the new keys/values into their slots; attend over the whole cache.
-      zero = jnp.zeros((), jnp.int32)
-      idx = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
-      k_all = jax.lax.dynamic_update_slice(
-          cache['k'], k_BxTxKxH.astype(cache['k'].dtype), idx)
-      v_all = jax.lax.dynamic_update_slice(
-          cache['v'], v_BxTxKxH.astype(cache['v'].dtype), idx)
-      new_cache = {'k': k_all, 'v': v_all}
+    if cache is None:
+      out_BxTxNxH = attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS)
+      new_cache = None
     else:
-      k_all, v_all, new_cache = k_BxTxKxH, v_BxTxKxH, None
-
-    out_BxTxNxH = attend(q_BxTxNxH, k_all.astype(cfg.dtype),
-                         v_all.astype(cfg.dtype), mask_BxTxS)
+      new_cache = write_cache(cache, k_BxTxKxH, v_BxTxKxH, cache_index)
+      k_all, v_all = new_cache['k'], new_cache['v']
+      if t == 1:  # a decode step: reductions over the cache in its layout
+        out_BxTxNxH = _attend_one(q_BxTxNxH, k_all, v_all, mask_BxTxS,
+                                  cfg.dtype)
+      else:  # a prefill: the training path's arithmetic
+        out_BxTxNxH = attend(
+            q_BxTxNxH, jnp.transpose(k_all, (0, 3, 1, 2)).astype(cfg.dtype),
+            jnp.transpose(v_all, (0, 2, 1, 3)).astype(cfg.dtype), mask_BxTxS)
     out = self.o_proj(out_BxTxNxH.reshape(b, t, n * h))
     return out, new_cache
 
@@ -138,8 +138,6 @@ def attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS):
   b, t, n, h = q_BxTxNxH.shape
   kv = k_BxSxKxH.shape[2]
   g = n // kv
-  if t == 1:
-    return _attend_one(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS)
   q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, kv, g, h) * (h ** -0.5)
   scores = jnp.einsum('btkgh,bskh->bkgts', q_BxTxKxGxH, k_BxSxKxH,
                       preferred_element_type=jnp.float32)
@@ -150,33 +148,35 @@ def attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS):
   return out.reshape(b, t, n, h)
 
 
-def _attend_one(q_Bx1xNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1xS):
-  """`attend` for one query per row (a decode step), in the cache's layout.
+def _attend_one(q_Bx1xNxH, k_BxKxHxS, v_BxKxSxH, mask_Bx1xS, dtype):
+  """Attention of one query per row (a decode step) over a cache.
 
-  Written as broadcast products reduced over H (scores) and over S (outputs)
-  rather than as dots: a dot with batch dims (B, K) makes XLA:CPU transpose
-  the whole [B, S, K, H] cache into [B, K, S, H] in every layer of every step
-  (~2 ms per layer for a 64 x 192-slot cache), while these reductions read it
-  once, in place. Same float32 arithmetic as the einsum path up to summation
-  order.
+  The cache layout makes both reductions read it in place with the
+  reduced-over axis not minor, so XLA:CPU vectorises along the minor one:
+  scores sum over H of K [B, K, H, S] (vectorised along S), outputs sum over
+  S of V [B, K, S, H] (vectorised along H). Dots with batch dims (B, K) run
+  as B x K tiny GEMMs instead, 2-3x slower at decode shapes; broadcast
+  products reduced over the minor axis are slower still. Float32 arithmetic,
+  as `attend`, up to summation order.
   """
   b, _, n, h = q_Bx1xNxH.shape
-  s, kv = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
+  kv, s = k_BxKxHxS.shape[1], k_BxKxHxS.shape[3]
   g = n // kv
   f32 = jnp.float32
-  q_Bx1xKxGxH = (q_Bx1xNxH.reshape(b, 1, kv, g, h) * (h ** -0.5)).astype(
+  q_BxKxGxH = (q_Bx1xNxH.reshape(b, kv, g, h) * (h ** -0.5)).astype(
       q_Bx1xNxH.dtype).astype(f32)
-  scores_BxSxKxG = jnp.sum(
-      q_Bx1xKxGxH * k_BxSxKxH.astype(f32)[:, :, :, None, :], axis=-1)
+  scores_BxKxGxS = jnp.sum(
+      q_BxKxGxH[..., None] * k_BxKxHxS.astype(dtype).astype(f32)[:, :, None],
+      axis=3)
   big_neg = jnp.finfo(f32).min
-  scores_BxSxKxG = jnp.where(mask_Bx1xS.reshape(b, s, 1, 1), scores_BxSxKxG,
+  scores_BxKxGxS = jnp.where(mask_Bx1xS.reshape(b, 1, 1, s), scores_BxKxGxS,
                              big_neg)
-  probs_BxSxKxG = jax.nn.softmax(scores_BxSxKxG, axis=1).astype(
-      v_BxSxKxH.dtype).astype(f32)
+  probs_BxKxGxS = jax.nn.softmax(scores_BxKxGxS, axis=-1).astype(
+      dtype).astype(f32)
   out_BxKxGxH = jnp.sum(
-      probs_BxSxKxG[..., None] * v_BxSxKxH.astype(f32)[:, :, :, None, :],
-      axis=1)
-  return out_BxKxGxH.astype(v_BxSxKxH.dtype).reshape(b, 1, n, h)
+      probs_BxKxGxS[..., None] *
+      v_BxKxSxH.astype(dtype).astype(f32)[:, :, None], axis=3)
+  return out_BxKxGxH.astype(dtype).reshape(b, 1, n, h)
 
 
 class MLP(nnx.Module):
@@ -281,10 +281,36 @@ class Transformer(nnx.Module):
     return logits.astype(jnp.float32)
 
 
+def write_cache(cache: LayerCache, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+                cache_index) -> LayerCache:
+  """The layer cache with T new keys / values written from slot cache_index."""
+  zero = jnp.zeros((), jnp.int32)
+  i = jnp.asarray(cache_index, jnp.int32)
+  k_BxKxHxT = jnp.transpose(k_BxTxKxH, (0, 2, 3, 1)).astype(cache['k'].dtype)
+  v_BxKxTxH = jnp.transpose(v_BxTxKxH, (0, 2, 1, 3)).astype(cache['v'].dtype)
+  return {'k': jax.lax.dynamic_update_slice(cache['k'], k_BxKxHxT,
+                                            (zero, zero, zero, i)),
+          'v': jax.lax.dynamic_update_slice(cache['v'], v_BxKxTxH,
+                                            (zero, zero, i, zero))}
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int,
                dtype: Any = None) -> Cache:
-  """An empty KV cache of `length` slots per sequence."""
+  """An empty KV cache of `length` slots per sequence (layout: `Cache`)."""
   dtype = dtype or cfg.dtype
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return [{'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype)}
+  k, h = cfg.num_kv_heads, cfg.head_dim
+  return [{'k': jnp.zeros((batch, k, h, length), dtype),
+           'v': jnp.zeros((batch, k, length, h), dtype)}
           for _ in range(cfg.num_layers)]
+
+
+def grow_cache(cache: Cache, extra: int) -> Cache:
+  """`cache` with `extra` empty slots appended to every sequence."""
+  def grow(layer):
+    return {'k': jnp.pad(layer['k'], ((0, 0),) * 3 + ((0, extra),)),
+            'v': jnp.pad(layer['v'], ((0, 0), (0, 0), (0, extra), (0, 0)))}
+  return [grow(layer) for layer in cache]
+
+
+def cache_slots(cache: Cache) -> int:
+  return cache[0]['v'].shape[2]

@@ -1,4 +1,4 @@
-"""Batched sampling over a preallocated KV cache: one prefill, one while_loop.
+"""Batched sampling over a KV cache: one prefill, then segmented while_loops.
 
     sampler = Sampler(graphdef, cfg, pad_id=tok.pad_id, eos_ids=[tok.eos_id])
     out = sampler.generate(params, prompt_ids, max_new_tokens=256, n=16,
@@ -8,11 +8,16 @@
 Two jitted programs run per call:
   * prefill: the B left-padded prompts through the model once, writing a
     [B, P] cache; the cache and the last logits are then repeated n times
-    along the batch (the GRPO group shares its prompt's prefill), padded to
-    P + L slots, and the first token is sampled;
-  * decode: a `lax.while_loop` of one token per step that stops when every
-    row has produced a stop token or max_new_tokens are out. Its state (cache
-    and output buffers) is donated, so the cache is updated in place.
+    along the batch (the GRPO group shares its prompt's prefill), and the
+    first token is sampled;
+  * decode: `lax.while_loop`s of one token per step that stop when every row
+    has produced a stop token or max_new_tokens are out. The budget L is
+    split into `decode_segments` segments (`segment_ends`); the segment
+    ending at token e runs over a cache of P + e slots, grown once when it
+    starts, so a step attends over at most one segment of empty slots rather
+    than over all P + L (the cache is read in full by every step, and on CPU
+    that read costs about as much as the step's attention arithmetic). The
+    loop carry (cache and output buffers) is updated in place.
 
 Shapes are bucketed so that steady-state calls never recompile: the prompt
 width P to `prompt_buckets`, the budget L to `budget_bucket(max_new_tokens)`
@@ -36,11 +41,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from r1jax import parallel
 from r1jax.model.config import ModelConfig
 from r1jax.model.functional import causal_mask, positions_from_mask
-from r1jax.model.transformer import Cache, init_cache
+from r1jax.model.transformer import Cache, cache_slots, grow_cache, init_cache
 from r1jax.sampling import controls
 
 FINISH_STOP = 0    # the row produced one of the stop ids
 FINISH_LENGTH = 1  # the row ran out of budget
+DECODE_SEGMENTS = 4  # Sampler's default (see segment_ends)
 
 
 class SampleOutput(NamedTuple):
@@ -79,7 +85,7 @@ class _State(NamedTuple):
   logprobs_BxL: jax.Array  # float32
   length_B: jax.Array      # int32, tokens up to and including a stop token
   done_B: jax.Array        # bool, a stop token was produced
-  cache: Cache             # per layer {'k', 'v'} [B, P + L, K, H]
+  cache: Cache             # per layer, P + L slots (layout: model.Cache)
 
 
 class _Knobs(NamedTuple):
@@ -103,6 +109,19 @@ def budget_bucket(n: int, minimum: int = 32) -> int:
   while size < n:
     size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
   return size
+
+
+def segment_ends(budget: int, segments: int) -> tuple[int, ...]:
+  """Where the decode loop's segments end (token counts); the last = budget.
+
+  Each segment is its own while_loop over a cache of P + end slots, so a
+  step reads (and attends over) only the slots its segment can have
+  written, not the whole budget's; each compiles its own loop body. Ends are
+  multiples of 8, at most `segments` of them, none shorter than 32 tokens.
+  """
+  size = max(32, -(-budget // segments))
+  size = -(-size // 8) * 8
+  return tuple(range(size, budget, size)) + (budget,)
 
 
 def _is_array_pair(prompts) -> bool:
@@ -130,13 +149,16 @@ class Sampler:
 
   `traces` counts how often each program was traced (compiled); a steady
   state shows no growth. `trace_shapes` logs the prompt batch shape of each
-  prefill trace (B, not B * n).
+  prefill trace (B, not B * n). `decode_segments` (see `segment_ends`)
+  trades compile time (one loop body per segment) for steps that skip the
+  empty end of the cache; 1 gives a single loop over all P + L slots.
   """
 
   def __init__(self, graphdef: nnx.GraphDef, cfg: ModelConfig, *, pad_id: int,
                eos_ids: Sequence[int], cache_dtype: Any = None,
                prompt_buckets: Sequence[int] = (32, 64, 128, 256, 512, 1024),
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None,
+               decode_segments: int = DECODE_SEGMENTS):
     self.graphdef = graphdef
     self.cfg = cfg
     self.pad_id = int(pad_id)
@@ -144,11 +166,13 @@ class Sampler:
     self.cache_dtype = jnp.dtype(cache_dtype or cfg.dtype)
     self.prompt_buckets = tuple(sorted(prompt_buckets))
     self.mesh = mesh
+    if decode_segments < 1:
+      raise ValueError(f'decode_segments must be >= 1, got {decode_segments}')
+    self.decode_segments = int(decode_segments)
     self.traces = collections.Counter()
     self.trace_shapes: list[tuple[str, tuple[int, ...]]] = []
     self._prefill = jax.jit(self._prefill_fn, static_argnames=('static',))
-    self._decode = jax.jit(self._decode_fn, static_argnames=('mode',),
-                           donate_argnames=('state',))
+    self._decode = jax.jit(self._decode_fn, static_argnames=('mode',))
 
   # ------------------------------------------------------------ sharding
   @property
@@ -175,7 +199,7 @@ class Sampler:
         x, NamedSharding(self.mesh, P(*spec)))
 
   def _constrain_cache(self, cache: Cache) -> Cache:
-    return [{name: self._constrain(x, heads_dim=2) for name, x in layer.items()}
+    return [{name: self._constrain(x, heads_dim=1) for name, x in layer.items()}
             for layer in cache]
 
   # -------------------------------------------------------------- prefill
@@ -192,11 +216,9 @@ class Sampler:
     # Left padding puts every prompt's last token in the last column.
     logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
 
-    # Share the prefill across the group: repeat rows, then open L new slots.
-    def grow(x):
-      x = jnp.repeat(x, n, axis=0)
-      return jnp.pad(x, ((0, 0), (0, budget)) + ((0, 0),) * (x.ndim - 2))
-    cache = self._constrain_cache(jax.tree.map(grow, cache))
+    # Share the prefill across the group (the decode opens the new slots).
+    cache = self._constrain_cache(
+        jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache))
     logits_BxV = self._constrain(jnp.repeat(logits_BxV, n, axis=0))
     prompt_ids = self._constrain(jnp.repeat(ids_BxP, n, axis=0))
     prompt_mask = self._constrain(jnp.repeat(mask_BxP, n, axis=0))
@@ -222,36 +244,46 @@ class Sampler:
     bn, p = prompt_mask_BxP.shape
     budget = state.tokens_BxL.shape[1]
     prompt_len_B = jnp.sum(prompt_mask_BxP, axis=-1, dtype=jnp.int32)
-    # Keys visible to every step: the real prompt tokens, then (per step) the
-    # generated slots written so far.
-    prompt_keys_BxS = jnp.pad(prompt_mask_BxP, ((0, 0), (0, budget)))
-    slot_1xS = jnp.arange(p + budget, dtype=jnp.int32)[None, :]
 
-    def cond(st: _State):
-      return (st.step < knobs.max_new_tokens) & ~jnp.all(st.done_B)
+    def run_segment(st: _State, end: int) -> _State:
+      """Steps up to token `end` over a cache of P + end slots."""
+      slots = p + end
+      # Keys visible to every step: the real prompt tokens, then (per step)
+      # the generated slots written so far.
+      prompt_keys_BxS = jnp.pad(prompt_mask_BxP, ((0, 0), (0, end)))
+      slot_1xS = jnp.arange(slots, dtype=jnp.int32)[None, :]
 
-    def body(st: _State):
-      i = st.step
-      slot = p + i - 1  # cache slot of token i - 1, fed now
-      last_Bx1 = jax.lax.dynamic_slice_in_dim(st.tokens_BxL, i - 1, 1, axis=1)
-      positions_Bx1 = (prompt_len_B + i - 1)[:, None]
-      mask_Bx1xS = (prompt_keys_BxS | ((slot_1xS >= p) & (slot_1xS <= slot))
-                    )[:, None, :]
-      logits_Bx1xV, cache = model(last_Bx1, positions_Bx1, mask_Bx1xS,
-                                  st.cache, slot)
-      token_B, logprob_B = self._choose(logits_Bx1xV[:, 0], knobs, i, mode)
-      alive_B = ~st.done_B
-      return _State(
-          step=i + 1,
-          tokens_BxL=jax.lax.dynamic_update_slice_in_dim(
-              st.tokens_BxL, token_B[:, None], i, axis=1),
-          logprobs_BxL=jax.lax.dynamic_update_slice_in_dim(
-              st.logprobs_BxL, logprob_B[:, None], i, axis=1),
-          length_B=st.length_B + alive_B.astype(jnp.int32),
-          done_B=st.done_B | self._is_stop(token_B, knobs.stop_ids),
-          cache=cache)
+      def cond(st: _State):
+        return ((st.step < jnp.minimum(knobs.max_new_tokens, end)) &
+                ~jnp.all(st.done_B))
 
-    state = jax.lax.while_loop(cond, body, state)
+      def body(st: _State):
+        i = st.step
+        slot = p + i - 1  # cache slot of token i - 1, fed now
+        last_Bx1 = jax.lax.dynamic_slice_in_dim(st.tokens_BxL, i - 1, 1, axis=1)
+        positions_Bx1 = (prompt_len_B + i - 1)[:, None]
+        mask_Bx1xS = (prompt_keys_BxS | ((slot_1xS >= p) & (slot_1xS <= slot))
+                      )[:, None, :]
+        logits_Bx1xV, cache = model(last_Bx1, positions_Bx1, mask_Bx1xS,
+                                    st.cache, slot)
+        token_B, logprob_B = self._choose(logits_Bx1xV[:, 0], knobs, i, mode)
+        alive_B = ~st.done_B
+        return _State(
+            step=i + 1,
+            tokens_BxL=jax.lax.dynamic_update_slice_in_dim(
+                st.tokens_BxL, token_B[:, None], i, axis=1),
+            logprobs_BxL=jax.lax.dynamic_update_slice_in_dim(
+                st.logprobs_BxL, logprob_B[:, None], i, axis=1),
+            length_B=st.length_B + alive_B.astype(jnp.int32),
+            done_B=st.done_B | self._is_stop(token_B, knobs.stop_ids),
+            cache=cache)
+
+      st = st._replace(cache=self._constrain_cache(
+          grow_cache(st.cache, slots - cache_slots(st.cache))))
+      return jax.lax.while_loop(cond, body, st)
+
+    for end in segment_ends(budget, self.decode_segments):
+      state = run_segment(state, end)
     valid_BxL = (jnp.arange(budget, dtype=jnp.int32)[None, :] <
                  state.length_B[:, None])
     # `done` can only be set by a token inside the length, so it tells why the
@@ -261,7 +293,7 @@ class Sampler:
            jnp.where(valid_BxL, state.logprobs_BxL, 0.0),
            state.length_B,
            jnp.where(state.done_B, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32))
-    return out, state
+    return out
 
   # -------------------------------------------------------------- helpers
   def _choose(self, logits_BxV, knobs: _Knobs, step, mode: controls.Mode):
@@ -374,7 +406,7 @@ class Sampler:
     state, prompt_ids, prompt_mask = self._prefill(
         params, self._device_put(ids_BxP), self._device_put(mask_BxP), knobs,
         static=static)
-    (tokens, mask, logprobs, lengths, finish), _ = self._decode(
+    tokens, mask, logprobs, lengths, finish = self._decode(
         params, state, prompt_mask, knobs, mode=mode)
     out = SampleOutput(tokens, mask, logprobs, lengths, finish, prompt_ids,
                        prompt_mask)
