@@ -13,7 +13,7 @@ from r1jax.model import (apply, causal_mask, get_config, init,
                          positions_from_mask, token_logprobs)
 from r1jax.sampling import (FINISH_LENGTH, FINISH_STOP, Sampler, budget_bucket,
                             categorical, generate_text, min_p_filter,
-                            top_k_filter, top_p_filter)
+                            segment_ends, top_k_filter, top_p_filter)
 from r1jax.sampling import controls
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [20]]
@@ -176,6 +176,50 @@ def test_logprobs_equal_teacher_forced_forward(settings):
   expected = _teacher_forced_logprobs('tiny-test', out)
   np.testing.assert_allclose(out.logprobs, expected, atol=1e-5, rtol=0)
   assert (out.logprobs[out.mask] < 0).all()
+
+
+LONG = 70  # budget 96: decode segments ending at tokens 32, 64 and 96
+
+
+@functools.lru_cache(maxsize=None)
+def _segmented(segments):
+  cfg, graphdef, _ = _model('tiny-test')
+  return Sampler(graphdef, cfg, pad_id=0, eos_ids=[EOS],
+                 decode_segments=segments)
+
+
+def test_segment_ends():
+  assert segment_ends(96, 4) == (32, 64, 96)
+  assert segment_ends(256, 4) == (64, 128, 192, 256)
+  assert segment_ends(1024, 8) == tuple(range(128, 1025, 128))
+  assert segment_ends(48, 4) == (32, 48)
+  assert segment_ends(32, 4) == (32,)
+  assert segment_ends(1024, 1) == (1024,)
+  with pytest.raises(ValueError, match='decode_segments'):
+    _segmented(0)
+
+
+def test_segments_change_nothing_but_the_slots_read():
+  """Across segment boundaries: greedy tokens equal one segment's, log-probs
+  equal the teacher-forced forward, rows that stop early stay stopped."""
+  _, _, params = _model('tiny-test')
+  one, three = _segmented(1), _segmented(4)
+  kw = dict(max_new_tokens=LONG, temperature=0.0)
+  a = jax.device_get(one.generate(params, PROMPTS, **kw))
+  b = jax.device_get(three.generate(params, PROMPTS, **kw))
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+  assert (b.lengths > 64).any(), 'the test needs rows in the last segment'
+  out = jax.device_get(three.generate(params, PROMPTS, max_new_tokens=LONG,
+                                      n=4, temperature=1.0, seed=5))
+  assert out.tokens.shape[1] == 96
+  np.testing.assert_allclose(out.logprobs,
+                             _teacher_forced_logprobs('tiny-test', out),
+                             atol=1e-5, rtol=0)
+  assert len(set(out.lengths.tolist())) > 1  # rows ended at different steps
+  before = dict(three.traces)  # greedy and sampling: one program each
+  three.generate(params, PROMPTS, max_new_tokens=65, n=4, seed=6)
+  assert dict(three.traces) == before
 
 
 def test_no_recompilation_within_buckets():

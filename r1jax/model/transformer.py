@@ -57,13 +57,21 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
   return jnp.where(is_medium, smoothed, scaled)
 
 
-def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array,
-               inv_freq: jax.Array) -> jax.Array:
-  """Rotary embedding in the 'rotate half' layout used by HF Llama / Qwen2."""
+def rope_tables(positions_BxT: jax.Array,
+                inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sin, cos) float32 [B, T, 1, H/2] of the positions' rotation angles.
+
+  Computed once per forward pass and shared by every layer's q and k.
+  """
   angles_BxTxF = (positions_BxT.astype(jnp.float32)[:, :, None] *
                   inv_freq[None, None, :])
-  sin = jnp.sin(angles_BxTxF)[:, :, None, :]
-  cos = jnp.cos(angles_BxTxF)[:, :, None, :]
+  return jnp.sin(angles_BxTxF)[:, :, None, :], jnp.cos(angles_BxTxF)[:, :, None, :]
+
+
+def apply_rope(x_BxTxNxH: jax.Array, rope: tuple[jax.Array, jax.Array]
+               ) -> jax.Array:
+  """Rotary embedding in the 'rotate half' layout used by HF Llama / Qwen2."""
+  sin, cos = rope
   x = x_BxTxNxH.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -105,16 +113,16 @@ class Attention(nnx.Module):
     self.v_proj = _linear(cfg, d, k * h, cfg.qkv_bias, rngs)
     self.o_proj = _linear(cfg, n * h, d, False, rngs)
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, inv_freq,
-               cache: LayerCache | None, cache_index):
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, cache: LayerCache | None,
+               cache_index):
     cfg = self.cfg
     b, t, _ = x_BxTxD.shape
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q_BxTxNxH = self.q_proj(x_BxTxD).reshape(b, t, n, h)
     k_BxTxKxH = self.k_proj(x_BxTxD).reshape(b, t, k, h)
     v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, k, h)
-    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
-    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
+    q_BxTxNxH = apply_rope(q_BxTxNxH, rope)
+    k_BxTxKxH = apply_rope(k_BxTxKxH, rope)
 
     if cache is None:
       out_BxTxNxH = attend(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS)
@@ -202,18 +210,16 @@ class Block(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps, pd, dt)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, inv_freq, cache,
-               cache_index):
+  def __call__(self, x_BxTxD, rope, mask_BxTxS, cache, cache_index):
     attn_out, new_cache = self.self_attn(
-        self.input_layernorm(x_BxTxD), positions_BxT, mask_BxTxS, inv_freq,
-        cache, cache_index)
+        self.input_layernorm(x_BxTxD), rope, mask_BxTxS, cache, cache_index)
     x_BxTxD = x_BxTxD + attn_out
     x_BxTxD = x_BxTxD + self.mlp(self.post_attention_layernorm(x_BxTxD))
     return x_BxTxD, new_cache
 
 
-def _run_block(block, x, positions, mask, inv_freq, cache, cache_index):
-  return block(x, positions, mask, inv_freq, cache, cache_index)
+def _run_block(block, x, rope, mask, cache, cache_index):
+  return block(x, rope, mask, cache, cache_index)
 
 
 # The block never mutates its variables, so no graph updates need to flow out
@@ -261,14 +267,13 @@ class Transformer(nnx.Module):
   def hidden_states(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None,
                     cache_index=0):
     """Final-norm hidden states [B, T, D] and the updated cache."""
-    inv_freq = rope_inv_freq(self.cfg)
+    rope = rope_tables(positions_BxT, rope_inv_freq(self.cfg))
     x = self.embed_tokens(tokens_BxT)
     run = _run_block_remat if self.cfg.remat else _run_block
     new_cache = [] if cache is not None else None
     for i, block in enumerate(self.layers):
       layer_cache = cache[i] if cache is not None else None
-      x, c = run(block, x, positions_BxT, mask_BxTxS, inv_freq, layer_cache,
-                 cache_index)
+      x, c = run(block, x, rope, mask_BxTxS, layer_cache, cache_index)
       if new_cache is not None:
         new_cache.append(c)
     return self.norm(x), new_cache

@@ -1,4 +1,4 @@
-"""Sampling from the r1jax model: jitted prefill + while_loop decode.
+"""Sampling from the r1jax model: jitted prefill + segmented while_loop decode.
 
     from r1jax.sampling import Sampler, generate_text
 """
@@ -6,4 +6,5 @@
 from r1jax.sampling.controls import (Mode, categorical, greedy, min_p_filter,
                                      top_k_filter, top_p_filter)
 from r1jax.sampling.sampler import (FINISH_LENGTH, FINISH_STOP, SampleOutput,
-                                    Sampler, budget_bucket, generate_text)
+                                    Sampler, budget_bucket, generate_text,
+                                    segment_ends)
