@@ -20,6 +20,7 @@ import ml_collections
 
 from r1jax import checkpoint as ckpt_lib
 from r1jax.stages import common
+from r1jax.stages import run_records
 
 
 class CheckpointError(ValueError):
@@ -50,12 +51,13 @@ def checkpoint_kind(path: pathlib.Path) -> str:
                           'GGUF file, a Hugging Face directory or a workdir')
   if (path / 'config.json').is_file():
     return 'hf'
-  if ((path / common.RUN_CONFIG).is_file() or (path / 'checkpoints').is_dir()
-      or (path / common.EXPORT_DIR / 'config.json').is_file()):
+  if ((path / run_records.RUN_CONFIG).is_file()
+      or (path / 'checkpoints').is_dir()
+      or (path / run_records.EXPORT_DIR / 'config.json').is_file()):
     return 'workdir'
   raise CheckpointError(
       f'{path} is none of: a GGUF file, a Hugging Face directory '
-      f'(no config.json), a training workdir (no {common.RUN_CONFIG}, '
+      f'(no config.json), a training workdir (no {run_records.RUN_CONFIG}, '
       'checkpoints/ or hf/)')
 
 
@@ -86,15 +88,15 @@ def load(checkpoint: str | pathlib.Path, mesh, dtype: str = '',
         config, path, mesh)
     return LoadedModel(cfg, graphdef, params, tok, kind, str(path), None)
 
-  run = common.read_run_config(path)
-  exported = (common.export_dir(run, path) if run is not None
-              else path / common.EXPORT_DIR)
+  run = run_records.read_run_config(path)
+  exported = (run_records.export_dir(run, path) if run is not None
+              else path / run_records.EXPORT_DIR)
   ckpt_dir = path / 'checkpoints'
   latest = None
   if ckpt_dir.is_dir():
     with ckpt_lib.Checkpointer(ckpt_dir) as ckptr:
       latest = ckptr.latest_step()
-  finished = common.read_done(path) is not None
+  finished = run_records.read_done(path) is not None
   if (exported / 'config.json').is_file() and (finished or latest is None):
     config = _source_config(dtype or 'float32', hf_path=str(exported))
     cfg, graphdef, params, tok = common.load_model_and_tokenizer(
@@ -104,8 +106,9 @@ def load(checkpoint: str | pathlib.Path, mesh, dtype: str = '',
     raise CheckpointError(f'{path} is a workdir with no complete '
                           f'checkpoint in {ckpt_dir} and no exported model')
   if run is None:
-    raise CheckpointError(f'{path} has checkpoints but no '
-                          f'{common.RUN_CONFIG} to rebuild its model from')
+    raise CheckpointError(
+        f'{path} has checkpoints but no {run_records.RUN_CONFIG} to rebuild '
+        'its model from')
   return _restore_workdir(path, run, latest, dtype, mesh)
 
 

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from r1jax import checkpoint as ckpt_lib
 from r1jax.stages import common
 from r1jax.stages import grpo_rollout
+from r1jax.stages import run_records
 
 METRICS = 'metrics.jsonl'
 PIPELINE = 'pipeline.json'
@@ -63,7 +64,7 @@ TEXT_KEYS = ('eval/samples', 'final/samples', 'samples')
 def is_run(path: pathlib.Path) -> bool:
   """Whether `path` is the workdir of one stage (a run's own records)."""
   return any((path / name).exists() for name in (
-      common.RUN_CONFIG, common.DONE, METRICS, 'checkpoints'))
+      run_records.RUN_CONFIG, run_records.DONE, METRICS, 'checkpoints'))
 
 
 def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
@@ -120,8 +121,8 @@ def _get(config: dict, dotted: str) -> Any:
 def stage_state(workdir: pathlib.Path) -> dict[str, Any]:
   """What the records in `workdir` say: stage, config, done, steps, rows."""
   config = None
-  if (workdir / common.RUN_CONFIG).is_file():
-    config = json.loads((workdir / common.RUN_CONFIG).read_text('utf-8'))
+  if (workdir / run_records.RUN_CONFIG).is_file():
+    config = json.loads((workdir / run_records.RUN_CONFIG).read_text('utf-8'))
   rows = read_jsonl(workdir / METRICS)
   steps = merged_steps(rows)
   total = None
@@ -136,7 +137,7 @@ def stage_state(workdir: pathlib.Path) -> dict[str, Any]:
       'workdir': workdir,
       'config': config,
       'stage': (config or {}).get('stage', '?'),
-      'done': common.read_done(workdir),
+      'done': run_records.read_done(workdir),
       'checkpoints': checkpoint_steps(workdir),
       'steps': steps,
       'last_step': max(metric_steps) if metric_steps else None,
@@ -297,7 +298,7 @@ def describe_stage(workdir: pathlib.Path, *, samples: int = 4,
   if s['checkpoints']:
     lines.append(f'checkpoints: steps {s["checkpoints"]} in '
                  f'{workdir / "checkpoints"}')
-  exported = workdir / common.EXPORT_DIR
+  exported = workdir / run_records.EXPORT_DIR
   if (exported / 'config.json').is_file():
     lines.append(f'exported model: {exported}')
   subruns = [p for p in sorted(workdir.iterdir()) if p.is_dir() and is_run(p)]
@@ -335,7 +336,7 @@ def pipeline_stages(workdir: pathlib.Path) -> list[pathlib.Path]:
   def key(p):
     if p.name in order:
       return (0, order.index(p.name), 0.0)
-    marker = p / common.RUN_CONFIG
+    marker = p / run_records.RUN_CONFIG
     return (1, 0, (marker if marker.exists() else p).stat().st_mtime)
   return sorted(dirs, key=key)
 
@@ -359,9 +360,9 @@ def describe(workdir: str | pathlib.Path, *, stage: str = '', **kw) -> str:
   stages = pipeline_stages(workdir)
   if not stages:
     raise FileNotFoundError(
-        f'{workdir} is not an r1jax run: it has no {common.RUN_CONFIG}, '
-        f'{METRICS}, {common.DONE} or checkpoints/, and no sub-directory with '
-        'them (a pipeline). Pass the --workdir given to python -m r1jax.train '
+        f'{workdir} is not an r1jax run: it has no {run_records.RUN_CONFIG}, '
+        f'{METRICS}, {run_records.DONE} or checkpoints/, and no sub-directory '
+        'with them (a pipeline). Pass the --workdir given to python -m r1jax.train '
         'or python -m r1jax.pipeline.')
   lines = [f'{workdir}: no run records of its own; {len(stages)} stage '
            'workdir(s) in it (a pipeline)' +

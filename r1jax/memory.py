@@ -251,7 +251,7 @@ def model_config_of(config) -> ModelConfig:
                    param_dtype=jnp.dtype(mc.param_dtype), remat=bool(mc.remat))
   if mc.hf_path:
     from r1jax.model import hf  # pylint: disable=g-import-not-at-top
-    from r1jax.stages.common import resolve_hf_path  # pylint: disable=g-import-not-at-top
+    from r1jax.stages.run_records import resolve_hf_path  # pylint: disable=g-import-not-at-top
     path = pathlib.Path(resolve_hf_path(mc.hf_path)) / 'config.json'
     return hf.config_from_hf(json.loads(path.read_text()), **overrides)
   if mc.gguf_path:

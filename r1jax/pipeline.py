@@ -44,7 +44,7 @@ def stage_dirs(config, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """The pipeline's own structure: order, stage sections, '@' references."""
-  from r1jax.stages.common import ConfigError  # pylint: disable=g-import-not-at-top
+  from r1jax.stages.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if 'order' not in config or not config.order:
     raise ConfigError('a pipeline config needs config.order, the tuple of its '
                       'stage names')
@@ -81,7 +81,7 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   """Every stage's config (keys, types, values) and every stage's workdir,
   before any stage runs. A stage whose workdir holds a run of another config
   is refused; with `overwrite` it and every later stage are moved aside."""
-  from r1jax.stages import common, config_checks  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import config_checks, errors, run_records  # pylint: disable=g-import-not-at-top
   validate_config(config)
   dirs = stage_dirs(config, pathlib.Path(workdir))
   for name in config.order:
@@ -90,7 +90,7 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     try:
       config_checks.check_stage_config(
           stage_config, train.get_stage(stage_config.stage), prefix)
-    except common.ConfigError as e:
+    except errors.ConfigError as e:
       if f'{prefix}.' in str(e):  # config_checks named it from the root
         raise
       # The stages' own checks name keys from the stage config's root.
@@ -100,9 +100,9 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     diffs = []
     if config_checks.has_saved_work(dirs[name]):
       diffs = config_checks.run_config_diff(
-          common.read_run_config(dirs[name]), resolve(config[name], dirs))
+          run_records.read_run_config(dirs[name]), resolve(config[name], dirs))
     if diffs and not overwrite:
-      raise common.ConfigError(
+      raise errors.ConfigError(
           f'{dirs[name]} holds a run of another config for stage {name} '
           f'({config_checks.describe_diff(diffs)}); use a new --workdir, or '
           f'pass --overwrite to move it and the later stages\' runs aside to '
@@ -148,10 +148,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         only: tuple[str, ...] = (), overwrite: bool = False) -> dict[str, Any]:
   """Checks every stage (see `check`), then runs the stages in order;
   returns {stage: its final metrics}."""
-  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import common, errors, run_records  # pylint: disable=g-import-not-at-top
   for name in only:
     if name not in config.order:
-      raise common.ConfigError(
+      raise errors.ConfigError(
           f'--only names {name!r}; stages: {list(config.order)}')
   workdir = pathlib.Path(workdir)
   check(config, workdir, overwrite)
@@ -161,7 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   t0 = time.perf_counter()
   for i, name in enumerate(config.order):
     header = f'=== pipeline stage {i + 1}/{len(config.order)}: {name}'
-    done = common.read_done(dirs[name])
+    done = run_records.read_done(dirs[name])
     if done is not None:
       print(f'{header} ({config[name].stage}): finished before, skipped')
       results[name] = done
@@ -172,7 +172,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     print(f'{header} ({config[name].stage}) in {dirs[name]}', flush=True)
     stage_config = resolve(config[name], dirs)
     train.run(stage_config, str(dirs[name]))
-    results[name] = common.read_done(dirs[name]) or {}
+    results[name] = run_records.read_done(dirs[name]) or {}
   # This invocation's time, and the stages' own (a restart skips some).
   summary = {'stages': results, 'wall_time_s': time.perf_counter() - t0,
              'stages_wall_time_s': sum(float(r.get('wall_time_s', 0.0))
@@ -226,7 +226,7 @@ def stage_table(config: ml_collections.ConfigDict,
 
 
 def main(argv):
-  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import errors  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
@@ -234,7 +234,7 @@ def main(argv):
   try:
     run(flags.FLAGS.config, str(pathlib.Path(flags.FLAGS.workdir).absolute()),
         tuple(_ONLY.value), flags.FLAGS.overwrite)
-  except common.ConfigError as e:  # one line, no traceback
+  except errors.ConfigError as e:  # one line, no traceback
     sys.exit(f'error: {e}')
 
 

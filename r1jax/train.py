@@ -46,24 +46,24 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def get_stage(name: str):
   """The module implementing stage `name` (a clear error for unknown names)."""
-  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import errors  # pylint: disable=g-import-not-at-top
   if name not in STAGES:
     close = difflib.get_close_matches(str(name), list(STAGES), n=1)
     hint = f'did you mean {close[0]!r}? ' if close else ''
-    raise common.ConfigError(f'config.stage={name!r} is not a known stage; '
+    raise errors.ConfigError(f'config.stage={name!r} is not a known stage; '
                              f'{hint}known: {", ".join(sorted(STAGES))}')
   return importlib.import_module(STAGES[name])
 
 
 def check(config, workdir: str, overwrite: bool = False) -> None:
   """Every start-up check of a stage config, before anything loads or
-  compiles (raises common.ConfigError naming the key or file)."""
-  from r1jax.stages import common, config_checks  # pylint: disable=g-import-not-at-top
+  compiles (raises errors.ConfigError naming the key or file)."""
+  from r1jax.stages import config_checks, errors  # pylint: disable=g-import-not-at-top
   if 'stage' not in config:
     hint = (' it is a pipeline config (config.order): run it with python -m '
             'r1jax.pipeline' if 'order' in config else
             f' set config.stage to one of {", ".join(sorted(STAGES))}')
-    raise common.ConfigError(f'config has no `stage` field;{hint}')
+    raise errors.ConfigError(f'config has no `stage` field;{hint}')
   stage = get_stage(config.stage)
   config_checks.check_stage_config(config, stage)
   config_checks.check_files(config)
@@ -132,7 +132,7 @@ def _override_error(argv: list[str]) -> str | None:
 
 
 def main(argv):
-  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import errors  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
@@ -143,7 +143,7 @@ def main(argv):
   logging.info('stage=%s workdir=%s', config.get('stage'), workdir)
   try:
     run(config, workdir, _OVERWRITE.value)
-  except common.ConfigError as e:  # one line, no traceback
+  except errors.ConfigError as e:  # one line, no traceback
     sys.exit(f'error: {e}')
 
 

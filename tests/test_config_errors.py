@@ -12,7 +12,7 @@ import pytest
 
 from experiments import cold_start, pretrain_tiny, r1, rejection, zero
 from r1jax import pipeline, train
-from r1jax.stages import common, config_checks
+from r1jax.stages import common, config_checks, run_records
 
 import grpo_helpers as H
 
@@ -294,7 +294,7 @@ def test_rejection_workdir_without_its_data(base, tmp_path, no_compile):
 
 
 def _run_record(workdir, config):
-  common.write_run_config(config, workdir)
+  run_records.write_run_config(config, workdir)
   (workdir / 'checkpoints').mkdir()
   (workdir / 'checkpoints' / 'saved').write_text('work')
 
@@ -310,7 +310,7 @@ def test_workdir_of_another_config_is_refused(base, tmp_path, no_compile):
 
 
 def test_a_failed_start_without_saved_work_may_be_retried(base, tmp_path):
-  common.write_run_config(_grpo(base), tmp_path)  # no checkpoint, no data
+  run_records.write_run_config(_grpo(base), tmp_path)  # no checkpoint, no data
   (tmp_path / 'checkpoints').mkdir()
   config_checks.check_workdir(_grpo(base, rl__group_size=2), tmp_path)
 
@@ -320,7 +320,7 @@ def test_resume_safe_changes_are_not_refused(base, tmp_path):
   c = _grpo(base, train__steps=10, train__log_every=5, eval__every=3,
             train__keep_checkpoints=5, rl__grad_accum=1)
   config_checks.check_workdir(c, tmp_path)
-  assert config_checks.run_config_diff(common.read_run_config(tmp_path),
+  assert config_checks.run_config_diff(run_records.read_run_config(tmp_path),
                                        c) == []
 
 
@@ -331,7 +331,7 @@ def test_overwrite_moves_the_old_run_aside(base, tmp_path, capsys):
   moved = [p for p in tmp_path.iterdir()]
   assert len(moved) == 1 and moved[0].name.startswith('overwritten-')
   assert (moved[0] / 'checkpoints' / 'saved').read_text() == 'work'
-  assert common.read_run_config(moved[0]).rl.group_size == 4
+  assert run_records.read_run_config(moved[0]).rl.group_size == 4
   assert f'moved it to {moved[0]}' in capsys.readouterr().out
   config_checks.check_workdir(c, tmp_path)  # an empty workdir now
 

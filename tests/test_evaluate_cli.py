@@ -22,6 +22,7 @@ from r1jax import evaluate_cli as cli
 from r1jax import parallel
 from r1jax.model import hf
 from r1jax.stages import common
+from r1jax.stages import run_records
 from r1jax.tokenizer import Tokenizer
 
 import grpo_helpers as H
@@ -70,7 +71,7 @@ def three_kinds(base_dir, tmp_path_factory):
 
   workdir = root / 'workdir'
   config = H.grpo_config(base_dir)
-  common.write_run_config(config, workdir)
+  run_records.write_run_config(config, workdir)
   mesh = parallel.make_mesh({'data': -1})
   state, _ = common.init_train_state(params, optax.adam(1e-3), 0, mesh)
   with ckpt_lib.Checkpointer(workdir / 'checkpoints') as ckptr:
@@ -138,12 +139,12 @@ def test_checkpoint_kinds_give_the_same_metrics(three_kinds, data):
 def test_finished_workdir_evaluates_its_export(three_kinds, base_dir, tmp_path):
   _, paths = three_kinds
   workdir = tmp_path / 'done'
-  common.write_run_config(H.grpo_config(base_dir), workdir)
-  hf_dir = workdir / common.EXPORT_DIR
+  run_records.write_run_config(H.grpo_config(base_dir), workdir)
+  hf_dir = workdir / run_records.EXPORT_DIR
   cfg, _, params = hf.load_pretrained(paths['hf'])
   hf.save_pretrained(hf_dir, cfg, params,
                      tokenizer=Tokenizer.from_dir(paths['hf']))
-  common.mark_done(workdir, {'step': 2})
+  run_records.mark_done(workdir, {'step': 2})
   model = checkpoint_source.load(workdir, parallel.make_mesh({'data': -1}))
   assert (model.kind, model.source, model.step) == ('workdir', str(hf_dir),
                                                     None)
@@ -226,7 +227,7 @@ def test_bad_input_fails_with_one_line(three_kinds, base_dir, tmp_path,
   line = _error([f'--checkpoint={tmp_path / "empty"}'], capsys)
   assert 'is none of: a GGUF file, a Hugging Face directory' in line
   workdir = tmp_path / 'fresh'
-  common.write_run_config(H.grpo_config(base_dir), workdir)
+  run_records.write_run_config(H.grpo_config(base_dir), workdir)
   line = _error([f'--checkpoint={workdir}', '--datasets=synthetic'], capsys)
   assert 'is a workdir with no complete checkpoint' in line
   line = _error([hf_dir, '--datasets=synthetic', '--template=r2'], capsys)

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from r1jax import inspect as inspect_lib
-from r1jax.stages import common
 from r1jax.stages import grpo
 from r1jax.stages import grpo_rollout
+from r1jax.stages import run_records
 
 import grpo_helpers as H
 
@@ -84,7 +84,7 @@ def test_unfinished_run_and_pipeline(run_dir, tmp_path):
   pipe = tmp_path / 'pipe'
   shutil.copytree(run_dir, pipe / 'first')
   shutil.copytree(run_dir, pipe / 'second')
-  (pipe / 'second' / common.DONE).unlink()
+  (pipe / 'second' / run_records.DONE).unlink()
   out = inspect_lib.describe(pipe / 'second')
   assert ('not finished: last logged step 2 of 2; latest checkpoint step 2'
           in out.splitlines()[0])

@@ -13,8 +13,8 @@ from experiments import rejection as rejection_config
 from r1jax import pipeline
 from r1jax import rewards as rewards_lib
 from r1jax import train
-from r1jax.stages import common
 from r1jax.stages import rejection
+from r1jax.stages import run_records
 from tests import grpo_helpers
 
 if 'test_one' not in rewards_lib.REWARDS:
@@ -117,11 +117,11 @@ def test_rejection_stage_writes_data_and_resumes(base, tmp_path):
   sft_rows = [json.loads(l) for l in (work / rejection.SFT_FILE).open()]
   assert len(sft_rows) == report['kept']['per_prompt'] == final['kept']
   assert all(set(r) == {'prompt', 'completion', 'id', 'answer'} for r in sft_rows)
-  assert common.read_done(work)['kept'] == len(sft_rows)
+  assert run_records.read_done(work)['kept'] == len(sft_rows)
   # A kill after the first chunk, mid-way through writing the second.
   lines = (work / rejection.SAMPLES_FILE).read_text().splitlines(True)
   (work / rejection.SAMPLES_FILE).write_text(''.join(lines[:14]) + lines[14][:9])
-  (work / common.DONE).unlink()
+  (work / run_records.DONE).unlink()
   again = train.run(_rejection_cfg(base), str(work))
   assert again['sampled'] == 36
   assert [json.loads(l) for l in (work / rejection.SFT_FILE).open()] == sft_rows
@@ -195,9 +195,9 @@ def test_pipeline_chains_skips_and_resumes(base, tmp_path, capsys):
   c.reasoning_rl.train.debug_nan_at_step = 2   # dies at step 2 of 2
   with pytest.raises(FloatingPointError):
     pipeline.run(c, str(tmp_path))
-  assert common.read_done(tmp_path / 'cold_start') is not None
-  assert common.read_done(tmp_path / 'reasoning_rl') is None
-  rl_run = common.read_run_config(tmp_path / 'reasoning_rl')
+  assert run_records.read_done(tmp_path / 'cold_start') is not None
+  assert run_records.read_done(tmp_path / 'reasoning_rl') is None
+  rl_run = run_records.read_run_config(tmp_path / 'reasoning_rl')
   assert rl_run.model.hf_path == str(tmp_path / 'cold_start')
   capsys.readouterr()
   c = _pipeline_cfg(base)
@@ -237,9 +237,9 @@ def test_unfinished_workdir_is_refused(base, tmp_path):
   c = grpo_helpers.grpo_config(base, train__steps=1)
   c.export.hf = False
   train.run(c, str(tmp_path / 'rl'))
-  (tmp_path / 'rl' / common.DONE).unlink()
+  (tmp_path / 'rl' / run_records.DONE).unlink()
   with pytest.raises(FileNotFoundError, match='has not finished'):
-    common.resolve_hf_path(str(tmp_path / 'rl'))
+    run_records.resolve_hf_path(str(tmp_path / 'rl'))
 
 
 @pytest.mark.slow

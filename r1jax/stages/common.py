@@ -27,18 +27,11 @@ import optax
 from r1jax import checkpoint as ckpt_lib
 from r1jax import parallel
 from r1jax.model import config as model_config
+from r1jax.stages import errors
+from r1jax.stages import run_records
 from r1jax.tokenizer import Tokenizer, train_bpe
 
 # =============================================================== config checks
-
-
-class ConfigError(ValueError):
-  """A config that cannot run; the one-line message names the key and the fix
-  (r1jax.train prints it without a traceback)."""
-
-
-class MissingFileError(ConfigError, FileNotFoundError):
-  """A file or directory a config names does not exist."""
 
 
 def config_get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -57,7 +50,7 @@ def check(config: ml_collections.ConfigDict,
         value = repr(config_get(config, key))
       except (KeyError, AttributeError):
         value = '<missing>'
-      raise ConfigError(f'config.{key}={value} {why}')
+      raise errors.ConfigError(f'config.{key}={value} {why}')
 
 
 def check_known(config: ml_collections.ConfigDict, dotted: str,
@@ -65,87 +58,8 @@ def check_known(config: ml_collections.ConfigDict, dotted: str,
   """Fails naming the key when config.<dotted> is not one of `known`."""
   value = config_get(config, dotted)
   if value not in known:
-    raise ConfigError(f'config.{dotted}={value!r} is not known; known: '
-                      f'{sorted(known)}')
-
-
-# ============================================================ run records
-
-RUN_CONFIG = 'run_config.json'   # the config a workdir's run was started with
-DONE = 'done.json'               # written when a stage finishes: its metrics
-EXPORT_DIR = 'hf'                # a finished stage's model, as an HF directory
-
-
-def write_run_config(config: ml_collections.ConfigDict,
-                     workdir: pathlib.Path) -> None:
-  """Saves the run's config as WORKDIR/run_config.json (process 0)."""
-  if jax.process_index() != 0:
-    return
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / (RUN_CONFIG + '.tmp')
-  tmp.write_text(config.to_json_best_effort(indent=1, sort_keys=True),
-                 encoding='utf-8')
-  tmp.replace(workdir / RUN_CONFIG)
-
-
-def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict | None:
-  """The config saved by `write_run_config`, or None when there is none."""
-  path = pathlib.Path(workdir) / RUN_CONFIG
-  if not path.is_file():
-    return None
-  return ml_collections.ConfigDict(json.loads(path.read_text(encoding='utf-8')))
-
-
-def mark_done(workdir: pathlib.Path, final: dict[str, Any]) -> None:
-  """Records that the stage in `workdir` ran to the end (with its metrics)."""
-  if jax.process_index() != 0:
-    return
-  scalars = {k: v for k, v in final.items()
-             if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-  path = pathlib.Path(workdir) / DONE
-  tmp = path.with_suffix('.tmp')
-  tmp.write_text(json.dumps(scalars, indent=1, sort_keys=True), encoding='utf-8')
-  tmp.replace(path)
-
-
-def read_done(workdir: pathlib.Path) -> dict[str, Any] | None:
-  path = pathlib.Path(workdir) / DONE
-  if not path.is_file():
-    return None
-  return json.loads(path.read_text(encoding='utf-8'))
-
-
-def export_dir(config, workdir: pathlib.Path) -> pathlib.Path:
-  """Where a stage writes its final model: config.export.hf_dir or WORKDIR/hf."""
-  hf_dir = config.get('export', {}).get('hf_dir', '') if 'export' in config else ''
-  return pathlib.Path(hf_dir) if hf_dir else pathlib.Path(workdir) / EXPORT_DIR
-
-
-def resolve_hf_path(path: str) -> str:
-  """An HF directory for `path`: itself, or the model an earlier stage's
-  workdir exported (WORKDIR/hf, or its config's export.hf_dir).
-
-  A workdir whose stage has not finished fails naming its latest step.
-  """
-  p = pathlib.Path(path)
-  if (p / 'config.json').is_file():
-    return str(p)
-  if (p / EXPORT_DIR / 'config.json').is_file():
-    return str(p / EXPORT_DIR)
-  run = read_run_config(p)
-  if run is not None:
-    exported = export_dir(run, p)
-    if (exported / 'config.json').is_file():
-      return str(exported)
-    steps = ckpt_lib.Checkpointer(p / 'checkpoints').latest_step() if (
-        p / 'checkpoints').is_dir() else None
-    raise MissingFileError(
-        f'{path} is the workdir of a {run.get("stage", "?")!r} run that has not '
-        f'finished (latest checkpoint: step {steps}); run it to the end first '
-        '(the same command resumes it), or evaluate its checkpoint with '
-        'python -m r1jax.evaluate --checkpoint=' + str(path))
-  return str(p)
+    raise errors.ConfigError(f'config.{dotted}={value!r} is not known; '
+                             f'known: {sorted(known)}')
 
 
 # ========================================================= model + tokenizer
@@ -165,7 +79,7 @@ def check_architecture(preset: str, cfg, source: str,
   diffs = [f'{f} {getattr(cfg, f)} (preset: {getattr(want, f)})'
            for f in _ARCH_FIELDS if getattr(cfg, f) != getattr(want, f)]
   if diffs:
-    raise ConfigError(
+    raise errors.ConfigError(
         f'{source} is not a {preset!r} checkpoint: {", ".join(diffs)}. Point '
         f"config.model.hf_path / gguf_path at a {preset} checkpoint, or set "
         "config.model.preset='' to take the checkpoint's own architecture.")
@@ -186,10 +100,10 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
                    param_dtype=jnp.dtype(mc.param_dtype), remat=mc.remat)
   if mc.hf_path:
     from r1jax.model import hf  # pylint: disable=g-import-not-at-top
-    hf_path = resolve_hf_path(mc.hf_path)
+    hf_path = run_records.resolve_hf_path(mc.hf_path)
     config_file = pathlib.Path(hf_path) / 'config.json'
     if not config_file.is_file():
-      raise MissingFileError(
+      raise errors.MissingFileError(
           f'config.model.hf_path={mc.hf_path!r}: no config.json there; '
           'point it at a Hugging Face model directory or at the workdir of a '
           'finished stage.')
@@ -205,7 +119,7 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
   if mc.gguf_path:
     from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
     if not pathlib.Path(mc.gguf_path).is_file():
-      raise MissingFileError(
+      raise errors.MissingFileError(
           f'config.model.gguf_path={mc.gguf_path!r} is not a file.')
     cfg, _, params = gguf.load_gguf(mc.gguf_path, dtype=overrides['dtype'],
                                     param_dtype=overrides['param_dtype'])
@@ -230,11 +144,11 @@ def ensure_base_model(config, workdir: pathlib.Path, log) -> None:
   """Pretrains the tiny base model first when the config asks for it and it
   is not in the cache (the `pretrain_tiny` stage, in workdir/pretrain_tiny)."""
   mc = config.model
-  if not mc.hf_path or (
-      pathlib.Path(resolve_hf_path(mc.hf_path)) / 'config.json').exists():
+  if not mc.hf_path or (pathlib.Path(
+      run_records.resolve_hf_path(mc.hf_path)) / 'config.json').exists():
     return
   if not mc.get('pretrain_if_missing', False):
-    raise MissingFileError(
+    raise errors.MissingFileError(
         f'config.model.hf_path={mc.hf_path!r} has no config.json. Point it at '
         'a Hugging Face model directory, or set '
         'config.model.pretrain_if_missing=True to build the tiny base model.')

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import ml_collections
 
 from r1jax.stages import common
-from r1jax.stages.common import ConfigError, MissingFileError
+from r1jax.stages import run_records
+from r1jax.stages.errors import ConfigError, MissingFileError
 
 # Sections whose keys the user chooses (reward names, task names, languages,
 # model fields): not compared with the experiments' keys.
@@ -340,7 +341,7 @@ def check_files(config: ml_collections.ConfigDict,
 
 def _check_hf_path(config, hf_path: str, prefix: str) -> None:
   mc = config.model
-  resolved = pathlib.Path(common.resolve_hf_path(hf_path))
+  resolved = pathlib.Path(run_records.resolve_hf_path(hf_path))
   config_file = resolved / 'config.json'
   if not config_file.is_file():
     if mc.get('pretrain_if_missing', False):
@@ -427,12 +428,12 @@ def check_workdir(config: ml_collections.ConfigDict, workdir,
   workdir = pathlib.Path(workdir)
   if not has_saved_work(workdir):
     return  # e.g. a start that failed before its first checkpoint
-  diffs = run_config_diff(common.read_run_config(workdir), config)
+  diffs = run_config_diff(run_records.read_run_config(workdir), config)
   if not diffs:
     return
   if not overwrite:
     raise ConfigError(
-        f'{workdir} holds a run of another config ({common.RUN_CONFIG} '
+        f'{workdir} holds a run of another config ({run_records.RUN_CONFIG} '
         f'differs: {describe_diff(diffs)}); use a new --workdir, or pass '
         f'--overwrite to move the old run to {workdir}/{OVERWRITTEN}<time>/ '
         'and start afresh')
@@ -444,8 +445,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir,
 # What a run saves: a workdir with none of these (non-empty) has nothing to
 # protect, so a start that failed after writing run_config.json may be retried
 # with a corrected config.
-SAVED_WORK = ('checkpoints', common.DONE, 'samples.jsonl', 'sft.jsonl',
-              common.EXPORT_DIR)
+SAVED_WORK = ('checkpoints', run_records.DONE, 'samples.jsonl', 'sft.jsonl',
+              run_records.EXPORT_DIR)
 
 
 def has_saved_work(workdir) -> bool:
@@ -467,7 +468,7 @@ def move_aside(workdir: pathlib.Path) -> pathlib.Path:
   process moved first is skipped).
   """
   workdir = pathlib.Path(workdir)
-  record = workdir / common.RUN_CONFIG
+  record = workdir / run_records.RUN_CONFIG
   t = record.stat().st_mtime if record.exists() else time.time()
   dest = workdir / (OVERWRITTEN + time.strftime('%Y%m%d-%H%M%S',
                                                 time.localtime(t)))

@@ -46,6 +46,7 @@ from r1jax.sampling import Sampler
 from r1jax.stages import common
 from r1jax.stages import grpo_rollout
 from r1jax.stages import grpo_update
+from r1jax.stages import run_records
 
 # =============================================================== config checks
 
@@ -221,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   say = print if jax.process_index() == 0 else (lambda *_: None)
   common.ensure_base_model(config, workdir, say)
   checkpointer, writer = common.open_run(workdir, tc.keep_checkpoints)
-  common.write_run_config(config, workdir)
+  run_records.write_run_config(config, workdir)
   # Before any weights load or compile: print the memory estimate, fail if
   # it cannot fit the device (r1jax/memory.py).
   memory.check_grpo(config, memory.model_config_of(config), mesh, writer.log)
@@ -364,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpointer.wait()
   if start_step >= tc.steps:
     writer.log(f'run already complete at step {start_step}')
-  out_dir = common.export_dir(config, workdir)
+  out_dir = run_records.export_dir(config, workdir)
   if config.export.hf:  # every process: params are gathered, process 0 writes
     from r1jax.model import hf  # pylint: disable=g-import-not-at-top
     hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
@@ -372,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   final['wall_time_s'] = time.perf_counter() - t_start
   final['compiles'] = common.CompileCounter.count()
   final['step'] = step
-  common.mark_done(workdir, final)
+  run_records.mark_done(workdir, final)
   writer.log(f'done in {common.format_seconds(final["wall_time_s"])}')
   checkpointer.close()
   writer.close()

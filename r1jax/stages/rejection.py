@@ -40,6 +40,8 @@ from r1jax import rewards as rewards_lib
 from r1jax.rewards import format as format_lib
 from r1jax.rewards import language as language_lib
 from r1jax.stages import common
+from r1jax.stages import errors
+from r1jax.stages import run_records
 
 SFT_FILE = 'sft.jsonl'
 SAMPLES_FILE = 'samples.jsonl'
@@ -85,7 +87,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        'model.gguf_path)'),
   ])
   if config.rewards.accuracy not in rewards_lib.REWARDS:
-    raise common.ConfigError(
+    raise errors.ConfigError(
         f'config.rewards.accuracy={config.rewards.accuracy!r} is not a known '
         f'reward; known: {rewards_lib.REWARDS.names()}')
 
@@ -232,7 +234,7 @@ def check_prompt_lengths(config, tokenizer, records) -> None:
                 for r in records)
   width = config.sampling.max_prompt_tokens
   if longest > width:
-    raise common.ConfigError(
+    raise errors.ConfigError(
         f'config.sampling.max_prompt_tokens={width} is shorter than the '
         f'longest prompt ({longest} tokens with template '
         f'{config.data.template!r}); raise it, or sample fewer / shorter '
@@ -251,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                      'sampling only); start it without jax.distributed')
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  common.write_run_config(config, workdir)
+  run_records.write_run_config(config, workdir)
   say = print if jax.process_index() == 0 else (lambda *_: None)
   mesh = parallel.make_mesh(dict(config.mesh))
   model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(
@@ -312,6 +314,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
            'keep_rate': report['kept']['per_prompt'] / max(report['sampled'], 1),
            'pass@1': float(np.mean([r['correct'] for r in rows])) if rows else 0.0,
            'wall_time_s': report['wall_time_s']}
-  common.mark_done(workdir, final)
+  run_records.mark_done(workdir, final)
   rewards_lib.shutdown_pool()
   return final

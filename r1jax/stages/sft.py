@@ -32,6 +32,8 @@ from r1jax.model import config as model_config
 from r1jax.model import functional as fn
 from r1jax.rl import distill as distill_lib
 from r1jax.stages import common
+from r1jax.stages import errors
+from r1jax.stages import run_records
 from r1jax.tokenizer import Tokenizer
 
 DATA_SOURCES = ('synthetic_corpus', 'jsonl', 'cold_start')
@@ -93,7 +95,7 @@ def validate_config(config: ml_collections.ConfigDict,
          f'is more than the model preset {mc.preset!r} has (vocab_size='
          f'{vocab}); lower it or raise config.model.overrides.vocab_size')])
   if config.data.source == 'jsonl' and not config.data.path:
-    raise common.ConfigError("config.data.path must name a JSONL file when "
+    raise errors.ConfigError("config.data.path must name a JSONL file when "
                      "config.data.source='jsonl'")
   if 'distill' in config:
     dc = distill_config(config)
@@ -307,7 +309,7 @@ def load_teacher(config, mesh, tokenizer, log=print) -> Teacher | None:
     from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
     teacher_tokenizer = gguf.tokenizer_from_gguf(path)
   else:
-    path = common.resolve_hf_path(path)
+    path = run_records.resolve_hf_path(path)
     if not (pathlib.Path(path) / 'config.json').is_file():
       raise FileNotFoundError(
           f'config.distill.teacher={dc.teacher!r} is not a GGUF file, a '
@@ -418,7 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   _SAMPLERS.clear()
   common.ensure_base_model(config, workdir, print)
   checkpointer, writer = common.open_run(workdir, config.train.keep_checkpoints)
-  common.write_run_config(config, workdir)
+  run_records.write_run_config(config, workdir)
   tc = config.train
   mesh = parallel.make_mesh(dict(config.mesh))
   validate_config(config, parallel.batch_size_divisor(mesh), jax.process_count())
@@ -512,7 +514,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   final['history'] = history
 
   # ------------------------------------------------------------ end of run
-  out_dir = common.export_dir(config, workdir)
+  out_dir = run_records.export_dir(config, workdir)
   if config.export.get('hf', True):  # all processes: gathered, 0 writes
     from r1jax.model import hf  # pylint: disable=g-import-not-at-top
     hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
@@ -531,7 +533,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     final.update(stats)
   final['wall_time_s'] = time.perf_counter() - t_start
   final['step'] = step
-  common.mark_done(workdir, final)
+  run_records.mark_done(workdir, final)
   writer.log(f'done in {final["wall_time_s"]:.0f} s')
   checkpointer.close()
   writer.close()
