@@ -18,6 +18,8 @@ prompt's prefill, 256 new tokens (r1jax only unless --grpo_shape_hf).
     python scripts/bench_sampler.py --greedy      # greedy decoding on both sides
     python scripts/bench_sampler.py --hf_threads 2 1   # torch at 2 and 1 threads
     python scripts/bench_sampler.py --skip_hf --tiny   # r1jax only, seconds
+    python scripts/bench_sampler.py --skip_hf --variants --grpo_new_tokens 0
+        # bf16 cache and one decode segment against the default
 
 The machine may be shared: the load average is printed next to the figures.
 torch, transformers: only this script imports them (never r1jax/ or tests/);
@@ -31,6 +33,7 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import bench_common
@@ -80,14 +83,14 @@ def _listen_compiles():
 
 
 def bench_r1jax(args, graphdef, cfg, params, ids_np, *, new_tokens=None, n=1,
-                repeats=None):
+                repeats=None, **sampler_kw):
   """Times Sampler.generate of n samples per prompt; the first call
-  compiles and is reported apart."""
+  compiles and is reported apart. `sampler_kw` go to Sampler()."""
   new_tokens = new_tokens or args.new_tokens
   repeats = repeats or args.repeats
   del _COMPILE_S[:]
   sampler = Sampler(graphdef, cfg, pad_id=0, eos_ids=(),
-                    prompt_buckets=(ids_np.shape[1],))
+                    prompt_buckets=(ids_np.shape[1],), **sampler_kw)
   mask = np.ones(ids_np.shape, bool)
   kw = dict(max_new_tokens=new_tokens, temperature=0.0 if args.greedy else
             1.0, n=n)
@@ -179,6 +182,10 @@ def main(argv=None):
                  help='also time transformers at the GRPO shape (slow: '
                  'num_return_sequences, no shared prefill)')
   p.add_argument('--peak_sizes', type=int, nargs='+', default=[512, 1024, 2048])
+  p.add_argument('--variants', action='store_true',
+                 help='also time sampler variants at the batch shape, one '
+                 'call of each in turn: a bfloat16 KV cache, and one decode '
+                 'segment (attending over all P + L slots every step)')
   p.add_argument('--tiny', action='store_true',
                  help='a seconds-long smoke run (tests): a 2-layer width-64 '
                  'model, 4 prompts x 8 tokens, GRPO shape 2 x 4 x 8')
@@ -240,6 +247,34 @@ def main(argv=None):
             f'{flops / h["seconds"] / 1e9:.1f} GFLOP/s)')
       print(f'ratio r1jax / transformers ({threads} threads): '
             f'{r_tps / h_tps:.1f}x')
+      floor_s = flops / peak['flops']
+      print(f'  bound: at 100% of the measured peak a call takes '
+            f'{floor_s:.2f} s, at most {h["seconds"] / floor_s:.1f}x '
+            f'transformers')
+
+  if args.variants:
+    print('sampler variants (batch shape, runs interleaved):')
+    variants = {'default (float32 cache, 4 decode segments)': {},
+                'bfloat16 KV cache': dict(cache_dtype=jnp.bfloat16),
+                'one decode segment': dict(decode_segments=1)}
+    samplers = {k: Sampler(graphdef, cfg, pad_id=0, eos_ids=(),
+                           prompt_buckets=(ids_np.shape[1],), **kw)
+                for k, kw in variants.items()}
+    mask = np.ones(ids_np.shape, bool)
+    kw = dict(max_new_tokens=args.new_tokens, n=1,
+              temperature=0.0 if args.greedy else 1.0)
+    times = {k: [] for k in samplers}
+    for seed in range(args.repeats + 1):
+      for k, sampler in samplers.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(sampler.generate(params, (ids_np, mask),
+                                               seed=seed, **kw))
+        if seed:  # the first round compiles
+          times[k].append(time.perf_counter() - t0)
+    for k, ts in times.items():
+      sec = statistics.median(ts)
+      print(f'  {k:44s} {args.batch * args.new_tokens / sec:8.1f} tokens/s '
+            f'({sec:.2f} s per call)')
 
   if args.grpo_new_tokens:
     rows = args.grpo_prompts * args.grpo_group

@@ -162,7 +162,8 @@ def bench_r1jax(args, model_dir, records):
     assert float(m['loss_finite']) == 1.0
     assert int(np.asarray(lengths).min()) == args.new_tokens  # no early stop
     steps.append(times)
-  return steps[args.warmup:], dict(width=width, first=steps[0]['step'])
+  return steps[args.warmup:], dict(width=width, first=steps[0]['step'],
+                                   cfg=cfg)
 
 
 def _left_pad(seqs, width, pad_id):
@@ -310,6 +311,24 @@ def main(argv=None):
     print('  split (median s): ' + ', '.join(
         f'{k} {v:.3f} ({100 * v / r_med:.0f}%)' for k, v in split.items()))
     print(f'  {rows * args.new_tokens / split["sample"]:.0f} sampled tokens/s')
+    # The step's model FLOPs (bench_common's conventions): sampling, the
+    # reference forward pass, the update's forward + backward.
+    cfg, width, new = r_info['cfg'], r_info['width'], args.new_tokens
+    seq = width + new - 1
+    step_flops = (
+        bench_common.generate_flops(cfg, rows, width, new,
+                                    prompts=args.prompts)
+        + (bench_common.forward_flops(cfg, rows, seq, head_positions=new)
+           if args.beta else 0)
+        + bench_common.train_flops(cfg, rows, seq, head_positions=new))
+    peak = bench_common.matmul_peak(
+        sizes=[128] if args.tiny else [512, 1024, 2048])
+    floor_s = step_flops / peak['flops']
+    print(f'  {step_flops / 1e9:.1f} GFLOP (model) per step -> '
+          f'{step_flops / r_med / 1e9:.1f} GFLOP/s = '
+          f'{100 * floor_s / r_med:.0f}% of the measured matmul peak '
+          f'({peak["flops"] / 1e9:.0f} GFLOP/s); at 100% of it the step '
+          f'would take {floor_s:.3f} s')
     if not args.skip_trl and not missing:
       t_steps, t_info = bench_trl(args, model_dir, records,
                                   pathlib.Path(tmp) / 'trl')
@@ -320,7 +339,8 @@ def main(argv=None):
             f'{t_info["transformers"]}, torch {t_info["torch"]}, '
             f'{args.torch_threads} threads); same prompt token ids as '
             f'r1jax: {t_info["same_ids"]}')
-      print(f'ratio TRL / r1jax step time: {t_med / r_med:.1f}x')
+      print(f'ratio TRL / r1jax step time: {t_med / r_med:.1f}x (bound: a '
+            f'step at 100% of the peak would be {t_med / floor_s:.1f}x)')
     print(f'load average after: {bench_common.load_average()}')
 
 

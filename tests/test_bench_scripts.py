@@ -54,11 +54,15 @@ def test_bench_common_flops_and_peak_table():
 
 
 def test_bench_sampler_tiny(capsys):
-  argv = ['--tiny'] + ([] if _has('torch', 'transformers') else ['--skip_hf'])
+  argv = ['--tiny', '--variants'] + (
+      [] if _has('torch', 'transformers') else ['--skip_hf'])
   _script('bench_sampler').main(argv)
   out = capsys.readouterr().out
   assert 'of the measured matmul peak' in out
   assert 'GRPO shape: 8 rows = 2 prompts x 4 samples' in out
+  for variant in ('default (float32 cache', 'bfloat16 KV cache',
+                  'one decode segment'):
+    assert variant in out
 
 
 def test_bench_train_tiny(capsys):
