@@ -144,7 +144,10 @@ def report(name, flops, t_step, t_fwd, t_grad, peak):
   print(f'  where the time goes: forward {t_fwd * 1e3:.0f} ms '
         f'({100 * flops / 3 / t_fwd / peak:.0f}% of peak), forward + backward '
         f'{t_grad * 1e3:.0f} ms ({100 * flops / t_grad / peak:.0f}%), '
-        f'optimizer and the rest of the step {(t_step - t_grad) * 1e3:.0f} ms')
+        + (f'optimizer and the rest of the step {(t_step - t_grad) * 1e3:.0f} '
+           'ms' if t_step > t_grad else
+           'the whole step (one program) faster than forward + backward '
+           'timed on their own'))
 
 
 def main(argv=None):
