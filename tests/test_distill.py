@@ -10,7 +10,7 @@ from r1jax import metrics as metrics_lib
 from r1jax.model import config as model_config
 from r1jax.model import functional as fn
 from r1jax.rl import distill
-from r1jax.stages import common, sft
+from r1jax.stages import common, distill_teacher, sft
 import grpo_helpers
 
 
@@ -143,7 +143,7 @@ def _step_setup():
   t_cfg = model_config.get_config('tiny-test', num_layers=3, hidden_size=96,
                                   vocab_size=272)
   t_graphdef, t_params = fn.init(t_cfg, seed=1)
-  make_teacher = lambda **kw: sft.Teacher(
+  make_teacher = lambda **kw: distill_teacher.Teacher(
       graphdef=t_graphdef, params=t_params, vocab_size=256,
       **{'kind': 'forward', 'weight': 0.5, 'temperature': 1.0, **kw})
   opt = common.make_optimizer(pretrain_tiny.get_config('runlocal').train)
@@ -282,7 +282,7 @@ def test_configs_without_distill_section_have_it_off():
   c = pretrain_tiny.get_config('runlocal')
   assert 'distill' not in c
   sft.validate_config(c)
-  assert not sft.distill_config(c).teacher
+  assert not distill_teacher.distill_config(c).teacher
   from experiments import cold_start, distill as distill_exp
   assert cold_start.get_config('runlocal').distill.teacher == ''
   sft.validate_config(distill_exp.get_config('runlocal').student_sft)

@@ -118,7 +118,7 @@ class Attention(nnx.Module):
     cfg = self.cfg
     b, t, _ = x_BxTxD.shape
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    x_RxD = x_BxTxD.reshape(b * t, -1)  # rows = tokens (see `_rows`)
+    x_RxD = _rows(x_BxTxD)
     q_BxTxNxH = self.q_proj(x_RxD).reshape(b, t, n, h)
     k_BxTxKxH = self.k_proj(x_RxD).reshape(b, t, k, h)
     v_BxTxKxH = self.v_proj(x_RxD).reshape(b, t, k, h)
@@ -272,7 +272,7 @@ class Transformer(nnx.Module):
       positions_BxT: rotary position of each token (0 at the first real token).
       mask_BxTxS: True where query t may attend key slot s. Without a cache
         S == T; with a cache S is the cache length.
-      cache: per-layer {'k', 'v'} arrays [B, S, K, H], or None.
+      cache: per-layer {'k' [B, K, H, S], 'v' [B, K, S, H]} arrays, or None.
       cache_index: first cache slot written by these T tokens.
     """
     hidden_BxTxD, new_cache = self.hidden_states(
@@ -334,4 +334,5 @@ def grow_cache(cache: Cache, extra: int) -> Cache:
 
 
 def cache_slots(cache: Cache) -> int:
+  """Slots per sequence of a cache (S in the `Cache` layout)."""
   return cache[0]['v'].shape[2]

@@ -17,7 +17,7 @@ same target tokens (r1jax/rl/distill.py). Metrics: loss, nll, distill/kl.
 
 import pathlib
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +32,9 @@ from r1jax.model import config as model_config
 from r1jax.model import functional as fn
 from r1jax.rl import distill as distill_lib
 from r1jax.stages import common
+from r1jax.stages import distill_teacher
 from r1jax.stages import errors
 from r1jax.stages import run_records
-from r1jax.tokenizer import Tokenizer
 
 DATA_SOURCES = ('synthetic_corpus', 'jsonl', 'cold_start')
 
@@ -98,7 +98,7 @@ def validate_config(config: ml_collections.ConfigDict,
     raise errors.ConfigError("config.data.path must name a JSONL file when "
                      "config.data.source='jsonl'")
   if 'distill' in config:
-    dc = distill_config(config)
+    dc = distill_teacher.distill_config(config)
     is_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
     common.check(config, [
         ('distill.teacher', isinstance(dc.teacher, str),
@@ -110,18 +110,6 @@ def validate_config(config: ml_collections.ConfigDict,
         ('distill.temperature', is_num(dc.temperature) and dc.temperature > 0,
          'must be positive'),
     ])
-
-
-# Token-level distillation, off unless config.distill.teacher is set; a
-# config without a `distill` section (pretraining) has it off.
-DISTILL_DEFAULTS = dict(teacher='', kind='forward', weight=1.0,
-                        temperature=1.0)
-
-
-def distill_config(config) -> ml_collections.ConfigDict:
-  """config.distill with the defaults filled in (all of them without one)."""
-  given = config.distill.to_dict() if 'distill' in config else {}
-  return ml_collections.ConfigDict({**DISTILL_DEFAULTS, **given})
 
 
 def read_jsonl_examples(path: str) -> list[dict[str, str]]:
@@ -206,17 +194,8 @@ def nll_sum(graphdef, params, batch) -> tuple[jax.Array, jax.Array]:
   return _nll_from_logits(_logits(graphdef, params, batch), batch)
 
 
-class Teacher(NamedTuple):
-  """A frozen teacher for token-level distillation (`config.distill`)."""
-  graphdef: Any
-  params: Any
-  kind: str            # a name in distill_lib.DISTILL_DIVERGENCES
-  weight: float        # loss = (1 - weight) * NLL + weight * KL
-  temperature: float
-  vocab_size: int      # the shared tokenizer's vocabulary
-
-
-def loss_sum(graphdef, params, batch, teacher: Teacher | None = None,
+def loss_sum(graphdef, params, batch,
+             teacher: distill_teacher.Teacher | None = None,
              teacher_params=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The summed SFT loss of a (micro-)batch and its parts {nll, kl, n}.
 
@@ -241,7 +220,7 @@ def loss_sum(graphdef, params, batch, teacher: Teacher | None = None,
 
 
 def make_train_step(graphdef, optimizer, grad_accum: int,
-                    teacher: Teacher | None = None):
+                    teacher: distill_teacher.Teacher | None = None):
   """A jitted step: (state, batch) -> (state, metrics); state is donated.
 
   The batch is split into `grad_accum` micro-batches along its leading axis;
@@ -290,74 +269,6 @@ def make_train_step(graphdef, optimizer, grad_accum: int,
   jitted = jax.jit(step, donate_argnums=0)
   teacher_params = None if teacher is None else teacher.params
   return lambda state, batch: jitted(state, batch, teacher_params)
-
-
-def load_teacher(config, mesh, tokenizer, log=print) -> Teacher | None:
-  """The frozen teacher of `config.distill`, or None when distill.teacher=''.
-
-  The teacher (an HF directory, a GGUF file, or a finished stage's workdir)
-  may have any architecture and size, but must share the student's
-  tokenizer; that is checked before its weights are read. Its params go onto
-  the run's mesh, in the student's dtypes.
-  """
-  dc = distill_config(config)
-  if not dc.teacher:
-    return None
-  path = dc.teacher
-  is_gguf = pathlib.Path(path).is_file()
-  if is_gguf:
-    from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
-    teacher_tokenizer = gguf.tokenizer_from_gguf(path)
-  else:
-    path = run_records.resolve_hf_path(path)
-    if not (pathlib.Path(path) / 'config.json').is_file():
-      raise FileNotFoundError(
-          f'config.distill.teacher={dc.teacher!r} is not a GGUF file, a '
-          'Hugging Face directory (with config.json) or the workdir of a '
-          'finished stage.')
-    teacher_tokenizer = Tokenizer.from_dir(path)
-  check_same_tokenizer(tokenizer, teacher_tokenizer, dc.teacher)
-  mc = config.model
-  teacher_config = ml_collections.ConfigDict({
-      'seed': config.seed,
-      'model': {'preset': '', 'overrides': {}, 'dtype': mc.dtype,
-                'param_dtype': mc.param_dtype, 'remat': False,
-                'hf_path': '' if is_gguf else path,
-                'gguf_path': path if is_gguf else ''},
-      'tokenizer': {'path': ''}})
-  cfg, graphdef, params, _ = common.load_model_and_tokenizer(
-      teacher_config, None, mesh)
-  if cfg.vocab_size < tokenizer.vocab_size:
-    raise ValueError(
-        f'config.distill.teacher={dc.teacher!r} has vocab_size='
-        f'{cfg.vocab_size}, fewer rows than its tokenizer\'s '
-        f'{tokenizer.vocab_size} tokens')
-  log(f'distill: {dc.kind} KL to teacher {dc.teacher} ({cfg.num_layers} '
-      f'layers, {fn.count_params(params):,} params), weight {dc.weight}, '
-      f'temperature {dc.temperature}')
-  return Teacher(graphdef=graphdef, params=params, kind=dc.kind,
-                 weight=float(dc.weight), temperature=float(dc.temperature),
-                 vocab_size=tokenizer.vocab_size)
-
-
-def check_same_tokenizer(student: Tokenizer, teacher: Tokenizer,
-                         teacher_path: str) -> None:
-  """Token-level distillation compares distributions id by id: the two
-  tokenizers must map the same tokens to the same ids."""
-  vocab_s = student.tok.get_vocab(with_added_tokens=True)
-  vocab_t = teacher.tok.get_vocab(with_added_tokens=True)
-  if vocab_s == vocab_t:
-    return
-  token, _ = min(set(vocab_s.items()) ^ set(vocab_t.items()),
-                 key=lambda kv: (kv[1], kv[0]))
-  raise ValueError(
-      f'config.distill.teacher={teacher_path!r}: token-level distillation '
-      'needs a shared tokenizer (the same token -> id map), but the '
-      f"teacher's has {len(vocab_t)} tokens and the student's {len(vocab_s)}, "
-      f'and they differ (e.g. {token!r}: student id {vocab_s.get(token)}, '
-      f'teacher id {vocab_t.get(token)}). Sequence-level distillation '
-      "(distill.teacher='': SFT on the teacher's traces) works across "
-      'tokenizers.')
 
 
 def make_eval_step(graphdef):
@@ -430,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config, workdir, mesh)
   writer.log(f'model: {model_cfg.num_layers} layers, '
              f'{fn.count_params(params):,} params; vocab {tokenizer.vocab_size}')
-  teacher = load_teacher(config, mesh, tokenizer, writer.log)
+  teacher = distill_teacher.load_teacher(config, mesh, tokenizer, writer.log)
 
   # ------------------------------------------------------------------ data
   train_examples, eval_examples = build_examples(config, tokenizer)
