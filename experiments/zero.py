@@ -155,6 +155,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.sampling.top_k = 0
   c.sampling.max_new_tokens = 1024 if real else 64  # paper: 32768 (R1-Zero)
   c.sampling.max_prompt_tokens = 512 if real else 48  # prompts left-padded to it
+  # Decode loops, each over the KV cache its tokens can have filled (1: one
+  # loop over all slots; more: less attention work, one compile each).
+  c.sampling.decode_segments = 4
 
   # Optimisation
   c.train = ml_collections.ConfigDict()

@@ -64,9 +64,10 @@ def _budget_bucket(n: int) -> int:
   return budget_bucket(n)
 
 
-def _segment_ends(budget: int) -> tuple[int, ...]:
-  from r1jax.sampling.sampler import DECODE_SEGMENTS, segment_ends  # pylint: disable=g-import-not-at-top
-  return segment_ends(budget, DECODE_SEGMENTS)
+def _segment_ends(budget: int, segments: int | None) -> tuple[int, ...]:
+  """The sampler's decode segments (None: its default count)."""
+  from r1jax.sampling import sampler  # pylint: disable=g-import-not-at-top
+  return sampler.segment_ends(budget, segments or sampler.DECODE_SEGMENTS)
 
 
 # ================================================================ components
@@ -187,7 +188,8 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
                   prompt_tokens: int, max_new_tokens: int,
                   num_minibatches: int, grad_accum: int, use_reference: bool,
                   batch_devices: int = 1, param_shards: int = 1,
-                  remat: bool | None = None) -> Estimate:
+                  remat: bool | None = None,
+                  decode_segments: int | None = None) -> Estimate:
   """Bytes per device of one GRPO step (see the module doc).
 
   Args:
@@ -201,6 +203,8 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
     use_reference: beta > 0 (a reference tree and its log-prob pass).
     batch_devices: devices the rows are split over (mesh data x fsdp).
     param_shards: devices a parameter is split over (mesh fsdp x tensor).
+    decode_segments: the sampler's (sampling.decode_segments; None: the
+      Sampler's default).
   """
   rows = prompts_per_step * group_size
   rows_dev = -(-rows // batch_devices)
@@ -214,7 +218,7 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
              prompts_dev * prompt_tokens ** 2)
   decode_logits = rows_dev * cfg.vocab_size * 4 * 3
   buffers = rows_dev * budget * (4 + 4 + 1)  # tokens, log-probs, mask
-  ends = _segment_ends(budget)
+  ends = _segment_ends(budget, decode_segments)
   grow = (kv_cache_bytes(cfg, rows_dev, prompt_tokens, ends[-2],
                          exact_slots=True) if len(ends) > 1 else 0)
   ref_pass = 0
@@ -294,7 +298,8 @@ def estimate_for_config(config, model_cfg: ModelConfig, mesh) -> Estimate:
       max_new_tokens=sc.max_new_tokens, num_minibatches=rc.num_minibatches,
       grad_accum=rc.grad_accum, use_reference=rc.beta > 0,
       batch_devices=shape.get('data', 1) * shape.get('fsdp', 1),
-      param_shards=shape.get('fsdp', 1) * shape.get('tensor', 1))
+      param_shards=shape.get('fsdp', 1) * shape.get('tensor', 1),
+      decode_segments=sc.decode_segments)
 
 
 def over_budget_message(est: Estimate, limit: int, where: str,
@@ -303,7 +308,9 @@ def over_budget_message(est: Estimate, limit: int, where: str,
   phase = est.peak_phase
   hint = {
       'sample': 'the KV cache grows with rl.prompts_per_step x '
-                'rl.group_size x (prompt + sampling.max_new_tokens)',
+                'rl.group_size x (prompt + sampling.max_new_tokens); '
+                'sampling.decode_segments=1 drops the copy made when the '
+                'last decode segment grows it',
       'reference': 'the reference pass scores one micro-batch of rows '
                    '(rows / (rl.num_minibatches x rl.grad_accum)) at a '
                    'time: raise either, or lower sampling.max_new_tokens',

@@ -216,6 +216,8 @@ def test_int_for_a_float_is_fine(base, tmp_path):
      '(off) or > 1'),
     ('grpo', dict(sampling__max_prompt_tokens=8),
      'config.sampling.max_prompt_tokens=8'),
+    ('grpo', dict(sampling__decode_segments=0),
+     'config.sampling.decode_segments=0 must be >= 1'),
     ('grpo', dict(eval__tasks=('arithmetc',)),
      "config.eval.tasks has 'arithmetc', which is not a synthetic task"),
     ('rejection_sampling', dict(rejection__num_samples=0),

@@ -85,6 +85,12 @@ def test_estimate_parts_follow_the_config():
   # A bigger budget: a bigger cache.
   longer = memory.grpo_estimate(cfg, **{**kw, 'max_new_tokens': 200})
   assert longer.kv_cache > est.kv_cache
+  # Decode segments (budget 256: ends 64, ..., 256): the last one's grow
+  # copies the 192-token cache; one segment copies nothing.
+  one = memory.grpo_estimate(cfg, decode_segments=1,
+                             **{**kw, 'max_new_tokens': 200})
+  assert longer.sample_other - one.sample_other == memory.kv_cache_bytes(
+      cfg, 32, 32, 192, exact_slots=True)
   assert 'peak' in est.table() and 'kv cache' in est.table()
 
 

@@ -132,6 +132,7 @@ def validate_config(config: ml_collections.ConfigDict,
        'must be 0 (off) or > 1'),
       ('sampling.top_p', 0 < sc.top_p <= 1, 'must be in (0, 1]'),
       ('sampling.max_prompt_tokens', sc.max_prompt_tokens >= 1, 'must be >= 1'),
+      ('sampling.decode_segments', sc.decode_segments >= 1, 'must be >= 1'),
       ('eval.every', config.eval.every >= 0, 'must be >= 0 (0: only at the end)'),
       ('eval.num_samples', config.eval.num_samples >= 1, 'must be >= 1'),
       ('eval.ks', all(1 <= k <= config.eval.num_samples
@@ -241,7 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
                     eos_ids=[tokenizer.eos_id],
                     prompt_buckets=(config.sampling.max_prompt_tokens,),
-                    mesh=mesh)
+                    mesh=mesh,
+                    decode_segments=config.sampling.decode_segments)
   _check_eval_prompts(config, tokenizer, eval_recs)
 
   # ------------------------------------------------------------ train state
