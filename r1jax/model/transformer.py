@@ -24,7 +24,8 @@ from flax import nnx
 
 from r1jax.model.config import ModelConfig
 
-# A per-layer key/value cache over S slots: {'k': [B, K, H, S], 'v': [B, K, S, H]}
+# A per-layer key/value cache over S slots:
+#   {'k': [B, K, H, S], 'v': [B, K, S, H]}
 # (keys stored transposed; see `_attend_one` for why).
 LayerCache = dict[str, jax.Array]
 Cache = list[LayerCache]
@@ -65,7 +66,8 @@ def rope_tables(positions_BxT: jax.Array,
   """
   angles_BxTxF = (positions_BxT.astype(jnp.float32)[:, :, None] *
                   inv_freq[None, None, :])
-  return jnp.sin(angles_BxTxF)[:, :, None, :], jnp.cos(angles_BxTxF)[:, :, None, :]
+  return (jnp.sin(angles_BxTxF)[:, :, None, :],
+          jnp.cos(angles_BxTxF)[:, :, None, :])
 
 
 def apply_rope(x_BxTxNxH: jax.Array, rope: tuple[jax.Array, jax.Array]

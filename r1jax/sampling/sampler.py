@@ -85,7 +85,7 @@ class _State(NamedTuple):
   logprobs_BxL: jax.Array  # float32
   length_B: jax.Array      # int32, tokens up to and including a stop token
   done_B: jax.Array        # bool, a stop token was produced
-  cache: Cache             # per layer, P + L slots (layout: model.Cache)
+  cache: Cache             # per layer; P + (segment end) slots
 
 
 class _Knobs(NamedTuple):
