@@ -12,10 +12,11 @@ and the frozen reference (when beta > 0). On top of them, one phase of the
 step at a time:
 
   sample     the KV cache of every row (prompts x group size), the prefill's
-             attention scores and the decode step's logits; when the last
-             decode segment starts, its cache is grown from the previous
-             segment's, and both are counted (the worst case, if XLA keeps
-             every layer's old cache until the last copy);
+             attention scores and the decode step's logits; the prefill's
+             prompt-only cache, which stays alive through the decode; and,
+             when the last decode segment starts, the previous segment's
+             cache it is grown from (the worst case, if XLA keeps every
+             layer's old cache until the last copy);
   reference  the reference log-prob pass, one update micro-batch of rows at
              a time (its [rows, L, V] float32 logits dominate for large
              vocabularies);
@@ -218,6 +219,8 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
              prompts_dev * prompt_tokens ** 2)
   decode_logits = rows_dev * cfg.vocab_size * 4 * 3
   buffers = rows_dev * budget * (4 + 4 + 1)  # tokens, log-probs, mask
+  prompt_cache = kv_cache_bytes(cfg, rows_dev, prompt_tokens, 0,
+                                exact_slots=True)
   ends = _segment_ends(budget, decode_segments)
   grow = (kv_cache_bytes(cfg, rows_dev, prompt_tokens, ends[-2],
                          exact_slots=True) if len(ends) > 1 else 0)
@@ -235,7 +238,7 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
       optimizer=-(-adamw_bytes(cfg) // param_shards),
       reference=p if use_reference else 0,
       kv_cache=kv_cache_bytes(cfg, rows_dev, prompt_tokens, max_new_tokens),
-      sample_other=prefill + decode_logits + buffers + grow,
+      sample_other=prefill + decode_logits + buffers + prompt_cache + grow,
       reference_pass=ref_pass,
       gradients=2 * p,  # the accumulator + one micro-batch's gradient
       activations=activation_bytes(cfg, micro, seq, remat),
