@@ -28,7 +28,6 @@ without them use --skip_hf (the weights are then r1jax's own random init), or
 """
 
 import argparse
-import os
 import statistics
 import time
 
@@ -82,15 +81,21 @@ def _listen_compiles():
       if event in _COMPILE_EVENTS else None)
 
 
+def make_sampler(graphdef, cfg, ids_np, **kw) -> Sampler:
+  """A sampler without stop ids (no early stop) for prompts as wide as
+  ids_np's; `kw` go to Sampler()."""
+  return Sampler(graphdef, cfg, pad_id=0, eos_ids=(),
+                 prompt_buckets=(ids_np.shape[1],), **kw)
+
+
 def bench_r1jax(args, graphdef, cfg, params, ids_np, *, new_tokens=None, n=1,
-                repeats=None, **sampler_kw):
+                repeats=None):
   """Times Sampler.generate of n samples per prompt; the first call
-  compiles and is reported apart. `sampler_kw` go to Sampler()."""
+  compiles and is reported apart."""
   new_tokens = new_tokens or args.new_tokens
   repeats = repeats or args.repeats
   del _COMPILE_S[:]
-  sampler = Sampler(graphdef, cfg, pad_id=0, eos_ids=(),
-                    prompt_buckets=(ids_np.shape[1],), **sampler_kw)
+  sampler = make_sampler(graphdef, cfg, ids_np)
   mask = np.ones(ids_np.shape, bool)
   kw = dict(max_new_tokens=new_tokens, temperature=0.0 if args.greedy else
             1.0, n=n)
@@ -257,8 +262,7 @@ def main(argv=None):
     variants = {'default (float32 cache, 4 decode segments)': {},
                 'bfloat16 KV cache': dict(cache_dtype=jnp.bfloat16),
                 'one decode segment': dict(decode_segments=1)}
-    samplers = {k: Sampler(graphdef, cfg, pad_id=0, eos_ids=(),
-                           prompt_buckets=(ids_np.shape[1],), **kw)
+    samplers = {k: make_sampler(graphdef, cfg, ids_np, **kw)
                 for k, kw in variants.items()}
     mask = np.ones(ids_np.shape, bool)
     kw = dict(max_new_tokens=args.new_tokens, n=1,
