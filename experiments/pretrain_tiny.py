@@ -15,15 +15,8 @@ RL to discover.
 """
 
 import dataclasses
-import os
 
 import ml_collections
-
-
-def default_base_dir() -> str:
-  """Where the pretrained base model is cached for experiments/zero.py."""
-  cache = os.environ.get('R1JAX_CACHE', os.path.expanduser('~/.cache/r1jax'))
-  return os.path.join(cache, 'tiny_base')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -68,6 +61,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       # facts), while under the R1 template 70% answer directly
       # (p_direct_r1): the base model can reason but seldom does there.
       p_direct=0.2,
+      # Arithmetic drill documents: reliable single steps, so that under the
+      # R1 template step-by-step answers pay more than direct ones.
+      p_drill=0.15,
       difficulty={'arithmetic': {'num_operands': (2, 4), 'max_digits': 1,
                                  'operators': '+-'}},
   )
@@ -96,20 +92,45 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Mesh: -1 = all remaining devices.
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
 
-  # Export: a Hugging Face directory of the final weights ('' = none). By
-  # default the known place R1-Zero experiments load their base model from.
+  # Export: a Hugging Face directory of the final weights. experiments/zero.py
+  # pretrains into its cache ($R1JAX_CACHE/tiny_base/<key>) itself; a direct
+  # run exports to WORKDIR/hf (point --config.model.hf_path at WORKDIR).
   c.export = ml_collections.ConfigDict()
   c.export.hf = True                 # export the final model (HF directory)
-  c.export.hf_dir = default_base_dir() if not runlocal else ''
+  c.export.hf_dir = ''               # '' = WORKDIR/hf
 
-  # End-of-run evaluation on held-out problems (R1-Zero template).
+  # The ability check (r1jax/base_ability.py): at the end, sample the base on
+  # held-out problems under the RL template and under a plain prompt asking
+  # for steps; pretrain on in extend_steps chunks, up to max_steps, until the
+  # minimums hold. The figures go beside the weights (base_ability.json) and
+  # experiments/zero.py refuses a base that failed.
+  c.ability = ml_collections.ConfigDict()
+  c.ability.check = True
+  c.ability.template = 'r1_zero_short'  # the RL template (experiments/zero.py)
+  c.ability.num_problems = 256 if not runlocal else 16
+  c.ability.num_samples = 4
+  c.ability.temperature = 1.0        # the RL sampling temperature
+  c.ability.max_new_tokens = 64      # the RL completion budget
+  c.ability.reward = 'arithmetic'
+  c.ability.extend_steps = 150
+  c.ability.max_steps = 1200 if not runlocal else 60
+  c.ability.requirements = ml_collections.ConfigDict(dict(
+      min_gap=0.15,                  # steps_accuracy - direct_accuracy
+      min_steps_share=0.1,           # RL must see some steps to reinforce
+      min_plain_steps_accuracy=0.4,  # computes step by step when asked
+      min_format_rate=0.5,           # knows the tags
+  ) if not runlocal else dict(min_gap=-1.0))
+
+  # End-of-run evaluation on held-out problems (R1-Zero template). The
+  # ability check below samples the same problems and reports pass@1, format
+  # and length too, so the full run skips this one (num_problems 0).
   c.eval = ml_collections.ConfigDict()
   c.eval.dataset = 'synthetic'
   c.eval.split = 'test'
   c.eval.tasks = ('arithmetic',)
   # Difficulty knobs per task for the held-out problems (default: the corpus').
   c.eval.difficulty = ml_collections.ConfigDict()
-  c.eval.num_problems = 256 if not runlocal else 32
+  c.eval.num_problems = 0 if not runlocal else 32
   c.eval.num_samples = 4         # samples per problem; pass@1 averages them
   c.eval.temperature = 1.0       # the RL sampling temperature of R1-Zero
   c.eval.top_p = 1.0

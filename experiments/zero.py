@@ -51,8 +51,10 @@ def _parse(arg: str) -> dict[str, str]:
 
 
 def default_base_dir() -> str:
+  """Where the tiny base model is cached: one directory per pretraining
+  config and seed ({base_key} is filled in at start-up; r1jax/stages/tiny_base.py)."""
   cache = os.environ.get('R1JAX_CACHE', os.path.expanduser('~/.cache/r1jax'))
-  return os.path.join(cache, 'tiny_base')
+  return os.path.join(cache, 'tiny_base', '{base_key}')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -68,7 +70,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.stage = 'grpo'
-  c.seed = 0
+  c.seed = 0  # RL seed; also the tiny base's pretraining seed (its own cache entry)
 
   # Model
   c.model = ml_collections.ConfigDict()
@@ -79,6 +81,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # when it is missing, before GRPO starts.
   c.model.pretrain_if_missing = not real
   c.model.pretrain_arg = ''          # its get_config argument ('' = full)
+  # Refuse a tiny base whose ability check failed (its base_ability.json):
+  # RL would have nothing to find (r1jax/base_ability.py).
+  c.model.require_ability = True
   c.model.dtype = 'float32' if not real else 'bfloat16'  # compute dtype
   c.model.param_dtype = 'float32'    # master weights
   c.model.remat = real               # recompute activations in the backward
@@ -212,8 +217,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   if runlocal:
     c.model.pretrain_arg = 'runlocal'
-    if not real:  # a smoke-run base model never stands in for the real one
-      c.model.hf_path = default_base_dir() + '_runlocal'
     c.rl.prompts_per_step = 8
     c.rl.group_size = 4
     c.rl.num_minibatches = 1

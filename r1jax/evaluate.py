@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from r1jax import parallel
+from r1jax import reasoning_stats
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -106,6 +107,7 @@ def evaluate_problems(
     seed: int = 0,
     ks: Sequence[int] = (),
     target_language: str = 'en',
+    return_completions: bool = False,
 ) -> dict[str, Any]:
   """Samples `num_samples` completions per record and scores them.
 
@@ -115,8 +117,12 @@ def evaluate_problems(
   the accuracy reward), the strict-format rate, the language consistency of
   the chain of thought (share of its words in the record's
   `target_language`, else `target_language`), the mean completion length in
-  tokens, `num_problems`, `num_samples` and a few sample texts (`samples`).
-  `summarize(stats)` keeps only the float metrics.
+  tokens, the reflection figures of `r1jax.reasoning_stats` (reflection_rate,
+  reflective_words, recheck_rate, correction_rate, step_rate), `num_problems`,
+  `num_samples` and a few sample texts (`samples`). With
+  `return_completions`, also 'completions' (every text, record-major) and
+  'correct' ([records, samples] 0/1). `summarize(stats)` keeps only the
+  float metrics.
   """
   # Imported here: the reward library starts worker processes lazily and the
   # template module pulls in the tokenizer; evaluation is optional for callers.
@@ -129,6 +135,7 @@ def evaluate_problems(
   lengths = np.zeros((len(records), num_samples), np.float32)
   answers: list[list[str | None]] = [[] for _ in records]
   texts: list[str] = []
+  every_text: list[str] = []
   per_batch = max(1, batch_size // num_samples)
   for start in range(0, len(records), per_batch):
     chunk = list(records[start:start + per_batch])
@@ -158,6 +165,7 @@ def evaluate_problems(
       answers[start + i // num_samples].append(rw.extract_answer(text))
     if len(texts) < 4:
       texts.extend(completions[:4 - len(texts)])
+    every_text.extend(completions)
 
   stats: dict[str, Any] = {
       'pass@1': float(correct.mean()),
@@ -167,6 +175,7 @@ def evaluate_problems(
       'num_problems': len(records),
       'num_samples': num_samples,
   }
+  stats.update(reasoning_stats.reflection_stats(every_text))
   for k in ks:
     if k <= num_samples:
       c = correct.sum(axis=1).astype(int)
@@ -179,6 +188,9 @@ def evaluate_problems(
     cons = rw.REWARDS.get(reward_name)(voted, list(records))
     stats[f'cons@{num_samples}'] = float(np.mean(cons))
   stats['samples'] = texts
+  if return_completions:
+    stats['completions'] = every_text
+    stats['correct'] = correct
   return stats
 
 

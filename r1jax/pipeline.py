@@ -32,6 +32,7 @@ from absl import app, flags, logging
 import ml_collections
 
 from r1jax import train
+from r1jax.stages import tiny_base
 
 # --config and --workdir are r1jax.train's flags (one config-file flag per
 # process); the pipeline adds its own.
@@ -141,6 +142,7 @@ def resolve(stage_config: ml_collections.ConfigDict,
       for p in parents:
         node = node[p]
       node[leaf] = str(dirs[value[1:]])
+  tiny_base.resolve(out)  # model.hf_path's {base_key}: the cached tiny base
   return out
 
 

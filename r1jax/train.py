@@ -58,13 +58,14 @@ def get_stage(name: str):
 def check(config, workdir: str, overwrite: bool = False) -> None:
   """Every start-up check of a stage config, before anything loads or
   compiles (raises errors.ConfigError naming the key or file)."""
-  from r1jax.stages import config_checks, errors  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import config_checks, errors, tiny_base  # pylint: disable=g-import-not-at-top
   if 'stage' not in config:
     hint = (' it is a pipeline config (config.order): run it with python -m '
             'r1jax.pipeline' if 'order' in config else
             f' set config.stage to one of {", ".join(sorted(STAGES))}')
     raise errors.ConfigError(f'config has no `stage` field;{hint}')
   stage = get_stage(config.stage)
+  tiny_base.resolve(config)  # model.hf_path's {base_key}: the cached tiny base
   config_checks.check_stage_config(config, stage)
   config_checks.check_files(config)
   config_checks.check_workdir(config, workdir, overwrite)

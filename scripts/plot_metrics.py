@@ -15,6 +15,7 @@ WORKDIR/plots), and prints the paths written:
   response_length.png  train/response_length_mean, eval/mean_length
   kl.png               train/kl
   format.png           train/format, eval/format_rate
+  reflection.png       train/reflection_rate, eval/reflection_rate, eval/recheck_rate
 
 A panel whose keys no run has is skipped. Train curves are lines, eval curves
 markers + lines. --compare overlays more runs (one colour per run, legend by
@@ -214,6 +215,10 @@ PANELS = (
     Panel('kl', 'KL to the reference policy', 'KL', ('train/kl',)),
     Panel('format', 'Format rate during training', 'rate',
           ('train/format',), (r'eval/format_rate',)),
+    Panel('reflection', 'Reflection during training (R1 reflective words; '
+          're-checked steps)', 'share of completions',
+          ('train/reflection_rate',),
+          (r'eval/reflection_rate', r'eval/recheck_rate')),
 )
 
 _EVAL_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X')

@@ -133,9 +133,10 @@ def test_cons_at_k_pools_equivalent_answers():
   assert stats['pass@1'] == pytest.approx(0.5)
   assert stats['pass@4'] == pytest.approx(1.0)
   assert stats['cons@4'] == 1.0
-  assert set(evaluate.summarize(stats)) == {'pass@1', 'pass@4', 'cons@4',
-                                            'format_rate', 'mean_length',
-                                            'language_consistency'}
+  assert set(evaluate.summarize(stats)) == {
+      'pass@1', 'pass@4', 'cons@4', 'format_rate', 'mean_length',
+      'language_consistency', 'reflection_rate', 'reflective_words',
+      'recheck_rate', 'correction_rate', 'step_rate'}
   assert stats['language_consistency'] == 1.0   # 'x' is an English word
 
 

@@ -38,6 +38,10 @@ from typing import Any, Sequence
 
 from r1jax.data import synthetic
 
+# Bumped whenever a change here changes the documents a config makes: the
+# tiny base cache (r1jax/stages/tiny_base.py) keys its bases by it.
+CORPUS_VERSION = 2
+
 # The DeepSeek-R1 paper's R1-Zero template, used only when the templates
 # module is absent; `render_prompt('r1_zero', ...)` is the reference.
 _R1_ZERO_FALLBACK = (
@@ -98,6 +102,13 @@ class CorpusConfig:
   # Fraction of step-by-step documents with one error that is noticed and
   # corrected ('Wait, ...').
   p_self_correct: float = 0.15
+  # Fraction of documents that are arithmetic drill: `drill_facts` step
+  # sentences ('17 + 8 = 25.') taken from the steps of other train problems,
+  # with no prompt. They make single steps reliable, so that working step by
+  # step pays more than answering directly (the gap R1-Zero RL exploits).
+  # Drawn from a stream of its own: 0 leaves every other document unchanged.
+  p_drill: float = 0.0
+  drill_facts: tuple[int, int] = (6, 10)
 
   # Prompt formats for documents without the R1 template.
   plain_prompts: tuple[str, ...] = (
@@ -117,7 +128,7 @@ class CorpusConfig:
 
   def validate(self) -> None:
     for name in ('p_r1_prompt', 'p_r1_tags', 'p_direct', 'p_direct_r1',
-                 'p_self_correct'):
+                 'p_self_correct', 'p_drill'):
       p = getattr(self, name)
       if p is not None and not 0.0 <= p <= 1.0:
         raise ValueError(f'CorpusConfig.{name}={p} is not in [0, 1].')
@@ -127,6 +138,10 @@ class CorpusConfig:
                        'non-negative weights with a positive sum.')
     for task in self.task_weights:
       synthetic.TASKS.get(task)  # Raises naming the known tasks.
+    lo, hi = self.drill_facts
+    if not 1 <= lo <= hi:
+      raise ValueError(f'CorpusConfig.drill_facts={self.drill_facts} must be '
+                       '(lo, hi) with 1 <= lo <= hi.')
     if not self.plain_prompts or not self.direct_thoughts:
       raise ValueError('CorpusConfig.plain_prompts and direct_thoughts must '
                        'not be empty.')
@@ -171,6 +186,21 @@ def completion(record: dict, kind: str, tagged: bool, r1_prompt: bool,
   return f" Let's compute step by step. {_sentences(steps)} The answer is {answer}."
 
 
+def drill_completion(task: str, cfg: CorpusConfig, problem_seed: int,
+                     i: int, rng: random.Random) -> str:
+  """' a op b = c. ...': the steps of a few other train problems."""
+  n = rng.randint(*cfg.drill_facts)
+  facts: list[str] = []
+  j = 0
+  while len(facts) < n:
+    record = synthetic.sample_problem(task, problem_seed, 'train',
+                                      (i + 1) * 1_000 + j,
+                                      **cfg.difficulty.get(task, {}))
+    facts.extend(record['solution_steps'])
+    j += 1
+  return ' ' + _sentences(facts[:n])
+
+
 # ----------------------------------------------------------------------------
 # Documents
 # ----------------------------------------------------------------------------
@@ -180,7 +210,7 @@ def corpus_records(cfg: CorpusConfig, n_docs: int, seed: int) -> list[dict]:
   """`n_docs` documents as dicts, deterministic in (cfg, seed).
 
   Keys: text (= prompt + completion), prompt, completion, kind ('direct',
-  'steps', 'self_correct'), format ('r1', 'r1_untagged', 'plain'), task,
+  'steps', 'self_correct', 'drill'), format ('r1', 'r1_untagged', 'plain'), task,
   problem, answer, and example (the synthetic record, e.g. for rewards).
   Document i depends only on (cfg, seed, i).
   """
@@ -197,6 +227,14 @@ def corpus_records(cfg: CorpusConfig, n_docs: int, seed: int) -> list[dict]:
     task = rng.choices(tasks, weights)[0]
     record = synthetic.sample_problem(task, problem_seed, 'train', i,
                                       **cfg.difficulty.get(task, {}))
+    record.pop('_key')
+    if cfg.p_drill and random.Random(synthetic.stable_hash(
+        'corpus-drill', seed, i)).random() < cfg.p_drill:
+      text = drill_completion(task, cfg, problem_seed, i, rng)
+      docs.append(dict(text=text.lstrip(), prompt='', completion=text,
+                       kind='drill', format='plain', task=task,
+                       problem='', answer='', example=record))
+      continue
     r1_prompt = rng.random() < cfg.p_r1_prompt
     direct = rng.random() < (p_direct_r1 if r1_prompt else cfg.p_direct)
     if direct:
@@ -211,7 +249,6 @@ def corpus_records(cfg: CorpusConfig, n_docs: int, seed: int) -> list[dict]:
       prompt = rng.choice(cfg.plain_prompts).format(problem=record['problem'])
       fmt = 'plain'
     text = completion(record, kind, tagged, r1_prompt, cfg, rng)
-    record.pop('_key')
     docs.append(dict(text=prompt + text, prompt=prompt, completion=text,
                      kind=kind, format=fmt, task=task,
                      problem=record['problem'], answer=record['answer'],

@@ -12,6 +12,8 @@ Registered templates (`TEMPLATES`):
                  instead of ~90), for the tiny CPU models, whose pretraining
                  compute would otherwise go mostly to the template.
   plain          "Question: ...\\nAnswer:" for the tiny CPU models.
+  plain_steps    the same, answer opened with "Let's compute step by step."
+                 (the base-model ability check asks for steps with it).
   chat           the tokenizer's chat template with one user turn; `system=`
                  and `instruction=` (appended to the problem) are optional.
   chat_boxed     chat with the step-by-step / \\boxed{} instruction that the
@@ -124,6 +126,11 @@ TEMPLATES.add('r1_zero_short', PromptTemplate(R1_ZERO_SHORT,
                                               completion_prefix=' '))
 TEMPLATES.add('plain', PromptTemplate('Question: {prompt}\nAnswer:',
                                       completion_prefix=' '))
+# A plain prompt that asks for steps (the tiny corpus's step-by-step opening):
+# what the base model can do when asked, as opposed to what it chooses to do.
+TEMPLATES.add('plain_steps', PromptTemplate(
+    "Question: {prompt}\nAnswer: Let's compute step by step.",
+    completion_prefix=' '))
 TEMPLATES.add('chat', PromptTemplate())
 TEMPLATES.add('chat_boxed', PromptTemplate(instruction=BOXED_INSTRUCTION))
 TEMPLATES.add('qwen_math', PromptTemplate(system=BOXED_INSTRUCTION))

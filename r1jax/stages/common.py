@@ -29,6 +29,7 @@ from r1jax import parallel
 from r1jax.model import config as model_config
 from r1jax.stages import errors
 from r1jax.stages import run_records
+from r1jax.stages import tiny_base
 from r1jax.tokenizer import Tokenizer, train_bpe
 
 # =============================================================== config checks
@@ -141,26 +142,10 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
 
 
 def ensure_base_model(config, workdir: pathlib.Path, log) -> None:
-  """Pretrains the tiny base model first when the config asks for it and it
-  is not in the cache (the `pretrain_tiny` stage, in workdir/pretrain_tiny)."""
-  mc = config.model
-  if not mc.hf_path or (pathlib.Path(
-      run_records.resolve_hf_path(mc.hf_path)) / 'config.json').exists():
-    return
-  if not mc.get('pretrain_if_missing', False):
-    raise errors.MissingFileError(
-        f'config.model.hf_path={mc.hf_path!r} has no config.json. Point it at '
-        'a Hugging Face model directory, or set '
-        'config.model.pretrain_if_missing=True to build the tiny base model.')
-  from experiments import pretrain_tiny  # pylint: disable=g-import-not-at-top
-  from r1jax.stages import sft  # pylint: disable=g-import-not-at-top
-  pre = pretrain_tiny.get_config(mc.pretrain_arg)
-  pre.export.hf_dir = mc.hf_path
-  sub = workdir / 'pretrain_tiny'
-  log(f'stage pretrain_tiny: no base model at {mc.hf_path}; pretraining it '
-      f'first in {sub} (experiments/pretrain_tiny.py:{mc.pretrain_arg})')
-  sft.train_and_evaluate(pre, str(sub))
-  log(f'stage pretrain_tiny: done; base model exported to {mc.hf_path}')
+  """Makes config.model.hf_path a complete, checked base model: the tiny base
+  pretrained first when the config asks for it and the cache lacks it
+  (r1jax/stages/tiny_base.py)."""
+  tiny_base.ensure(config, workdir, log)
 
 
 def _abstract(cfg):
@@ -404,7 +389,8 @@ def evaluate_model(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
     stats.update({k: float(v) for k, v in zip(names, means)})
   stats['num_problems'] = len(records) * nproc
   shown = [k for k in ('pass@1', f'cons@{ec.num_samples}', 'greedy_accuracy',
-                       'format_rate', 'language_consistency', 'mean_length')
+                       'format_rate', 'language_consistency', 'mean_length',
+                       'reflection_rate', 'recheck_rate')
            if k in stats]
   log(f'held-out ({len(records)} problems x {ec.num_samples} samples, '
       f'template {ec.template!r}, temperature {ec.temperature}): ' +

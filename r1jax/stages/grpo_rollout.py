@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from r1jax import parallel
+from r1jax import reasoning_stats
 from r1jax import rewards as rewards_lib
 from r1jax import rl
 from r1jax.sampling import Sampler
@@ -150,6 +151,8 @@ def rollout_metrics(host: dict[str, Any], config) -> dict[str, float]:
       (np.ptp(rewards_PxG, axis=1) == 0).mean())
   m['sampling_rounds'] = float(host['sampling_rounds'])
   m['frac_informative_groups'] = float(host['frac_informative_groups'])
+  # Reflection as the R1 paper tracks it (reflective words, re-checked steps).
+  m.update(reasoning_stats.reflection_stats(host['texts']))
   return m
 
 

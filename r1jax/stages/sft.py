@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from r1jax import base_ability
 from r1jax import metrics as metrics_lib
 from r1jax import parallel
 from r1jax.data import pipeline
@@ -35,6 +36,7 @@ from r1jax.stages import common
 from r1jax.stages import distill_teacher
 from r1jax.stages import errors
 from r1jax.stages import run_records
+from r1jax.stages import tiny_base
 
 DATA_SOURCES = ('synthetic_corpus', 'jsonl', 'cold_start')
 
@@ -322,6 +324,24 @@ def _eval_loss(eval_step, params, batches) -> float:
   return total / max(count, 1.0)
 
 
+def _check_ability(config, model_cfg, graphdef, params, tokenizer, mesh):
+  """(figures, failures) of the base-model ability check (config.ability)."""
+  from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
+  ab = config.ability
+  sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
+                    eos_ids=[tokenizer.eos_id], mesh=mesh)
+  held_out = ml_collections.ConfigDict(
+      {'eval': config.eval.to_dict(), 'data': config.data.to_dict()})
+  held_out.eval.num_problems = ab.num_problems
+  records = common.eval_records(held_out)
+  figures = base_ability.measure(
+      sampler, params, tokenizer, records, template=ab.template,
+      num_samples=ab.num_samples, temperature=ab.temperature,
+      max_new_tokens=ab.max_new_tokens, batch_size=config.eval.batch_size,
+      seed=config.eval.seed, accuracy_reward=ab.reward or None)
+  return figures, base_ability.check(figures, ab.requirements.to_dict())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Runs (or resumes) SFT in `workdir`; returns the final metrics."""
@@ -384,51 +404,85 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   t_last, tokens_since = time.perf_counter(), 0.0
   step = start_step
   final: dict[str, Any] = {}
-  with common.saves_finish_on_error(checkpointer):
-    while step < tc.steps:
-      host_batch = next(train_iter)
-      tokens_since += float((np.asarray(host_batch['segment_ids']) > 0).sum())
-      state, m = train_step(state, to_device(host_batch))
-      step += 1
-      if step % tc.log_every == 0 or step == tc.steps:
-        m = jax.device_get(m)
-        loss = float(m['loss'])
-        if not np.isfinite(loss):
-          raise FloatingPointError(f'non-finite loss {loss} at step {step}')
-        dt = time.perf_counter() - t_last
-        m = {k: float(v) for k, v in m.items()}
-        m['tokens_per_s'] = tokens_since / max(dt, 1e-9)
-        t_last, tokens_since = time.perf_counter(), 0.0
-        writer.write(step, m, prefix='train/')
-        writer.log(metrics_lib.progress_line(
-            step, tc.steps, m,
-            ('loss', 'nll', 'distill/kl', 'grad_norm', 'tokens_per_s')))
-        history.append((step, loss))
-        final['train_loss'] = loss
-        if teacher is not None:
-          final['train_nll'] = m['nll']
-          final['distill_kl'] = m['distill/kl']
-      if eval_batches and (step % tc.eval_every == 0 or step == tc.steps):
-        eval_loss = _eval_loss(eval_step, state['params'], eval_batches)
-        writer.write(step, {'loss': eval_loss}, prefix='eval/')
-        writer.log(f'step {step}: eval loss {eval_loss:.4f}')
-        final['eval_loss'] = eval_loss
-      if (tc.sample_every and eval_examples and
-          (step % tc.sample_every == 0 or step == tc.steps)):
-        texts = _sample_texts(config, model_cfg, graphdef, state['params'],
-                              tokenizer, mesh, eval_examples)
-        writer.write_texts(step, 'samples', texts)
-        writer.log(f'step {step}: sample {texts[0]!r}')
-      if step % tc.checkpoint_every == 0 or step == tc.steps:
-        checkpointer.save(step, {**state, 'data_state': train_iter.get_state()})
-  checkpointer.wait()
+  # The base-model ability check (config.ability, the tiny base's
+  # pretraining): pretraining goes on, within ability.max_steps, until the
+  # base has what R1-Zero needs (r1jax/base_ability.py).
+  ability = config.get('ability')
+  check_ability = bool(ability and ability.check)
+  target = tc.steps
+  while True:
+    with common.saves_finish_on_error(checkpointer):
+      while step < target:
+        host_batch = next(train_iter)
+        tokens_since += float((np.asarray(host_batch['segment_ids']) > 0).sum())
+        state, m = train_step(state, to_device(host_batch))
+        step += 1
+        if step % tc.log_every == 0 or step == target:
+          m = jax.device_get(m)
+          loss = float(m['loss'])
+          if not np.isfinite(loss):
+            raise FloatingPointError(f'non-finite loss {loss} at step {step}')
+          dt = time.perf_counter() - t_last
+          m = {k: float(v) for k, v in m.items()}
+          m['tokens_per_s'] = tokens_since / max(dt, 1e-9)
+          t_last, tokens_since = time.perf_counter(), 0.0
+          writer.write(step, m, prefix='train/')
+          writer.log(metrics_lib.progress_line(
+              step, target, m,
+              ('loss', 'nll', 'distill/kl', 'grad_norm', 'tokens_per_s')))
+          history.append((step, loss))
+          final['train_loss'] = loss
+          if teacher is not None:
+            final['train_nll'] = m['nll']
+            final['distill_kl'] = m['distill/kl']
+        if eval_batches and (step % tc.eval_every == 0 or step == target):
+          eval_loss = _eval_loss(eval_step, state['params'], eval_batches)
+          writer.write(step, {'loss': eval_loss}, prefix='eval/')
+          writer.log(f'step {step}: eval loss {eval_loss:.4f}')
+          final['eval_loss'] = eval_loss
+        if (tc.sample_every and eval_examples and
+            (step % tc.sample_every == 0 or step == target)):
+          texts = _sample_texts(config, model_cfg, graphdef, state['params'],
+                                tokenizer, mesh, eval_examples)
+          writer.write_texts(step, 'samples', texts)
+          writer.log(f'step {step}: sample {texts[0]!r}')
+        if step % tc.checkpoint_every == 0 or step == target:
+          checkpointer.save(step,
+                            {**state, 'data_state': train_iter.get_state()})
+    checkpointer.wait()
+    if not check_ability:
+      break
+    figures, failures = _check_ability(config, model_cfg, graphdef,
+                                       state['params'], tokenizer, mesh)
+    writer.write(step, figures, prefix='ability/')
+    writer.log(f'step {step}: base ability: {base_ability.describe(figures)}')
+    if not failures:
+      writer.log(f'step {step}: base ability check passed')
+      break
+    writer.log(f'step {step}: base ability check failed: '
+               + '; '.join(failures))
+    if step + ability.extend_steps > ability.max_steps:
+      writer.log(f'step {step}: the pretraining budget (ability.max_steps='
+                 f'{ability.max_steps}) is spent; the base is exported with '
+                 'the failed check recorded, and R1-Zero will refuse it')
+      break
+    target = step + ability.extend_steps
+    writer.log(f'step {step}: pretraining on to step {target} (budget '
+               f'{ability.max_steps})')
   final['history'] = history
+  if check_ability:
+    final['ability'] = figures
+    final['ability_failures'] = failures
 
   # ------------------------------------------------------------ end of run
   out_dir = run_records.export_dir(config, workdir)
   if config.export.get('hf', True):  # all processes: gathered, 0 writes
     from r1jax.model import hf  # pylint: disable=g-import-not-at-top
     hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
+    if check_ability and jax.process_index() == 0:
+      base_ability.save(out_dir, figures,
+                        ability.requirements.to_dict(), failures,
+                        made_by=dict(tiny_base.made_by(config), steps=step))
     writer.log(f'exported Hugging Face checkpoint to {out_dir}')
   tokenizer.save(workdir / 'tokenizer')
   if config.eval.num_problems > 0:

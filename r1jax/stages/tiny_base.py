@@ -1,0 +1,155 @@
+"""The cache of tiny CPU base models, keyed by what made each one.
+
+experiments/zero.py (and the configs built on it) start from a tiny base
+model that `experiments/pretrain_tiny.py` pretrains on first use. Its
+`model.hf_path` is a template, `$R1JAX_CACHE/tiny_base/{base_key}`: the key
+names the seed (the RL config's own
+`seed`, so `--config.seed=S` varies both) and a hash of every pretraining
+field that changes the weights, with the corpus version. A changed config
+or seed therefore gets a base of its own and never reuses another.
+
+A cached base is complete when its weights and `base_ability.json` (written
+last, r1jax/base_ability.py) are there. `ensure` checks that before RL:
+  * missing: pretrain it (in WORKDIR/pretrain_tiny/<key>; a killed
+    pretraining resumes there);
+  * incomplete (weights without the ability record: a pretraining killed
+    during export, or a base of older code): moved aside to
+    `<dir>.incomplete-<time>` (nothing is deleted), then pretrained again;
+  * made by another config (its record names another key): refused, one
+    line;
+  * failed the ability check: refused, one line with the figures and what to
+    change, unless `model.require_ability` is False.
+"""
+
+import hashlib
+import json
+import pathlib
+import time
+from typing import Any, Callable
+
+import ml_collections
+
+from r1jax import base_ability
+from r1jax.data import corpus
+from r1jax.stages import errors
+from r1jax.stages import run_records
+
+BASE_KEY = '{base_key}'
+
+# Pretraining fields that do not change the weights: left out of the key.
+_NOT_IN_KEY = ('export', 'mesh', 'train.log_every', 'train.checkpoint_every',
+               'train.keep_checkpoints', 'train.sample_every',
+               'train.sample_tokens', 'train.eval_every', 'train.eval_batches',
+               'eval.batch_size')
+
+
+def pretrain_config(config) -> ml_collections.ConfigDict:
+  """The pretraining config of the tiny base `config` starts from."""
+  from experiments import pretrain_tiny  # pylint: disable=g-import-not-at-top
+  mc = config.model
+  pre = pretrain_tiny.get_config(mc.get('pretrain_arg', ''))
+  pre.seed = int(config.seed)
+  return pre
+
+
+def base_key(pre: ml_collections.ConfigDict) -> str:
+  """'seed<S>-<hash>' of a pretraining config (see the module doc)."""
+  d = json.loads(pre.to_json_best_effort(sort_keys=True))
+  for dotted in _NOT_IN_KEY:
+    node, *rest = dotted.split('.')
+    if rest:
+      d.get(node, {}).pop(rest[0], None)
+    else:
+      d.pop(node, None)
+  blob = json.dumps([corpus.CORPUS_VERSION, d], sort_keys=True)
+  digest = hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()
+  return f'seed{pre.seed}-{digest}'
+
+
+def made_by(pre: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What the ability record says made a base (checked on reuse)."""
+  return {'base_key': base_key(pre), 'seed': int(pre.seed),
+          'corpus_version': corpus.CORPUS_VERSION}
+
+
+def resolve(config) -> None:
+  """Fills `{base_key}` in config.model.hf_path and config.tokenizer.path
+  (in place; idempotent)."""
+  for section, field in (('model', 'hf_path'), ('tokenizer', 'path')):
+    node = config.get(section)
+    if node is not None and BASE_KEY in node.get(field, ''):
+      node[field] = node[field].replace(
+          BASE_KEY, base_key(pretrain_config(config)))
+
+
+def _set_aside(path: pathlib.Path, why: str) -> pathlib.Path:
+  dest = path.with_name(f'{path.name}.{why}-{time.strftime("%Y%m%d-%H%M%S")}')
+  path.rename(dest)
+  return dest
+
+
+def ensure(config, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
+  """Makes config.model.hf_path a complete, checked base (module doc)."""
+  resolve(config)
+  mc = config.model
+  if not mc.hf_path:
+    return
+  path = pathlib.Path(mc.hf_path)
+  tiny = bool(mc.get('pretrain_if_missing', False))
+  # A finished stage's workdir stands for the model it exported.
+  resolved = (pathlib.Path(run_records.resolve_hf_path(mc.hf_path))
+              if path.is_dir() else path)
+  complete = (resolved / 'config.json').is_file()
+  record = base_ability.load(resolved) if complete else None
+  if (tiny and resolved == path and path.is_dir() and any(path.iterdir())
+      and record is None):
+    dest = _set_aside(path, 'incomplete')
+    log(f'stage pretrain_tiny: {path} holds no {base_ability.ABILITY_FILE} '
+        '(a pretraining killed during export, or a base of older code); '
+        f'moved it to {dest} and pretraining the base again')
+    complete = False
+  if not complete:
+    if not tiny:
+      raise errors.MissingFileError(
+          f'config.model.hf_path={mc.hf_path!r} has no config.json. Point it '
+          'at a Hugging Face model directory, or set '
+          'config.model.pretrain_if_missing=True to build the tiny base model.')
+    _pretrain(config, path, workdir, log)
+    resolved, record = path, base_ability.load(path)
+  if record is not None:
+    _check_record(config, resolved, record, tiny, log)
+
+
+def _pretrain(config, path: pathlib.Path, workdir: pathlib.Path, log) -> None:
+  from r1jax.stages import sft  # pylint: disable=g-import-not-at-top
+  pre = pretrain_config(config)
+  pre.export.hf_dir = str(path)
+  key = base_key(pre)
+  sub = workdir / 'pretrain_tiny' / key
+  arg = config.model.get('pretrain_arg', '')
+  log(f'stage pretrain_tiny: no base model at {path}; pretraining it first '
+      f'in {sub} (experiments/pretrain_tiny.py:{arg}, seed {pre.seed})')
+  sft.train_and_evaluate(pre, str(sub))
+  log(f'stage pretrain_tiny: done; base model exported to {path}')
+
+
+def _check_record(config, path, record, tiny: bool, log) -> None:
+  figures = record.get('figures', {})
+  log(f'base model {path}: ability {base_ability.describe(figures)} '
+      f'({"passed" if record.get("passed") else "FAILED"} the check)')
+  if tiny:
+    expected = made_by(pretrain_config(config))['base_key']
+    got = record.get('made_by', {}).get('base_key')
+    if got != expected:
+      raise errors.ConfigError(
+          f'{path} holds a base made by another config (key {got!r}, this '
+          f'config: {expected!r}); move it away or point config.model.hf_path '
+          'elsewhere')
+  if not record.get('passed', False) and config.model.get(
+      'require_ability', True):
+    raise errors.ConfigError(
+        f'the base model at {path} failed the ability check R1-Zero needs ('
+        + '; '.join(record.get('failures', [])) + '): RL would have nothing '
+        'to find. Pretrain longer (experiments/pretrain_tiny.py '
+        'ability.max_steps), try another --config.seed, or set '
+        'config.model.require_ability=False to run anyway')
