@@ -64,6 +64,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       # Arithmetic drill documents: reliable single steps, so that under the
       # R1 template step-by-step answers pay more than direct ones.
       p_drill=0.15,
+      # Each step restates what is left ('3 + 2 = 5, so 5 - 5 + 3.'): the
+      # next step's operands are then local, not the k-th number of the
+      # prompt, which a 4-layer model retrieves unreliably.
+      restate=True,
       difficulty={'arithmetic': {'num_operands': (2, 4), 'max_digits': 1,
                                  'operators': '+-'}},
   )
@@ -113,7 +117,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.ability.max_new_tokens = 64      # the RL completion budget
   c.ability.reward = 'arithmetic'
   c.ability.extend_steps = 150
-  c.ability.max_steps = 1200 if not runlocal else 60
+  c.ability.max_steps = 1050 if not runlocal else 60
   c.ability.requirements = ml_collections.ConfigDict(dict(
       min_gap=0.15,                  # steps_accuracy - direct_accuracy
       min_steps_share=0.1,           # RL must see some steps to reinforce

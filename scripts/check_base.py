@@ -12,7 +12,11 @@ minimums hold. The held-out problems are experiments/zero.py's.
 
 import argparse
 import json
+import pathlib
+import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import pretrain_tiny
 from experiments import zero
 from r1jax import base_ability

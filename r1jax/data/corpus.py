@@ -109,6 +109,11 @@ class CorpusConfig:
   # Drawn from a stream of its own: 0 leaves every other document unchanged.
   p_drill: float = 0.0
   drill_facts: tuple[int, int] = (6, 10)
+  # Restate what is left after each step of a +/- arithmetic problem:
+  # '3 + 2 = 5, so 5 - 5 + 3. 5 - 5 = 0, so 0 + 3. 0 + 3 = 3.' Each step's
+  # operands are then the start of the text just written, not the k-th
+  # number of a prompt far back, which a tiny model often picks wrongly.
+  restate: bool = False
 
   # Prompt formats for documents without the R1 template.
   plain_prompts: tuple[str, ...] = (
@@ -169,6 +174,25 @@ def self_correcting_steps(steps: Sequence[str], rng: random.Random) -> list[str]
   return out
 
 
+def remainders(record: dict) -> list[str | None] | None:
+  """Per step of a flat +/- arithmetic problem, the expression left after
+  it ('5 - 5 + 3' after '3 + 2 = 5' in 'Compute 3 + 2 - 5 + 3'; None after
+  the last step); None for other problems."""
+  if record.get('task') != 'arithmetic':
+    return None
+  parts = record['problem'].removeprefix('Compute ').split(' ')
+  nums, ops = parts[0::2], parts[1::2]
+  steps = record['solution_steps']
+  if '*' in ops or len(ops) != len(steps):
+    return None
+  out = []
+  for j, step in enumerate(steps):
+    c = synthetic.parse_step(step)[3]
+    tail = ''.join(f' {op} {n}' for op, n in zip(ops[j + 1:], nums[j + 2:]))
+    out.append(f'{c}{tail}' if tail else None)
+  return out
+
+
 def completion(record: dict, kind: str, tagged: bool, r1_prompt: bool,
                cfg: CorpusConfig, rng: random.Random) -> str:
   """The text after the prompt, starting with a space."""
@@ -178,9 +202,18 @@ def completion(record: dict, kind: str, tagged: bool, r1_prompt: bool,
       thought = rng.choice(cfg.direct_thoughts)
       return f' <think> {thought} </think> <answer> {answer} </answer>'
     return f' The answer is {answer}.' if r1_prompt else f' {answer}'
-  steps = record['solution_steps']
+  steps = list(record['solution_steps'])
+  carrier = list(range(len(steps)))  # the sentence holding step k's result
   if kind == 'self_correct':
-    steps = self_correcting_steps(steps, rng)
+    fixed = self_correcting_steps(steps, rng)
+    j = next(i for i, (a, b) in enumerate(zip(steps, fixed)) if a != b)
+    carrier = [k if k < j else k + 1 for k in carrier]
+    steps = fixed
+  rest = remainders(record) if cfg.restate else None
+  if rest:
+    for k, r in enumerate(rest):
+      if r:
+        steps[carrier[k]] += f', so {r}'
   if tagged:
     return f' <think> {_sentences(steps)} </think> <answer> {answer} </answer>'
   return f" Let's compute step by step. {_sentences(steps)} The answer is {answer}."
