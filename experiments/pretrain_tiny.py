@@ -117,7 +117,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.ability.max_new_tokens = 64      # the RL completion budget
   c.ability.reward = 'arithmetic'
   c.ability.extend_steps = 150
-  c.ability.max_steps = 1050 if not runlocal else 60
+  # Each extension is a cosine from extend_lr down to the final lr (a warm
+  # restart): at the final lr alone a late base improved too slowly.
+  c.ability.extend_lr = 1e-3
+  c.ability.max_steps = 1200 if not runlocal else 60
   c.ability.requirements = ml_collections.ConfigDict(dict(
       min_gap=0.15,                  # steps_accuracy - direct_accuracy
       min_steps_share=0.1,           # RL must see some steps to reinforce

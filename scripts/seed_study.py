@@ -75,10 +75,10 @@ def run_seed(workdir: pathlib.Path, seed: int, extra: list[str]) -> None:
   tmp = wall_file.with_suffix('.tmp')
   tmp.write_text(json.dumps({'wall_s': spent}))
   tmp.replace(wall_file)
-  if rc != 0:
-    tail = (d / 'log.txt').read_text().splitlines()[-5:]
-    raise SystemExit(f'seed {seed}: the run failed (exit {rc}); last lines of '
-                     f'{d / "log.txt"}:\n' + '\n'.join(tail))
+  if rc != 0:  # reported in the table; the study goes on with the next seed
+    tail = (d / 'log.txt').read_text().splitlines()[-3:]
+    print(f'seed {seed}: the run failed (exit {rc}); last lines of '
+          f'{d / "log.txt"}:\n' + '\n'.join(tail), flush=True)
 
 
 def _base_ability(d: pathlib.Path) -> dict:
@@ -88,13 +88,18 @@ def _base_ability(d: pathlib.Path) -> dict:
 
 
 def seed_row(workdir: pathlib.Path, seed: int) -> dict | None:
-  """One seed's figures from its files, or None when it has not finished."""
+  """One seed's figures from its files, or None when it has not started.
+  A seed whose base failed the ability check has its base figures only."""
   d = seed_dir(workdir, seed)
   run = d / 'run'
-  if not (run / 'done.json').is_file():
+  ability = _base_ability(d)
+  if not (run / 'done.json').is_file() and not ability:
     return None
-  metrics = plot_metrics.load_run(run)
-  row = {'seed': seed}
+  metrics = (plot_metrics.load_run(run) if (run / 'metrics.jsonl').is_file()
+             else {})
+  row = {'seed': seed, 'status': 'finished' if (run / 'done.json').is_file()
+         else ('base failed the check' if not ability.get('passed', True)
+               else 'not finished')}
   ability = _base_ability(d)
   for k in ('gap', 'steps_share', 'steps_accuracy', 'direct_accuracy',
             'single_step_accuracy', 'plain_steps_accuracy'):
@@ -136,10 +141,13 @@ _COLUMNS = (
     ('re-check 0 -> end', ('start/recheck_rate', 'end/recheck_rate'),
      '{:.3f} -> {:.3f}'),
     ('wall', 'wall_s', None),
+    ('status', 'status', None),
 )
 
 
 def _cell(row: dict, key, fmt) -> str:
+  if key == 'status':
+    return str(row.get('status', ''))
   if key == 'wall_s':
     w = row.get('wall_s', np.nan)
     return '-' if not np.isfinite(w) else f'{int(w // 60)} min {int(w % 60):02d} s'
@@ -178,20 +186,21 @@ def table(rows: list[dict]) -> str:
 
 def summary(rows: list[dict]) -> str:
   """The headline figures over seeds, as one paragraph."""
-  gains = np.asarray([r['gain'] for r in rows])
-  grow = np.asarray([r['length_growth'] for r in rows])
+  gains = np.asarray([r.get('gain', np.nan) for r in rows])
+  grow = np.asarray([r.get('length_growth', np.nan) for r in rows])
   fmt = np.asarray([r.get('end/format_rate', np.nan) for r in rows])
-  sd = lambda x: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+  sd = lambda x: float(np.nanstd(x, ddof=1)) if np.isfinite(x).sum() > 1 else 0.0
   refl0 = np.asarray([r.get('start/reflection_rate', np.nan) for r in rows])
   refl1 = np.asarray([r.get('end/reflection_rate', np.nan) for r in rows])
   chk0 = np.asarray([r.get('start/recheck_rate', np.nan) for r in rows])
   chk1 = np.asarray([r.get('end/recheck_rate', np.nan) for r in rows])
   return (
-      f'{len(rows)} seeds: pass@1 gain {gains.mean():+.3f} +- {sd(gains):.3f} '
-      f'(min {gains.min():+.3f}); seeds with gain >= +0.25: '
+      f'{len(rows)} seeds: pass@1 gain {np.nanmean(gains):+.3f} +- '
+      f'{sd(gains):.3f} (min {np.nanmin(gains):+.3f}, over the '
+      f'{int(np.isfinite(gains).sum())} that ran RL); seeds with gain >= +0.25: '
       f'{int((gains >= 0.25).sum())}/{len(rows)}; end format rate >= 0.95: '
       f'{int((fmt >= 0.95).sum())}/{len(rows)}; mean length growth '
-      f'{grow.mean():+.1f} +- {sd(grow):.1f} tokens; reflection rate '
+      f'{np.nanmean(grow):+.1f} +- {sd(grow):.1f} tokens; reflection rate '
       f'{np.nanmean(refl0):.3f} -> {np.nanmean(refl1):.3f}, re-check rate '
       f'{np.nanmean(chk0):.3f} -> {np.nanmean(chk1):.3f}')
 
@@ -239,8 +248,8 @@ def plot(workdir: pathlib.Path, seeds: list[int], out: pathlib.Path) -> None:
 
 def report(workdir: pathlib.Path, seeds: list[int]) -> list[dict]:
   rows = [r for r in (seed_row(workdir, s) for s in seeds) if r is not None]
-  missing = [s for s in seeds if seed_dir(workdir, s) and
-             not (seed_dir(workdir, s) / 'run' / 'done.json').is_file()]
+  missing = [s for s in seeds
+             if not (seed_dir(workdir, s) / 'run' / 'done.json').is_file()]
   if not rows:
     print(f'no seed of {seeds} has finished in {workdir}')
     return rows

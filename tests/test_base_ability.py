@@ -197,3 +197,26 @@ def test_ensure_sets_an_incomplete_base_aside_and_pretrains_again(
   assert len(aside) == 1 and (aside[0] / 'model.safetensors').is_file()
   assert 'moved it to' in lines[0]
   assert json.loads((path / base_ability.ABILITY_FILE).read_text())['passed']
+
+
+def test_restated_steps_carry_what_is_left():
+  record = dict(task='arithmetic', problem='Compute 3 + 2 - 5 + 3',
+                answer='3', solution_steps=['3 + 2 = 5', '5 - 5 = 0',
+                                            '0 + 3 = 3'])
+  assert corpus.remainders(record) == ['5 - 5 + 3', '0 + 3', None]
+  cfg = corpus.CorpusConfig(restate=True)
+  import random
+  text = corpus.completion(record, 'steps', True, True, cfg, random.Random(0))
+  assert text == (' <think> 3 + 2 = 5, so 5 - 5 + 3. 5 - 5 = 0, so 0 + 3. '
+                  '0 + 3 = 3. </think> <answer> 3 </answer>')
+  # A corrected step: the restatement follows the correction.
+  fixed = corpus.completion(record, 'self_correct', False, False, cfg,
+                            random.Random(3))
+  steps = reasoning_stats.steps(fixed)
+  assert len(steps) == 4 and reasoning_stats.rechecks(fixed) == (True, True)
+  assert 'not' in fixed and fixed.endswith('The answer is 3.')
+  wait = fixed.index('Wait')
+  assert ', so' not in fixed[:wait].rsplit('.', 2)[-2]  # not after the slip
+  # Products are not restated (their steps are not left to right).
+  assert corpus.remainders(dict(record, problem='Compute 3 * 2 - 5 + 3')) is None
+  assert corpus.remainders(dict(record, task='countdown')) is None

@@ -177,16 +177,30 @@ def _tokenizer_for_preset(config, workdir: pathlib.Path) -> Tokenizer:
 # ================================================================ optimizer
 
 
-def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(tc: ml_collections.ConfigDict,
+                   restarts: ml_collections.ConfigDict | None = None
+                   ) -> optax.GradientTransformation:
   """AdamW with linear warm-up and cosine decay; decay only on matrices.
 
   `tc.steps` counts optimizer updates (for GRPO: steps x iterations x
-  mini-batches, which the caller passes as `tc.steps`).
+  mini-batches, which the caller passes as `tc.steps`). With `restarts`
+  (the tiny base's config.ability: extend_steps, max_steps, extend_lr),
+  training past tc.steps runs in chunks of extend_steps, each a cosine from
+  extend_lr down to tc.lr * tc.min_lr_ratio (warm restarts); the schedule up
+  to tc.steps is unchanged.
   """
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=tc.lr, warmup_steps=tc.warmup_steps,
       decay_steps=max(tc.steps, tc.warmup_steps + 1),
       end_value=tc.lr * tc.min_lr_ratio)
+  if restarts is not None and restarts.max_steps > tc.steps:
+    n = -(-(restarts.max_steps - tc.steps) // restarts.extend_steps)
+    chunk = optax.cosine_decay_schedule(
+        restarts.extend_lr, restarts.extend_steps,
+        alpha=tc.lr * tc.min_lr_ratio / restarts.extend_lr)
+    schedule = optax.join_schedules(
+        [schedule] + [chunk] * n,
+        [tc.steps + i * restarts.extend_steps for i in range(n)])
   decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
   return optax.chain(
       optax.clip_by_global_norm(tc.clip_norm),

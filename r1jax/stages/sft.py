@@ -382,7 +382,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         break
 
   # ------------------------------------------------------------ train state
-  optimizer = common.make_optimizer(tc)
+  ability = config.get('ability')
+  optimizer = common.make_optimizer(
+      tc, ability if ability and ability.check else None)
   state, shardings = common.init_train_state(params, optimizer, config.seed,
                                              mesh)
   state, extra, latest = common.restore_latest(
@@ -407,7 +409,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # The base-model ability check (config.ability, the tiny base's
   # pretraining): pretraining goes on, within ability.max_steps, until the
   # base has what R1-Zero needs (r1jax/base_ability.py).
-  ability = config.get('ability')
   check_ability = bool(ability and ability.check)
   target = tc.steps
   while True:
