@@ -220,3 +220,31 @@ def test_restated_steps_carry_what_is_left():
   # Products are not restated (their steps are not left to right).
   assert corpus.remainders(dict(record, problem='Compute 3 * 2 - 5 + 3')) is None
   assert corpus.remainders(dict(record, task='countdown')) is None
+
+
+def test_ability_extensions_restart_the_lr_and_keep_the_main_schedule():
+  import jax.numpy as jnp
+  import optax
+  from r1jax.stages import common as common_lib
+  c = pretrain_tiny.get_config('')
+  tc, ab = c.train, c.ability
+  lrs = {}
+  for restarts in (None, ab):
+    opt = common_lib.make_optimizer(tc, restarts)
+    params = {'w': jnp.zeros((2, 2))}
+    state = opt.init(params)
+    grads = {'w': jnp.ones((2, 2))}
+    seen = []
+    for step in range(tc.steps + ab.extend_steps + 2):
+      # The AdamW update of a constant gradient is -lr * (1 + decay * 0).
+      upd, state = opt.update(grads, state, params)
+      seen.append(-float(upd['w'][0, 0]))
+    lrs[restarts is None] = np.asarray(seen)
+  plain, restarted = lrs[True], lrs[False]
+  np.testing.assert_allclose(restarted[:tc.steps], plain[:tc.steps], rtol=1e-5)
+  final = tc.lr * tc.min_lr_ratio
+  assert plain[tc.steps + 1] == pytest.approx(final, rel=1e-3)
+  assert restarted[tc.steps] == pytest.approx(ab.extend_lr, rel=1e-3)
+  assert restarted[tc.steps + ab.extend_steps - 1] == pytest.approx(final, rel=1e-2)
+  assert restarted[tc.steps + ab.extend_steps] == pytest.approx(ab.extend_lr,
+                                                                rel=1e-3)
