@@ -56,6 +56,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.student_base.tokenizer.path = rl.model.hf_path  # the teacher's tokenizer
   c.student_base.export.hf_dir = ''   # WORKDIR/hf, not the shared cache
   c.student_base.train.steps = 400 if not runlocal else 20
+  # The R1-Zero ability check is for RL's tiny base, not a distillation
+  # student (its ability comes from the teacher's traces).
+  c.student_base.ability.check = False
 
   c.student_sft = cold_start.get_config(arg)
   c.student_sft.model.hf_path = '@student_base'
