@@ -248,3 +248,18 @@ def test_ability_extensions_restart_the_lr_and_keep_the_main_schedule():
   assert restarted[tc.steps + ab.extend_steps - 1] == pytest.approx(final, rel=1e-2)
   assert restarted[tc.steps + ab.extend_steps] == pytest.approx(ab.extend_lr,
                                                                 rel=1e-3)
+
+
+def test_ensure_never_moves_a_base_the_user_named(tmp_path, cached_config,
+                                                  monkeypatch):
+  """pretrain_if_missing with an hf_path of the user's (the R1 pipeline's sft
+  stage points at its base so): used as it is, without an ability record."""
+  user = H.make_tiny_base(tmp_path / 'my_base')
+  cached_config.model.hf_path = str(user)
+  monkeypatch.setattr(tiny_base, '_pretrain',
+                      lambda *a: pytest.fail('pretrained over a user base'))
+  lines = []
+  tiny_base.ensure(cached_config, tmp_path / 'run', lines.append)
+  assert lines == [] and (user / 'model.safetensors').is_file()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['cache', 'my_base'] or (
+      sorted(p.name for p in tmp_path.iterdir()) == ['my_base'])

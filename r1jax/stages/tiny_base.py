@@ -13,7 +13,8 @@ last, r1jax/base_ability.py) are there. `ensure` checks that before RL:
   * missing: pretrain it (in WORKDIR/pretrain_tiny/<key>; a killed
     pretraining resumes there);
   * incomplete (weights without the ability record: a pretraining killed
-    during export, or a base of older code): moved aside to
+    during export, or a base of older code; only in a directory of the
+    cache, named by the key, never in one a user named): moved aside to
     `<dir>.incomplete-<time>` (nothing is deleted), then pretrained again;
   * made by another config (its record names another key): refused, one
     line;
@@ -96,13 +97,15 @@ def ensure(config, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
     return
   path = pathlib.Path(mc.hf_path)
   tiny = bool(mc.get('pretrain_if_missing', False))
+  # A directory of the cache (named by this config's key) follows the cache
+  # rules; any other directory is the user's and is never moved.
+  cached = tiny and path.name == base_key(pretrain_config(config))
   # A finished stage's workdir stands for the model it exported.
   resolved = (pathlib.Path(run_records.resolve_hf_path(mc.hf_path))
               if path.is_dir() else path)
   complete = (resolved / 'config.json').is_file()
   record = base_ability.load(resolved) if complete else None
-  if (tiny and resolved == path and path.is_dir() and any(path.iterdir())
-      and record is None):
+  if cached and path.is_dir() and any(path.iterdir()) and record is None:
     dest = _set_aside(path, 'incomplete')
     log(f'stage pretrain_tiny: {path} holds no {base_ability.ABILITY_FILE} '
         '(a pretraining killed during export, or a base of older code); '
@@ -117,7 +120,7 @@ def ensure(config, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
     _pretrain(config, path, workdir, log)
     resolved, record = path, base_ability.load(path)
   if record is not None:
-    _check_record(config, resolved, record, tiny, log)
+    _check_record(config, resolved, record, cached, log)
 
 
 def _pretrain(config, path: pathlib.Path, workdir: pathlib.Path, log) -> None:
@@ -133,11 +136,11 @@ def _pretrain(config, path: pathlib.Path, workdir: pathlib.Path, log) -> None:
   log(f'stage pretrain_tiny: done; base model exported to {path}')
 
 
-def _check_record(config, path, record, tiny: bool, log) -> None:
+def _check_record(config, path, record, cached: bool, log) -> None:
   figures = record.get('figures', {})
   log(f'base model {path}: ability {base_ability.describe(figures)} '
       f'({"passed" if record.get("passed") else "FAILED"} the check)')
-  if tiny:
+  if cached:
     expected = made_by(pretrain_config(config))['base_key']
     got = record.get('made_by', {}).get('base_key')
     if got != expected:
