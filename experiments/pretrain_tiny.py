@@ -3,9 +3,12 @@ r"""Pretrains the tiny CPU base model that R1-Zero experiments start from.
     python -m r1jax.train --config=experiments/pretrain_tiny.py \
         --workdir=runs/pretrain_tiny
 
-On 2 CPU cores this takes about 10 minutes and ends by printing the base
-model's held-out pass@1, format rate and mean response length under the
-R1-Zero template. `:runlocal` shrinks everything to a ~1 minute smoke run.
+It ends with the ability check (r1jax/base_ability.py): the base's held-out
+figures under the R1-Zero template (pass@1, share and accuracy of
+step-by-step answers against direct ones, single-step accuracy, format) and
+under a plain prompt that asks for steps; while they are below
+`ability.requirements`, pretraining goes on in warm-restart chunks up to
+`ability.max_steps`. `:runlocal` shrinks everything to a ~1 minute smoke run.
 
 The corpus (r1jax/data/corpus.py) mixes direct answers, step-by-step solutions
 (some in <think>/<answer> format under the R1-Zero template) and

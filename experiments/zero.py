@@ -3,8 +3,9 @@ r"""R1-Zero: GRPO straight from a base model, with rule-based rewards.
     python -m r1jax.train --config=experiments/zero.py --workdir=runs/zero
 
 The default runs on a laptop CPU: the ~1.7M-parameter tiny base model
-(pretrained first by experiments/pretrain_tiny.py if it is not in
-~/.cache/r1jax/tiny_base, all from the command above) learns, from an
+(pretrained first by experiments/pretrain_tiny.py and checked for the
+ability RL needs, if it is not in ~/.cache/r1jax/tiny_base/<seed-hash>, all
+from the command above) learns, from an
 accuracy reward and a format reward only, to answer held-out arithmetic
 problems step by step inside <think> </think> <answer> </answer>. The run
 prints the base model's held-out pass@1 at step 0 and the trained model's at
@@ -52,7 +53,8 @@ def _parse(arg: str) -> dict[str, str]:
 
 def default_base_dir() -> str:
   """Where the tiny base model is cached: one directory per pretraining
-  config and seed ({base_key} is filled in at start-up; r1jax/stages/tiny_base.py)."""
+  config and seed ({base_key} is filled in at start-up, see
+  r1jax/stages/tiny_base.py)."""
   cache = os.environ.get('R1JAX_CACHE', os.path.expanduser('~/.cache/r1jax'))
   return os.path.join(cache, 'tiny_base', '{base_key}')
 

@@ -5,8 +5,9 @@ for seed 0, made by this code and committed with its ability record
 (base_ability.json), so the test spends its time on RL only. It runs the
 main command, `python -m r1jax.train --config=experiments/zero.py`, on one
 CPU device, shortened, and asserts that held-out pass@1 rises by a clear
-margin. It fails when RL stops learning (checked: with the advantage's sign
-flipped, or the learning rate at 0, the gain is about zero or negative).
+margin. It fails when RL stops learning (checked: with the learning rate at
+1e-12 pass@1 went 0.268 -> 0.268, with the advantage's sign flipped 0.268 ->
+0.004; as committed 0.268 -> 0.582).
 """
 
 import json
