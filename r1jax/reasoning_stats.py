@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from r1jax.data import synthetic
+
 STEP_RE = re.compile(r'(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)')
 REFLECTIVE_WORDS = ('wait', 'mistake', 'however', 'but', 'retry', 'error',
                     'verify', 'wrong', 'evaluate', 'check')
@@ -35,13 +37,11 @@ def steps(text: str) -> list[tuple[int, str, int, int]]:
 
 
 def step_is_right(a: int, op: str, b: int, c: int) -> bool:
-  if op == '+':
-    return a + b == c
-  if op == '-':
-    return a - b == c
-  if op == '*':
-    return a * b == c
-  return b != 0 and a == b * c  # '/': exact division only
+  """Whether c = a op b ('/' only as an exact division)."""
+  try:
+    return synthetic.apply_op(a, op, b) == c
+  except ValueError:  # an inexact or zero division
+    return False
 
 
 def reflective_word_count(text: str) -> int:

@@ -287,12 +287,7 @@ def _sample_texts(config, model_cfg, graphdef, params, tokenizer, mesh,
                   examples, num: int = 4) -> list[str]:
   """Greedy continuations of a few held-out prompts (a document's question
   part when there is no prompt), rendered as 'prompt => completion'."""
-  from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
-  sampler = _SAMPLERS.get(id(graphdef))
-  if sampler is None:
-    sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
-                      eos_ids=[tokenizer.eos_id], mesh=mesh)
-    _SAMPLERS[id(graphdef)] = sampler
+  sampler = _sampler(graphdef, model_cfg, tokenizer, mesh)
   prompts = [ex['prompt'] or _document_prompt(ex['completion'])
              for ex in examples[:num]]
   ids = [tokenizer.encode(p) for p in prompts]
@@ -304,6 +299,17 @@ def _sample_texts(config, model_cfg, graphdef, params, tokenizer, mesh,
 
 
 _SAMPLERS: dict[int, Any] = {}
+
+
+def _sampler(graphdef, model_cfg, tokenizer, mesh):
+  """One Sampler per model of this run (its programs compile once): the
+  logged samples, the ability checks and the end-of-run evaluation share it."""
+  from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
+  if id(graphdef) not in _SAMPLERS:
+    _SAMPLERS[id(graphdef)] = Sampler(graphdef, model_cfg,
+                                      pad_id=tokenizer.pad_id,
+                                      eos_ids=[tokenizer.eos_id], mesh=mesh)
+  return _SAMPLERS[id(graphdef)]
 _ANSWER_CUES = ('Assistant:', 'Answer:', 'Solution:', 'A:')
 
 
@@ -326,10 +332,8 @@ def _eval_loss(eval_step, params, batches) -> float:
 
 def _check_ability(config, model_cfg, graphdef, params, tokenizer, mesh):
   """(figures, failures) of the base-model ability check (config.ability)."""
-  from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
   ab = config.ability
-  sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
-                    eos_ids=[tokenizer.eos_id], mesh=mesh)
+  sampler = _sampler(graphdef, model_cfg, tokenizer, mesh)
   held_out = ml_collections.ConfigDict(
       {'eval': config.eval.to_dict(), 'data': config.data.to_dict()})
   held_out.eval.num_problems = ab.num_problems
@@ -487,9 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.log(f'exported Hugging Face checkpoint to {out_dir}')
   tokenizer.save(workdir / 'tokenizer')
   if config.eval.num_problems > 0:
-    from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
-    sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
-                      eos_ids=[tokenizer.eos_id], mesh=mesh)
+    sampler = _sampler(graphdef, model_cfg, tokenizer, mesh)
     stats = common.evaluate_model(config.eval, sampler, state['params'],
                                   tokenizer, common.eval_records(config),
                                   log=writer.log)
