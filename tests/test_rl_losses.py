@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from r1jax.rl import losses
+from r1jax.rl import policy_losses
 
 B, T = 3, 4
 EPS_LOW, EPS_HIGH, DUAL = 0.2, 0.3, 3.0
@@ -334,7 +335,7 @@ def test_empty_rows_are_left_out_of_seq_mean():
   assert float(m['adv_mean']) == 1.0
 
 
-@pytest.mark.parametrize('policy_loss', sorted(losses.POLICY_LOSSES))
+@pytest.mark.parametrize('policy_loss', sorted(policy_losses.POLICY_LOSSES))
 def test_jit_matches_eager_and_bf16_inputs_give_f32(policy_loss):
   logp = HAND_LOGP.astype(jnp.bfloat16)
   old = HAND_OLD.astype(jnp.bfloat16)

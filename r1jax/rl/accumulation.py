@@ -1,36 +1,28 @@
 """Gradient accumulation of a GRPO loss over micro-batches, exactly.
 
-Every loss aggregation in `losses.LOSS_AGGREGATIONS` is a mean over some unit
-of the batch: sequences with at least one completion token
-('seq_mean_token_mean'), completion tokens ('token_mean') or rows
-('seq_sum_norm', whose per-row sum is divided by a constant). Splitting a
-mini-batch into micro-batches and weighting each micro-batch's loss by
+Every loss aggregation in `aggregation.LOSS_AGGREGATIONS` is a mean over
+some unit of the batch, and is registered with the function that counts
+those units. Splitting a mini-batch into micro-batches and weighting each
+micro-batch's loss by
 
     units(micro-batch) / units(mini-batch)
 
 makes the sum of the weighted losses (and so of their gradients) equal to
-the loss of the whole mini-batch. `AGGREGATION_UNITS` holds the unit count of
-each aggregation; an aggregation not listed is taken to be a mean over rows.
+the loss of the whole mini-batch.
 """
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-AGGREGATION_UNITS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    'seq_mean_token_mean': lambda m_BxT: jnp.sum(
-        (jnp.sum(m_BxT, axis=1) > 0).astype(jnp.float32)),
-    'token_mean': lambda m_BxT: jnp.sum(m_BxT.astype(jnp.float32)),
-    'seq_sum_norm': lambda m_BxT: jnp.asarray(m_BxT.shape[0], jnp.float32),
-}
+from r1jax.rl import aggregation as aggregation_lib
 
 
 def aggregation_units(aggregation: str, mask_BxT: jax.Array) -> jax.Array:
-  """How many units `aggregation` averages over in this batch (float32)."""
-  fn = AGGREGATION_UNITS.get(
-      aggregation, lambda m: jnp.asarray(m.shape[0], jnp.float32))
-  return fn(mask_BxT)
+  """How many units `aggregation` averages over in this batch (float32).
+
+  Raises KeyError, naming the known aggregations, for an unknown name.
+  """
+  return aggregation_lib.LOSS_AGGREGATIONS.get(aggregation).units(mask_BxT)
 
 
 def micro_weight(aggregation: str, micro_mask_BxT: jax.Array,
