@@ -54,7 +54,7 @@ def _parse(arg: str) -> dict[str, str]:
 def default_base_dir() -> str:
   """Where the tiny base model is cached: one directory per pretraining
   config and seed ({base_key} is filled in at start-up, see
-  r1jax/stages/tiny_base.py)."""
+  r1jax/tiny_base.py)."""
   cache = os.environ.get('R1JAX_CACHE', os.path.expanduser('~/.cache/r1jax'))
   return os.path.join(cache, 'tiny_base', '{base_key}')
 
@@ -160,6 +160,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.sampling.temperature = 1.0       # paper: 1
   c.sampling.top_p = 1.0
   c.sampling.top_k = 0
+  # Log-probs (the sampler's, and the trainer's policy, old-policy and
+  # reference ones) are those of the distribution sampled: the policy at
+  # sampling.temperature always; True also renormalises them over the
+  # top-p / top-k set (recomputed from each params' logits). No effect
+  # while top_p = 1 and top_k = 0.
+  c.sampling.logprobs_nucleus = False
   c.sampling.max_new_tokens = 1024 if real else 64  # paper: 32768 (R1-Zero)
   c.sampling.max_prompt_tokens = 512 if real else 48  # prompts left-padded to it
   # Decode loops, each over the KV cache its tokens can have filled (1: one

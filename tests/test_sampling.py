@@ -60,14 +60,24 @@ def _greedy(preset, **kw):
       params, PROMPTS, max_new_tokens=NEW, temperature=0.0, **kw))
 
 
-def _teacher_forced_logprobs(preset, out):
-  """log p(completion token) from one forward over [prompt, completion]."""
+def _teacher_forced_logits(preset, out):
+  """[B, L, V] logits predicting each completion token (one forward over
+  [prompt, completion])."""
   _, _, params = _model(preset)
   ids = np.concatenate([out.prompt_tokens, out.tokens], axis=1)
   mask = np.concatenate([out.prompt_mask, out.mask], axis=1)
   logits = _forward(preset)(params, ids, mask)
   p = out.prompt_tokens.shape[1]
-  lp = token_logprobs(logits[:, p - 1:-1], ids[:, p:])
+  return logits[:, p - 1:-1]
+
+
+def _teacher_forced_logprobs(preset, out, temperature=1.0):
+  """log p(completion token) at `temperature`, from one forward over
+  [prompt, completion]."""
+  logits = _teacher_forced_logits(preset, out)
+  if temperature != 1.0:
+    logits = logits / np.float32(temperature)
+  lp = token_logprobs(logits, out.tokens)
   return np.where(out.mask, np.asarray(lp), 0.0)
 
 
@@ -170,12 +180,48 @@ def test_seed_makes_a_call_reproducible():
     dict(temperature=0.7, top_p=0.9, min_p=0.01),
 ])
 def test_logprobs_equal_teacher_forced_forward(settings):
+  """The recorded log-probs are log_softmax(logits / T) of the sampled token
+  (the filters do not change them without logprobs_nucleus)."""
   _, _, params = _model('tiny-test')
   out = jax.device_get(_sampler('tiny-test').generate(
       params, PROMPTS, max_new_tokens=NEW, n=2, seed=1, **settings))
-  expected = _teacher_forced_logprobs('tiny-test', out)
+  expected = _teacher_forced_logprobs('tiny-test', out,
+                                      settings['temperature'])
   np.testing.assert_allclose(out.logprobs, expected, atol=1e-5, rtol=0)
   assert (out.logprobs[out.mask] < 0).all()
+
+
+def _nucleus_reference(logits_NxV, tokens_N, top_p):
+  """log p(token) under softmax(logits) renormalised over the top-p nucleus
+  (numpy, by sorting)."""
+  z = logits_NxV.astype(np.float64)
+  probs = np.exp(z - z.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  order = np.argsort(-probs, axis=-1)
+  sorted_p = np.take_along_axis(probs, order, -1)
+  count = ((np.cumsum(sorted_p, -1) - sorted_p) < top_p).sum(-1)
+  kept_mass = np.array([sorted_p[i, :c].sum() for i, c in enumerate(count)])
+  picked = probs[np.arange(len(tokens_N)), tokens_N]
+  return np.log(picked / kept_mass)
+
+
+def test_nucleus_logprobs_are_the_renormalised_nucleus():
+  """logprobs_nucleus: the same tokens (the same draw), log-probs under the
+  tempered top-p distribution renormalised over its kept tokens."""
+  _, _, params = _model('tiny-test')
+  kw = dict(max_new_tokens=NEW, n=4, seed=2, temperature=0.7, top_p=0.9)
+  gen = functools.partial(_sampler('tiny-test').generate, params, PROMPTS)
+  full = jax.device_get(gen(**kw))
+  nucleus = jax.device_get(gen(**kw, logprobs_nucleus=True))
+  np.testing.assert_array_equal(nucleus.tokens, full.tokens)
+  mask = nucleus.mask
+  logits = np.asarray(_teacher_forced_logits('tiny-test', nucleus)) / 0.7
+  want = _nucleus_reference(logits[mask], nucleus.tokens[mask], 0.9)
+  np.testing.assert_allclose(nucleus.logprobs[mask], want, atol=1e-5, rtol=0)
+  # Renormalising over a subset raises every log-prob, some strictly here.
+  assert (nucleus.logprobs[mask] >= full.logprobs[mask] - 1e-6).all()
+  assert (nucleus.logprobs[mask] > full.logprobs[mask] + 1e-3).any()
+  assert (nucleus.logprobs[mask] <= 0).all()
 
 
 LONG = 70  # budget 96: decode segments ending at tokens 32, 64 and 96
@@ -348,6 +394,14 @@ def test_mode_keeps_only_active_filters():
   assert mode == controls.Mode()
   mode = controls.Mode.from_settings(0.6, 300, 0.95, 0.0, 256)
   assert (mode.unit_temperature, mode.top_k, mode.top_p) == (False, 0, True)
+  # Nucleus log-probs only where a filter runs (one program otherwise).
+  assert controls.Mode.from_settings(0.7, 0, 0.9, 0.0, 256,
+                                     True).nucleus_logprobs
+  assert controls.Mode.from_settings(0.7, 0, 1.0, 0.0, 256,
+                                     True) == controls.Mode(
+                                         unit_temperature=False)
+  assert controls.Mode.from_settings(0.0, 5, 0.5, 0.0, 256,
+                                     True) == controls.Mode(greedy=True)
 
 
 def test_budget_bucket():

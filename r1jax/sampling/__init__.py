@@ -4,7 +4,7 @@
 """
 
 from r1jax.sampling.controls import (Mode, categorical, greedy, min_p_filter,
-                                     top_k_filter, top_p_filter)
+                                     policy_logits, top_k_filter, top_p_filter)
 from r1jax.sampling.sampler import (FINISH_LENGTH, FINISH_STOP, SampleOutput,
                                     Sampler, budget_bucket, generate_text,
                                     segment_ends)

@@ -18,6 +18,14 @@ cores):
     all kept.
 
 Which filters run is static (`Mode`): a disabled filter costs nothing.
+
+The log-probability `sample` records is that of the distribution sampled
+(the one a policy-gradient trainer must score, `policy_logits`):
+log_softmax(logits / T) by default, as TRL's and verl's trainers score the
+policy at the sampling temperature; with `Mode.nucleus_logprobs`, the
+renormalised distribution left by top-k / top-p / min-p (what is actually
+drawn from). Greedy decoding (T = 0) records temperature-1 log-probs: its
+distribution is a point mass, whose log-prob (0) says nothing.
 """
 
 import dataclasses
@@ -40,17 +48,28 @@ class Mode:
       `lax.top_k` needs a static k.
     top_p: whether the nucleus filter runs (its value is dynamic).
     min_p: whether the min-p filter runs (its value is dynamic).
+    nucleus_logprobs: log-probs are those of the truncated distribution
+      (renormalised over the tokens the filters keep), not of the full
+      tempered one. Only set when a filter runs.
   """
   greedy: bool = False
   unit_temperature: bool = True
   top_k: int = 0
   top_p: bool = False
   min_p: bool = False
+  nucleus_logprobs: bool = False
+
+  @property
+  def truncates(self) -> bool:
+    """Whether a filter (top-k, top-p, min-p) runs."""
+    return bool(self.top_k or self.top_p or self.min_p)
 
   @classmethod
   def from_settings(cls, temperature: float, top_k: int, top_p: float,
-                    min_p: float, vocab_size: int) -> 'Mode':
-    """Validates user settings and keeps only the filters that do something."""
+                    min_p: float, vocab_size: int,
+                    nucleus_logprobs: bool = False) -> 'Mode':
+    """Validates user settings and keeps only the filters that do something
+    (and `nucleus_logprobs` only when one does; it is ignored when greedy)."""
     if temperature < 0:
       raise ValueError(f'temperature must be >= 0, got {temperature}')
     if top_k < 0:
@@ -61,9 +80,12 @@ class Mode:
       raise ValueError(f'min_p must be in [0, 1], got {min_p}')
     if temperature == 0:
       return cls(greedy=True)
-    return cls(unit_temperature=temperature == 1.0,
+    mode = cls(unit_temperature=temperature == 1.0,
                top_k=top_k if 0 < top_k < vocab_size else 0,
                top_p=top_p < 1.0, min_p=min_p > 0.0)
+    if nucleus_logprobs and mode.truncates:
+      mode = dataclasses.replace(mode, nucleus_logprobs=True)
+    return mode
 
 
 def greedy(logits_BxV: jax.Array) -> jax.Array:
@@ -183,38 +205,91 @@ def categorical(key: jax.Array, logits_BxV: jax.Array) -> jax.Array:
   return draw(key, jnp.exp(logits_BxV - max_Bx1))
 
 
+def temper(logits_BxV: jax.Array, mode: Mode, temperature) -> jax.Array:
+  """logits / temperature; the logits themselves (no float op) when the
+  temperature is exactly 1 or the mode is greedy."""
+  if mode.greedy or mode.unit_temperature:
+    return logits_BxV
+  return logits_BxV / jnp.asarray(temperature, jnp.float32)
+
+
+def truncate(tempered_BxV: jax.Array, mode: Mode, top_p, min_p) -> jax.Array:
+  """The enabled filters on tempered logits, in the order top-k -> top-p ->
+  min-p (that of HF's logits warpers): -inf outside the kept tokens."""
+  if mode.top_k:
+    tempered_BxV = top_k_filter(tempered_BxV, mode.top_k)
+  if mode.top_p:
+    tempered_BxV = top_p_filter(tempered_BxV, top_p)
+  if mode.min_p:
+    tempered_BxV = min_p_filter(tempered_BxV, min_p)
+  return tempered_BxV
+
+
 def filter_logits(logits_BxV: jax.Array, mode: Mode, temperature, top_p,
                   min_p) -> jax.Array:
-  """Tempered logits with the enabled filters applied, in the order
-  temperature -> top-k -> top-p -> min-p (that of HF's logits warpers)."""
-  if not mode.unit_temperature:
-    logits_BxV = logits_BxV / jnp.asarray(temperature, jnp.float32)
-  if mode.top_k:
-    logits_BxV = top_k_filter(logits_BxV, mode.top_k)
-  if mode.top_p:
-    logits_BxV = top_p_filter(logits_BxV, top_p)
-  if mode.min_p:
-    logits_BxV = min_p_filter(logits_BxV, min_p)
-  return logits_BxV
+  """Tempered logits with the enabled filters applied (what is drawn from)."""
+  return truncate(temper(logits_BxV, mode, temperature), mode, top_p, min_p)
+
+
+def policy_logits(logits_NxV: jax.Array, mode: Mode, temperature, top_p,
+                  min_p, targets_N: jax.Array) -> jax.Array:
+  """Logits whose log_softmax at `targets` is what `sample` records.
+
+  For a trainer's teacher-forced pass over sampled tokens (any leading
+  shape; `targets` has it without V). Tempered logits; with
+  `mode.nucleus_logprobs`, -inf outside the tokens the filters keep.
+
+  The kept set is recomputed from these logits (under no gradient), not
+  replayed from the sampler: recording it would cost a [B, L, V] mask. Under
+  the params that sampled, it is the sampler's set (up to a token within
+  float noise of the threshold); under others (the policy being updated,
+  the reference) it is the same rule applied to their own logits, so every
+  log-prob is that of "sample at this temperature, truncated this way" as a
+  function of the params. The target token is always kept (as the sampled
+  token always is in the sampler), so a log-prob is never -inf.
+  """
+  tempered = temper(logits_NxV, mode, temperature)
+  if not mode.nucleus_logprobs:
+    return tempered
+  shape = tempered.shape
+  flat_NxV = tempered.reshape(-1, shape[-1])
+  filtered = truncate(jax.lax.stop_gradient(flat_NxV), mode, top_p, min_p)
+  iota_NxV = jax.lax.broadcasted_iota(jnp.int32, flat_NxV.shape, 1)
+  kept_NxV = (jnp.isfinite(filtered) |
+              (iota_NxV == targets_N.reshape(-1, 1).astype(jnp.int32)))
+  return jnp.where(kept_NxV, flat_NxV, _NEG_INF).reshape(shape)
+
+
+def _logprob(logits_BxV, token_B, max_Bx1, weights_BxV):
+  """log softmax(logits)[token], from the row max and exp(logits - max)."""
+  picked_B = jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0]
+  log_z_B = jnp.log(jnp.sum(weights_BxV, axis=-1)) + max_Bx1[:, 0]
+  return picked_B - log_z_B
 
 
 def sample(key: jax.Array, logits_BxV: jax.Array, mode: Mode, temperature=1.0,
            top_p=1.0, min_p=0.0) -> tuple[jax.Array, jax.Array]:
-  """(token_B, logprob_B): a token per row and its policy log-probability.
+  """(token_B, logprob_B): a token per row and its log-probability under the
+  distribution sampled.
 
-  The log-probability is that of the unmodified policy, log_softmax(logits)
-  at temperature 1 and without filters, whatever the sampling settings: the
-  quantity a policy-gradient trainer compares its own forward pass against.
+  That is log_softmax(logits / temperature) (the filters do not change it),
+  or with `mode.nucleus_logprobs` the log-probability under the filtered
+  distribution renormalised over the kept tokens. Greedy: log_softmax(logits)
+  at temperature 1. At temperature 1 without filters the tokens and
+  log-probs are computed exactly as before temperature scoring existed.
   """
-  max_Bx1 = jnp.max(logits_BxV, axis=-1, keepdims=True)
-  weights_BxV = jnp.exp(logits_BxV - max_Bx1)
+  tempered_BxV = temper(logits_BxV, mode, temperature)
+  max_Bx1 = jnp.max(tempered_BxV, axis=-1, keepdims=True)
+  weights_BxV = jnp.exp(tempered_BxV - max_Bx1)
   if mode.greedy:
     token_B = greedy(logits_BxV)
-  elif mode == Mode():  # plain sampling: draw from the weights just computed
+  elif not mode.truncates:  # plain sampling: draw from the weights computed
     token_B = draw(key, weights_BxV)
   else:
-    token_B = categorical(
-        key, filter_logits(logits_BxV, mode, temperature, top_p, min_p))
-  picked_B = jnp.take_along_axis(logits_BxV, token_B[:, None], axis=-1)[:, 0]
-  log_z_B = jnp.log(jnp.sum(weights_BxV, axis=-1)) + max_Bx1[:, 0]
-  return token_B, picked_B - log_z_B
+    filtered_BxV = truncate(tempered_BxV, mode, top_p, min_p)
+    token_B = categorical(key, filtered_BxV)
+    if mode.nucleus_logprobs:
+      f_max_Bx1 = jnp.max(filtered_BxV, axis=-1, keepdims=True)
+      return token_B, _logprob(filtered_BxV, token_B, f_max_Bx1,
+                               jnp.exp(filtered_BxV - f_max_Bx1))
+  return token_B, _logprob(tempered_BxV, token_B, max_Bx1, weights_BxV)

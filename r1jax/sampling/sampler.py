@@ -24,7 +24,14 @@ width P to `prompt_buckets`, the budget L to `budget_bucket(max_new_tokens)`
 (the loop still stops at exactly max_new_tokens), and the batch to a multiple
 of the mesh's batch shards. The values of temperature, top_p, min_p, the
 seed, max_new_tokens and the stop ids are traced arguments; only which
-filters run (and top_k's value) is static.
+filters run (and top_k's value), whether the temperature is exactly 1 and
+`logprobs_nucleus` are static.
+
+The recorded log-probs are those of the distribution sampled: the policy at
+the sampling temperature (as TRL's and verl's trainers score it), or with
+`logprobs_nucleus` the renormalised top-k / top-p / min-p distribution; a
+trainer scores its own forward pass the same way with
+`controls.policy_logits`.
 """
 
 import collections
@@ -60,10 +67,12 @@ class SampleOutput(NamedTuple):
     tokens: [B*n, L] int32 completion ids; pad_id where `mask` is False.
     mask: [B*n, L] bool, True for generated tokens up to and including the
       stop token.
-    logprobs: [B*n, L] float32 log-probability of each sampled token under the
-      unmodified policy (log_softmax of the logits at temperature 1, before
-      top-k / top-p / min-p), whatever the sampling settings; 0 where `mask`
-      is False. Equal to a teacher-forced forward pass of the same params.
+    logprobs: [B*n, L] float32 log-probability of each sampled token under
+      the distribution it was sampled from: log_softmax(logits / temperature)
+      (temperature 1 when greedy); with `logprobs_nucleus`, under the
+      top-k / top-p / min-p distribution renormalised over the kept tokens.
+      0 where `mask` is False. Equal to a teacher-forced forward pass of the
+      same params scored the same way (`controls.policy_logits`).
     lengths: [B*n] int32, number of True entries of `mask`.
     finish_reason: [B*n] int32, FINISH_STOP (0) or FINISH_LENGTH (1).
     prompt_tokens: [B*n, P] int32 left-padded prompt ids (repeated n times).
@@ -359,7 +368,8 @@ class Sampler:
   def generate(self, params, prompt_ids, *, max_new_tokens: int, n: int = 1,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                min_p: float = 0.0, seed: int | jax.Array = 0,
-               stop_ids: Sequence[int] = ()) -> SampleOutput:
+               stop_ids: Sequence[int] = (),
+               logprobs_nucleus: bool = False) -> SampleOutput:
     """Samples n completions of each prompt.
 
     Args:
@@ -376,6 +386,10 @@ class Sampler:
       seed: int, or a jax PRNG key (typed or raw uint32). A call is a pure
         function of (params, prompts, settings, seed).
       stop_ids: stop tokens in addition to the sampler's eos_ids.
+      logprobs_nucleus: record log-probs under the truncated (top-k / top-p /
+        min-p) distribution renormalised over its kept tokens, rather than
+        under the full tempered one. No effect without a filter or when
+        greedy. Static (compiles its own program).
 
     Returns:
       A SampleOutput with B * n rows.
@@ -385,7 +399,7 @@ class Sampler:
     if n < 1:
       raise ValueError(f'n must be >= 1, got {n}')
     mode = controls.Mode.from_settings(temperature, top_k, top_p, min_p,
-                                       self.cfg.vocab_size)
+                                       self.cfg.vocab_size, logprobs_nucleus)
     num_prompts = len(prompt_ids[0] if _is_array_pair(prompt_ids)
                       else prompt_ids)
     ids_BxP, mask_BxP = self._pad_prompts(prompt_ids)

@@ -131,6 +131,10 @@ def validate_config(config: ml_collections.ConfigDict,
       ('rl.dual_clip', rc.dual_clip == 0 or rc.dual_clip > 1,
        'must be 0 (off) or > 1'),
       ('sampling.top_p', 0 < sc.top_p <= 1, 'must be in (0, 1]'),
+      ('sampling.top_k', sc.top_k >= 0, 'must be >= 0 (0: off)'),
+      ('sampling.logprobs_nucleus',
+       isinstance(sc.get('logprobs_nucleus', False), bool),
+       'must be True or False'),
       ('sampling.max_prompt_tokens', sc.max_prompt_tokens >= 1, 'must be >= 1'),
       ('sampling.decode_segments', sc.decode_segments >= 1, 'must be >= 1'),
       ('eval.every', config.eval.every >= 0, 'must be >= 0 (0: only at the end)'),
@@ -276,10 +280,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   update_fn = grpo_update.make_update_fn(
       graphdef, optimizer, loss_kwargs=_loss_kwargs(rc),
       num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
-      grad_accum=rc.grad_accum, mesh=mesh, nan_at_step=tc.debug_nan_at_step)
+      grad_accum=rc.grad_accum, mesh=mesh, nan_at_step=tc.debug_nan_at_step,
+      scoring=grpo_update.Scoring.from_config(config.sampling))
   # In the update's micro-batches: never more logits at once than an update.
   logprobs_fn = grpo_update.make_logprobs_fn(
-      graphdef, mesh, num_chunks=rc.num_minibatches * rc.grad_accum)
+      graphdef, mesh, num_chunks=rc.num_minibatches * rc.grad_accum,
+      scoring=grpo_update.Scoring.from_config(config.sampling))
   rollout = grpo_rollout.Rollout(config, sampler, tokenizer, batcher)
   timer = common.Timer()
   final: dict[str, Any] = {}

@@ -50,7 +50,8 @@ class Rollout:
       out = self.sampler.generate(
           params, (batch['prompt_ids'], batch['prompt_mask']),
           max_new_tokens=sc.max_new_tokens, n=g, temperature=sc.temperature,
-          top_p=sc.top_p, top_k=sc.top_k, seed=key)
+          top_p=sc.top_p, top_k=sc.top_k, seed=key,
+          logprobs_nucleus=bool(sc.get('logprobs_nucleus', False)))
       host = {name: parallel.host_rows(x) for name, x in out._asdict().items()}
     examples = [ex for ex in batch['examples'] for _ in range(g)]
     with timer('reward'):

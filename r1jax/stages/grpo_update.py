@@ -16,8 +16,15 @@ A rollout is a dict of batch-major arrays (B = prompts x group size):
   tokens int32[B, L], mask bool[B, L] (completions as sampled; mask marks the
   tokens the loss sees), old_logp float32[B, L] (the sampler's log-probs),
   adv float32[B], and ref_logp float32[B, L] when the KL term is on.
+
+Policy, old-policy and reference log-probs are all of one distribution, the
+one the rollout was sampled from (`Scoring`): the policy at the sampling
+temperature, log_softmax(logits / T), as TRL's and verl's trainers score it,
+and with `sampling.logprobs_nucleus` the renormalised top-k / top-p set
+(recomputed from each params' own logits; `controls.policy_logits`).
 """
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -31,14 +38,45 @@ from r1jax import parallel
 from r1jax import rl
 from r1jax.model.functional import causal_mask, positions_from_mask, token_logprobs
 from r1jax.rl import accumulation
+from r1jax.sampling import controls
 
 
-def completion_logprobs(graphdef, params, batch, *, with_entropy: bool = False):
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+  """The distribution the rollout's tokens were sampled from, as the sampler
+  records their log-probs (`Sampler.generate`'s settings of the same names).
+
+  The default (temperature 1, no nucleus) scores with log_softmax(logits)
+  and no other float op: the temperature-1 program is unchanged by scoring.
+  """
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+  nucleus: bool = False  # sampling.logprobs_nucleus
+
+  @classmethod
+  def from_config(cls, sc) -> 'Scoring':
+    """From a GRPO config's `sampling` section (what the rollout passes)."""
+    return cls(temperature=float(sc.temperature), top_k=int(sc.top_k),
+               top_p=float(sc.top_p),
+               nucleus=bool(sc.get('logprobs_nucleus', False)))
+
+  def mode(self, vocab_size: int) -> controls.Mode:
+    return controls.Mode.from_settings(self.temperature, self.top_k,
+                                       self.top_p, self.min_p, vocab_size,
+                                       self.nucleus)
+
+
+def completion_logprobs(graphdef, params, batch, *, with_entropy: bool = False,
+                        scoring: Scoring = Scoring()):
   """(logp_BxL, entropy_BxL or None) of the completion tokens.
 
   One forward pass over [prompt, completion[:-1]]; the LM head runs only on
   the positions that predict completion tokens. Equal to the sampler's
-  log-probs for the same params (the same forward code and positions).
+  log-probs for the same params (the same forward code and positions, the
+  same `scoring` of the logits). The entropy is that of the same
+  distribution.
   """
   model = nnx.merge(graphdef, params)
   prompt_BxP, comp_BxL = batch['prompt_tokens'], batch['tokens']
@@ -49,21 +87,33 @@ def completion_logprobs(graphdef, params, batch, *, with_entropy: bool = False):
   hidden_BxSxD, _ = model.hidden_states(
       tokens_BxS, positions_from_mask(mask_BxS), causal_mask(mask_BxS))
   logits_BxLxV = model.logits(hidden_BxSxD[:, p - 1:])
+  mode = scoring.mode(logits_BxLxV.shape[-1])
+  if mode != controls.Mode():  # temperature 1, no nucleus: the logits as is
+    logits_BxLxV = controls.policy_logits(
+        logits_BxLxV, mode, scoring.temperature, scoring.top_p, scoring.min_p,
+        comp_BxL)
   logp_BxL = token_logprobs(logits_BxLxV, comp_BxL)
   entropy_BxL = None
   if with_entropy:
     logits = jax.lax.stop_gradient(logits_BxLxV)
     logz = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     probs = jnp.exp(logits - logz)
-    entropy_BxL = (logz[..., 0] - jnp.sum(probs * logits, axis=-1))
+    if mode.nucleus_logprobs:  # 0 * -inf outside the kept tokens
+      entropy_BxL = (logz[..., 0] - jnp.sum(
+          jnp.where(probs > 0, probs * logits, 0.0), axis=-1))
+    else:
+      entropy_BxL = (logz[..., 0] - jnp.sum(probs * logits, axis=-1))
   return logp_BxL, entropy_BxL
 
 
 _LOGPROB_FIELDS = ('prompt_tokens', 'prompt_mask', 'tokens', 'sample_mask')
 
 
-def make_logprobs_fn(graphdef, mesh=None, num_chunks: int = 1):
+def make_logprobs_fn(graphdef, mesh=None, num_chunks: int = 1, *,
+                     scoring: Scoring = Scoring()):
   """jit (params, rollout) -> logp_BxL, zero outside the sampled tokens.
+
+  `scoring`: the distribution the rollout was sampled from (`Scoring`).
 
   The rows go through in `num_chunks` strided parts, one after another
   (`lax.map`), so the pass holds the logits of B / num_chunks rows at a time:
@@ -75,7 +125,7 @@ def make_logprobs_fn(graphdef, mesh=None, num_chunks: int = 1):
   row_axis = batch_axes[0] if len(batch_axes) else None
 
   def one(params, part):
-    logp, _ = completion_logprobs(graphdef, params, part)
+    logp, _ = completion_logprobs(graphdef, params, part, scoring=scoring)
     return jnp.where(part['sample_mask'], logp, 0.0)
 
   @jax.jit
@@ -114,7 +164,7 @@ def _combine(name: str, x: jax.Array, w: jax.Array | None = None) -> jax.Array:
 def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                    loss_kwargs: dict[str, Any], num_iterations: int,
                    num_minibatches: int, grad_accum: int, mesh: Mesh,
-                   nan_at_step: int = 0):
+                   nan_at_step: int = 0, scoring: Scoring = Scoring()):
   """jit (state, rollout) -> (state, metrics); the state is donated.
 
   `state` holds 'params', 'opt_state' and 'step' (GRPO steps done). Metrics
@@ -122,7 +172,8 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
   grad_norm (before clipping; mean and max over the optimizer steps) and
   loss_finite (0 if any loss or gradient was not finite).
   `nan_at_step` > 0 makes that GRPO step's loss NaN (a test hook for the
-  non-finite guard).
+  non-finite guard). `scoring`: the distribution the rollout was sampled
+  from, which the policy's log-probs (and entropy) are taken under.
   """
   aggregation = loss_kwargs.get('aggregation', 'seq_mean_token_mean')
   batch_axes = parallel.batch_spec(mesh)
@@ -136,7 +187,8 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
     return jax.tree.map(one, tree)
 
   def micro_loss(params, mb, total_units, step):
-    logp, entropy = completion_logprobs(graphdef, params, mb, with_entropy=True)
+    logp, entropy = completion_logprobs(graphdef, params, mb, with_entropy=True,
+                                        scoring=scoring)
     loss, metrics = rl.grpo_loss(
         logp, mb['old_logp'], mb.get('ref_logp'), mb['adv'], mb['mask'],
         entropy_BxT=entropy, **loss_kwargs)
