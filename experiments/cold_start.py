@@ -25,21 +25,21 @@ CoTs, R1-Zero outputs made readable, and human post-processing; format
 
 import ml_collections
 
+from experiments import common
 from experiments import zero
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  args = zero._parse(arg)  # pylint: disable=protected-access
-  runlocal = 'runlocal' in args
-  rl_cfg = zero.get_config(arg)  # model / eval / mesh sections are shared
-  real = bool(rl_cfg.model.preset)
+  args = zero.parse(arg)             # zero.py's arguments
+  real = common.is_real(args.model)
 
   c = ml_collections.ConfigDict()
   c.stage = 'sft'
   c.seed = 0
 
-  # Model: the base checkpoint (HF directory, GGUF file, or a stage's workdir)
-  c.model = rl_cfg.model
+  # Model: the base checkpoint (HF directory, GGUF file, or a stage's
+  # workdir); by default zero.py's tiny base (common.model_section).
+  c.model = common.model_section(args.model)
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ''              # '' = the checkpoint's own
 
@@ -48,41 +48,39 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.source = 'cold_start'       # | 'jsonl' (data.path: a file or the
   #                                    workdir of a rejection_sampling stage)
   c.data.path = ''
-  data = args.get('data', '')
-  c.data.datasets = (('synthetic',) if not real else
-                     ((data,) if data in ('gsm8k', 'math') else ('gsm8k', 'math')))
+  c.data.datasets = ('synthetic',)
   c.data.local_dir = ''              # raw jsonl files (else $R1JAX_DATA_DIR)
-  c.data.template = rl_cfg.data.template
+  c.data.template = 'r1_zero_short'  # zero.py's
   # Synthetic traces (datasets='synthetic'): problems as in experiments/zero.py
-  c.data.tasks = tuple(rl_cfg.data.tasks)
-  c.data.difficulty = rl_cfg.data.difficulty
+  c.data.tasks = ('arithmetic',)
+  c.data.difficulty = ml_collections.ConfigDict(common.tiny_difficulty())
   c.data.num_train = 2000            # cold-start examples ("a few thousand")
   c.data.languages = ml_collections.ConfigDict(
-      {'en': 0.5, 'ru': 0.5} if not real else {})  # prompt languages
+      {'en': 0.5, 'ru': 0.5})        # prompt languages
   c.data.p_mixed = 0.5               # English connectives in non-English traces
   c.data.num_eval_docs = 64          # held-out examples for the eval loss
-  c.data.seq_len = 192 if not real else 2048  # tokens per row
+  c.data.seq_len = 192               # tokens per row
   c.data.pack = True
   c.data.loss_on_prompt = False      # loss on the completion only
 
   # Optimisation
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 150 if not runlocal else 4
-  c.train.batch_size = 16 if not real else 32
-  c.train.grad_accum = 1 if not real else 4
-  c.train.lr = 1e-3 if not real else 1e-5
-  c.train.warmup_steps = 10 if not runlocal else 1
+  c.train.steps = 150
+  c.train.batch_size = 16
+  c.train.grad_accum = 1
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 10
   c.train.min_lr_ratio = 0.1
   c.train.weight_decay = 0.0
   c.train.b1 = 0.9
   c.train.b2 = 0.95
   c.train.clip_norm = 1.0
-  c.train.log_every = 10 if not runlocal else 1
-  c.train.eval_every = 50 if not runlocal else 4
+  c.train.log_every = 10
+  c.train.eval_every = 50
   c.train.eval_batches = 4
   c.train.sample_every = 0           # held-out eval below shows samples
   c.train.sample_tokens = 64
-  c.train.checkpoint_every = 50 if not runlocal else 2
+  c.train.checkpoint_every = 50
   c.train.keep_checkpoints = 2
 
   # Token-level distillation (r1jax/stages/sft.py), off while teacher='':
@@ -98,13 +96,41 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.export.hf = True
   c.export.hf_dir = ''               # '' = WORKDIR/hf (the next stage's input)
 
-  # Held-out evaluation at the end (a mixed-language test set by default)
-  c.eval = rl_cfg.eval
+  # Held-out evaluation at the end: zero.py's test set, in the prompt
+  # languages (a mixed-language test set by default).
+  c.eval = common.eval_section(dataset=zero.eval_dataset(args),
+                               max_new_tokens=96)
+  c.eval.ks = (1, 4)                 # unbiased pass@k reported
+  c.eval.greedy = True               # also greedy accuracy
   c.eval.languages = ml_collections.ConfigDict(dict(c.data.languages))
-  c.eval.max_new_tokens = rl_cfg.sampling.max_new_tokens if real else 96
-  if runlocal:
+
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+
+  if real:  # a real checkpoint: the GSM8K and MATH reference solutions
+    c.data.datasets = ((args.data,) if args.data in ('gsm8k', 'math')
+                       else ('gsm8k', 'math'))
+    c.data.template = 'r1_zero'
+    c.data.languages = ml_collections.ConfigDict()
+    c.data.seq_len = 2048
+    c.train.batch_size = 32
+    c.train.grad_accum = 4
+    c.train.lr = 1e-5
+    c.eval.num_problems = 500        # zero.py's evaluation of a real model
+    c.eval.temperature = 0.6
+    c.eval.top_p = 0.95
+    c.eval.max_new_tokens = 1024
+    c.eval.template = 'r1_zero'
+    c.eval.batch_size = 64
+    c.eval.languages = ml_collections.ConfigDict()
+
+  if args.runlocal:
+    c.model.pretrain_arg = 'runlocal'
     c.data.num_train = 64
+    c.train.steps = 4
+    c.train.warmup_steps = 1
+    c.train.log_every = 1
+    c.train.eval_every = 4
+    c.train.checkpoint_every = 2
     c.eval.num_problems = 16
     c.eval.max_new_tokens = 48
-  c.mesh = rl_cfg.mesh
   return c

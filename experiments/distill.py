@@ -29,16 +29,18 @@ distillation beat large-scale RL on the same student.
 import ml_collections
 
 from experiments import cold_start
+from experiments import common
 from experiments import pretrain_tiny
 from experiments import reasoning_rl
 from experiments import rejection
+from experiments import zero
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  parts = [p for p in arg.split(',') if p]
-  compare = 'compare' in parts
-  arg = ','.join(p for p in parts if p != 'compare')
-  runlocal = 'runlocal' in parts
+  args = common.parse_arg(arg, compare=False, **zero.ARGS)
+  compare, runlocal = args.compare, args.runlocal
+  # The stages' argument: zero.py's (runlocal, model=, data=).
+  arg = common.pack_arg(**{k: args[k] for k in zero.ARGS})
   c = ml_collections.ConfigDict()
   c.order = ('teacher_traces', 'student_base', 'student_sft') + (
       ('student_rl',) if compare else ())
@@ -51,7 +53,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.teacher_traces.sampling.max_new_tokens = rl.sampling.max_new_tokens
   c.teacher_traces.sampling.max_prompt_tokens = rl.sampling.max_prompt_tokens
 
-  c.student_base = pretrain_tiny.get_config('runlocal' if runlocal else '')
+  c.student_base = pretrain_tiny.get_config(common.pack_arg(runlocal=runlocal))
   c.student_base.model.overrides = ml_collections.ConfigDict({'num_layers': 2})
   c.student_base.tokenizer.path = rl.model.hf_path  # the teacher's tokenizer
   c.student_base.export.hf_dir = ''   # WORKDIR/hf, not the shared cache

@@ -21,10 +21,12 @@ import dataclasses
 
 import ml_collections
 
+from experiments import common
+
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   from r1jax.data.corpus import CorpusConfig  # pylint: disable=g-import-not-at-top
-  runlocal = arg == 'runlocal'
+  runlocal = common.parse_arg(arg, runlocal=False).runlocal
   c = ml_collections.ConfigDict()
   c.stage = 'sft'
   c.seed = 0
@@ -71,8 +73,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       # next step's operands are then local, not the k-th number of the
       # prompt, which a 4-layer model retrieves unreliably.
       restate=True,
-      difficulty={'arithmetic': {'num_operands': (2, 4), 'max_digits': 1,
-                                 'operators': '+-'}},
+      difficulty=common.tiny_difficulty(),
   )
   c.data.corpus = ml_collections.ConfigDict(dataclasses.asdict(corpus))
 
@@ -134,19 +135,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # End-of-run evaluation on held-out problems (R1-Zero template). The
   # ability check below samples the same problems and reports pass@1, format
   # and length too, so the full run skips this one (num_problems 0).
-  c.eval = ml_collections.ConfigDict()
-  c.eval.dataset = 'synthetic'
-  c.eval.split = 'test'
-  c.eval.tasks = ('arithmetic',)
-  # Difficulty knobs per task for the held-out problems (default: the corpus').
-  c.eval.difficulty = ml_collections.ConfigDict()
-  c.eval.num_problems = 0 if not runlocal else 32
-  c.eval.num_samples = 4         # samples per problem; pass@1 averages them
-  c.eval.temperature = 1.0       # the RL sampling temperature of R1-Zero
-  c.eval.top_p = 1.0
-  c.eval.max_new_tokens = 128
-  c.eval.template = 'r1_zero_short'
-  c.eval.reward = ''             # '' = the task's own reward
-  c.eval.batch_size = 256
-  c.eval.seed = 1234
+  c.eval = common.eval_section(
+      num_problems=0 if not runlocal else 32,
+      max_new_tokens=128)
   return c

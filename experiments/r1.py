@@ -21,11 +21,11 @@ import ml_collections
 from experiments import cold_start
 from experiments import reasoning_rl
 from experiments import rejection
-
+from experiments import zero
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  runlocal = 'runlocal' in arg
+  runlocal = zero.parse(arg).runlocal  # each stage's config parses `arg` too
   c = ml_collections.ConfigDict()
   c.order = ('cold_start', 'reasoning_rl', 'rejection', 'sft', 'final_rl')
 

@@ -23,9 +23,9 @@ from experiments import zero
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  args = zero.parse(arg)
   c = zero.get_config(arg)
   real = bool(c.model.preset)
-  runlocal = 'runlocal' in arg
   # The checkpoint to start from: the cold-start stage's workdir (or its HF
   # directory). The default, the tiny base, has never seen a Russian trace.
   c.model.pretrain_if_missing = not real
@@ -38,9 +38,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.data.languages = ml_collections.ConfigDict({'en': 0.5, 'ru': 0.5})
     c.eval.languages = ml_collections.ConfigDict({'en': 0.5, 'ru': 0.5})
     # Russian connectives are two byte-level tokens per letter.
-    c.sampling.max_new_tokens = 96 if not runlocal else 48
+    c.sampling.max_new_tokens = 96 if not args.runlocal else 48
     c.sampling.max_prompt_tokens = 64
     c.eval.max_new_tokens = c.sampling.max_new_tokens
-    c.train.steps = 60 if not runlocal else 4
-    c.eval.every = 30 if not runlocal else 0
+    c.train.steps = 60 if not args.runlocal else 4
+    c.eval.every = 30 if not args.runlocal else 0
   return c

