@@ -19,7 +19,11 @@ setuptools.setup(
     long_description=(_HERE / 'README.md').read_text(),
     long_description_content_type='text/markdown',
     python_requires='>=3.11',
-    packages=setuptools.find_packages(include=['r1jax', 'r1jax.*']),
+    # experiments/ ships too: the entry points read its configs (the config
+    # checks take their schema from them, the tiny base's pretraining config
+    # is experiments/pretrain_tiny.py), so a plain `pip install .` runs.
+    packages=setuptools.find_packages(
+        include=['r1jax', 'r1jax.*', 'experiments']),
     install_requires=_requirements('requirements.txt'),
     extras_require={
         'test': [

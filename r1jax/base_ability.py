@@ -22,14 +22,17 @@ exported weights (`ABILITY_FILE`), the GRPO stage prints them at start and
 refuses a cached tiny base whose check failed.
 """
 
+import hashlib
 import json
 import pathlib
 from typing import Any, Mapping, Sequence
 
+import ml_collections
 import numpy as np
 
 from r1jax import evaluate
 from r1jax import reasoning_stats
+from r1jax.data import corpus
 
 ABILITY_FILE = 'base_ability.json'
 
@@ -120,3 +123,34 @@ def load(directory) -> dict[str, Any] | None:
   if not path.is_file():
     return None
   return json.loads(path.read_text())
+
+
+# ================================================= what made a base
+
+# Pretraining fields that do not change the weights: left out of the key.
+_NOT_IN_KEY = ('export', 'mesh', 'train.log_every', 'train.checkpoint_every',
+               'train.keep_checkpoints', 'train.sample_every',
+               'train.sample_tokens', 'train.eval_every', 'train.eval_batches',
+               'eval.batch_size')
+
+
+def base_key(pre: ml_collections.ConfigDict) -> str:
+  """'seed<S>-<hash>' of a pretraining config: its seed and a hash of every
+  field that changes the weights, with the corpus version (the key of the
+  tiny-base cache, r1jax/tiny_base.py)."""
+  d = json.loads(pre.to_json_best_effort(sort_keys=True))
+  for dotted in _NOT_IN_KEY:
+    node, *rest = dotted.split('.')
+    if rest:
+      d.get(node, {}).pop(rest[0], None)
+    else:
+      d.pop(node, None)
+  blob = json.dumps([corpus.CORPUS_VERSION, d], sort_keys=True)
+  digest = hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()
+  return f'seed{pre.seed}-{digest}'
+
+
+def made_by(pre: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What the ability record says made a base (checked on reuse)."""
+  return {'base_key': base_key(pre), 'seed': int(pre.seed),
+          'corpus_version': corpus.CORPUS_VERSION}

@@ -8,7 +8,7 @@ training workdir.
 A workdir gives its finished stage's export (WORKDIR/hf, or the config's
 export.hf_dir), else the params of its latest orbax checkpoint on the model
 its run_config.json describes (that run's base checkpoint or preset, and its
-tokenizer). Everything else goes through `common.load_model_and_tokenizer`.
+tokenizer). Everything else goes through `loading.load_model_and_tokenizer`.
 """
 
 import dataclasses
@@ -18,13 +18,12 @@ from typing import Any
 import jax
 import ml_collections
 
+import orbax.checkpoint as ocp
+
 from r1jax import checkpoint as ckpt_lib
-from r1jax.stages import common
-from r1jax.stages import run_records
-
-
-class CheckpointError(ValueError):
-  """The path is no loadable checkpoint; the message says why, in one line."""
+from r1jax.errors import CheckpointError
+from r1jax.run import loading
+from r1jax.run import records as run_records
 
 
 @dataclasses.dataclass
@@ -62,7 +61,7 @@ def checkpoint_kind(path: pathlib.Path) -> str:
 
 
 def _source_config(dtype: str, hf_path: str = '', gguf_path: str = ''):
-  """The `model` / `tokenizer` sections that common.load_model_and_tokenizer
+  """The `model` / `tokenizer` sections that loading.load_model_and_tokenizer
   reads, for a checkpoint given on the command line."""
   return ml_collections.ConfigDict({
       'seed': 0,
@@ -84,7 +83,7 @@ def load(checkpoint: str | pathlib.Path, mesh, dtype: str = '',
   if kind != 'workdir':
     config = _source_config(dtype or 'float32', **(
         {'gguf_path': str(path)} if kind == 'gguf' else {'hf_path': str(path)}))
-    cfg, graphdef, params, tok = common.load_model_and_tokenizer(
+    cfg, graphdef, params, tok = loading.load_model_and_tokenizer(
         config, path, mesh)
     return LoadedModel(cfg, graphdef, params, tok, kind, str(path), None)
 
@@ -99,7 +98,7 @@ def load(checkpoint: str | pathlib.Path, mesh, dtype: str = '',
   finished = run_records.read_done(path) is not None
   if (exported / 'config.json').is_file() and (finished or latest is None):
     config = _source_config(dtype or 'float32', hf_path=str(exported))
-    cfg, graphdef, params, tok = common.load_model_and_tokenizer(
+    cfg, graphdef, params, tok = loading.load_model_and_tokenizer(
         config, exported, mesh)
     return LoadedModel(cfg, graphdef, params, tok, kind, str(exported), None)
   if latest is None:
@@ -120,11 +119,10 @@ def _restore_workdir(path: pathlib.Path, run, step: int, dtype: str, mesh
   and tokenizer; only 'params' is read from the checkpoint, the optimizer
   state, reference params and data position are skipped.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   run.model.remat = False
   if dtype:
     run.model.dtype = dtype
-  cfg, graphdef, params, tok = common.load_model_and_tokenizer(run, path, mesh)
+  cfg, graphdef, params, tok = loading.load_model_and_tokenizer(run, path, mesh)
   ckpt_dir = path / 'checkpoints'
   saved = ocp.v1.metadata(ckpt_dir / str(step)).metadata
   if 'params' not in saved:

@@ -46,19 +46,17 @@ import numpy as np
 
 from r1jax import checkpoint_source
 from r1jax import evaluate
-from r1jax import generate
 from r1jax import parallel
-from r1jax.sampling import Sampler
-from r1jax.stages import common
+from r1jax.data import synthetic
+from r1jax.data import templates
+from r1jax.errors import EvalError
+from r1jax.run import console
+from r1jax.run import loading
 
 MATH_SETS = ('gsm8k', 'math500', 'aime24', 'amc23')  # test splits
 KNOWN_DATASETS = MATH_SETS + ('synthetic',)
 SYNTHETIC_SEED = 1234  # the held-out seed of the experiment configs
 _DTYPES = ('float32', 'bfloat16', 'float16')
-
-
-class EvalError(ValueError):
-  """Bad input; its message is the one line the command prints."""
 
 
 # ===================================================================== data
@@ -79,7 +77,6 @@ def dataset_records(name: str, *, limit: int = 0, data_dir: str = '',
                     synthetic_problems: int = 200) -> list[dict]:
   """The first `limit` (0: all) test problems of data set `name`."""
   if name == 'synthetic':
-    from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
     tasks = list(synthetic_tasks) or synthetic.TASKS.names()
     per_task = -(-synthetic_problems // len(tasks))
     by_task = [synthetic.generate(t, per_task, seed=SYNTHETIC_SEED,
@@ -115,7 +112,7 @@ class Progress:
 
   def advance(self, n: int, label: str, metrics: dict[str, Any]) -> None:
     self.done += n
-    line = label + ': ' + common.progress_line(
+    line = label + ': ' + console.progress_line(
         self.done, self.total, time.perf_counter() - self.t0, self.done,
         metrics, [('pass@1', 'pass@1')])
     tenth = 10 * self.done // max(self.total, 1)
@@ -126,39 +123,6 @@ class Progress:
       self.stream.write(line + '\n')
     self._tenth = tenth
     self.stream.flush()
-
-
-def _merge(parts: Sequence[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-  """Stats of disjoint problem sets, as if scored together.
-
-  Every float metric is a mean over problems (k samples each), so the union's
-  value is the problem-weighted mean of the parts'.
-  """
-  total = sum(n for n, _ in parts)
-  keys = [k for k, v in parts[0][1].items() if isinstance(v, float)]
-  out: dict[str, Any] = {
-      k: sum(n * s[k] for n, s in parts) / total for k in keys}
-  out['num_problems'] = total
-  out['num_samples'] = parts[0][1]['num_samples']
-  out['samples'] = [t for _, s in parts for t in s['samples']][:4]
-  return out
-
-
-def _score_in_batches(sampler, params, tokenizer, records, *, label: str,
-                      progress: Progress, num_samples: int, batch_size: int,
-                      seed: int, **kw) -> dict[str, Any]:
-  """evaluate_problems over `records`, one sampler batch per call so the
-  progress bar moves; seeds as in one call over all of them."""
-  per_call = max(1, batch_size // num_samples)
-  parts = []
-  for start in range(0, len(records), per_call):
-    chunk = records[start:start + per_call]
-    stats = evaluate.evaluate_problems(
-        sampler, params, tokenizer, chunk, num_samples=num_samples,
-        batch_size=batch_size, seed=seed + start, **kw)
-    parts.append((len(chunk), stats))
-    progress.advance(len(chunk), label, _merge(parts))
-  return _merge(parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,32 +140,20 @@ class Settings:
 def evaluate_dataset(sampler, params, tokenizer, records: Sequence[dict],
                      s: Settings, *, label: str, progress: Progress
                      ) -> dict[str, Any]:
-  """Scores of one data set; a mix of synthetic tasks is scored task by task
-  (each with its own reward) and also reported per task ('by_task')."""
-  groups: dict[str, list[dict]] = {}
-  for r in records:
-    groups.setdefault(r.get('task') or 'math', []).append(r)
+  """Scores of one data set (`evaluate.evaluate_model`): a mix of synthetic
+  tasks is scored task by task, each with its own reward, and also reported
+  per task ('by_task')."""
   k = s.num_samples
-  parts = []
-  for reward, recs in groups.items():
-    common_kw = dict(template=s.template, max_new_tokens=s.max_new_tokens,
-                     accuracy_reward=reward, batch_size=s.batch_size,
-                     label=label, progress=progress)
-    stats = _score_in_batches(
-        sampler, params, tokenizer, recs, num_samples=k,
-        temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-        ks=(k,) if k > 1 else (), **common_kw)
-    if s.greedy and s.temperature == 0:
-      stats['greedy_accuracy'] = stats['pass@1']
-    elif s.greedy:
-      stats['greedy_accuracy'] = _score_in_batches(
-          sampler, params, tokenizer, recs, num_samples=1, temperature=0.0,
-          top_p=1.0, seed=s.seed, **common_kw)['pass@1']
-    parts.append((reward, len(recs), stats))
-  out = _merge([(n, st) for _, n, st in parts])
-  if len(parts) > 1:
-    out['by_task'] = {task: {**evaluate.summarize(st), 'num_problems': n}
-                      for task, n, st in parts}
+  stats = evaluate.evaluate_model(
+      sampler, params, tokenizer, records, template=s.template,
+      num_samples=k, temperature=s.temperature, top_p=s.top_p,
+      max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=s.seed,
+      ks=(k,) if k > 1 else (), greedy=s.greedy,
+      on_batch=lambda n, p: progress.advance(n, label, {'pass@1': p}))
+  out = {key: v for key, v in stats.items() if '/' not in key}
+  if len(out['by_task']) == 1:
+    del out['by_task']
+  out['samples'] = out['samples'][:4]
   return out
 
 
@@ -218,7 +170,6 @@ def evaluate_checkpoint(checkpoint: str, datasets: Sequence[str],
   if jax.process_count() > 1:
     raise EvalError('the evaluation command runs in a single process')
   datasets = check_datasets(datasets)
-  from r1jax.data import templates  # pylint: disable=g-import-not-at-top
   known = templates.TEMPLATES.names()
   if settings.template not in known:
     raise EvalError(f'--template={settings.template!r} is not a prompt '
@@ -232,10 +183,9 @@ def evaluate_checkpoint(checkpoint: str, datasets: Sequence[str],
   log(f'{model.kind} checkpoint {model.source}: {model.cfg.num_layers} layers,'
       f' vocab {model.tokenizer.vocab_size}; ' + ', '.join(
           f'{n} {len(r)} problems' for n, r in records.items()))
-  sampler = Sampler(model.graphdef, model.cfg, pad_id=model.tokenizer.pad_id,
-                    eos_ids=generate.stop_ids(model.tokenizer),
-                    prompt_buckets=generate.prompt_buckets(
-                        model.cfg.max_position_embeddings), mesh=mesh)
+  sampler = loading.make_sampler(
+      model.graphdef, model.cfg, model.tokenizer, mesh,
+      loading.prompt_buckets(model.cfg.max_position_embeddings))
   passes = 1 + (settings.greedy and settings.temperature > 0)
   progress = Progress(passes * sum(len(r) for r in records.values()),
                       progress_stream)
@@ -391,7 +341,6 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     datasets = check_datasets(split(args.datasets))
     checkpoint_source.checkpoint_kind(pathlib.Path(args.checkpoint))
     if 'synthetic' in datasets and args.synthetic_tasks:
-      from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
       bad = [t for t in split(args.synthetic_tasks) if t not in synthetic.TASKS]
       if bad:
         raise EvalError(f'--synthetic_tasks: unknown task {", ".join(bad)}; '

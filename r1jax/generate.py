@@ -20,15 +20,12 @@ import sys
 from typing import Any, Sequence, TextIO
 
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax.model import gguf, hf
-from r1jax.sampling import FINISH_STOP, Sampler
+from r1jax.run import loading
+from r1jax.sampling import FINISH_STOP
 from r1jax.tokenizer import Tokenizer
-
-# Tokens that end an assistant turn or a document in common vocabularies.
-_END_TOKENS = ('<|im_end|>', '<|eot_id|>', '<|endoftext|>', '<|end_of_text|>',
-               '<|eom_id|>', '</s>', '<｜end▁of▁sentence｜>')
-
 
 def load_checkpoint(path: str | pathlib.Path, *, dtype: Any = None):
   """(cfg, graphdef, params, tokenizer) from a HF directory or a .gguf file.
@@ -48,40 +45,23 @@ def load_checkpoint(path: str | pathlib.Path, *, dtype: Any = None):
       f'{path} is neither a .gguf file nor a directory with config.json')
 
 
-def stop_ids(tokenizer: Tokenizer) -> list[int]:
-  """The tokenizer's eos plus every end-of-turn token its vocabulary has."""
-  ids = {tokenizer.token_id(t) for t in _END_TOKENS}
-  ids.add(tokenizer.eos_id)
-  return sorted(i for i in ids if i is not None)
-
-
-def prompt_buckets(max_len: int) -> tuple[int, ...]:
-  """Powers of two from 32 up to the model's context (at most 32768)."""
-  buckets, b = [], 32
-  while b < min(max_len, 32768):
-    buckets.append(b)
-    b *= 2
-  return tuple(buckets) + (min(max_len, 32768),)
-
-
 class Generator:
   """A loaded checkpoint plus sampler: text or chat turns in, text out."""
 
   def __init__(self, checkpoint, *, dtype: Any = None, **sampling):
     self.cfg, graphdef, self.params, self.tok = load_checkpoint(
         checkpoint, dtype=dtype)
-    self.sampler = Sampler(graphdef, self.cfg, pad_id=self.tok.pad_id,
-                           eos_ids=stop_ids(self.tok),
-                           prompt_buckets=prompt_buckets(
-                               self.cfg.max_position_embeddings))
+    self.sampler = loading.make_sampler(
+        graphdef, self.cfg, self.tok, None,
+        loading.prompt_buckets(self.cfg.max_position_embeddings))
     self.sampling = sampling
 
   def complete_ids(self, prompt_ids: Sequence[int], seed: int = 0) -> str:
     out = self.sampler.generate(self.params, [list(prompt_ids)], seed=seed,
                                 **self.sampling)
-    length, finish = int(out.lengths[0]), int(out.finish_reason[0])
-    keep = length - (1 if finish == FINISH_STOP else 0)
-    return self.tok.decode(out.tokens[0, :keep].tolist())
+    return self.tok.decode_completions(
+        np.asarray(out.tokens), np.asarray(out.lengths),
+        np.asarray(out.finish_reason) == FINISH_STOP)[0]
 
   def complete(self, text: str, seed: int = 0) -> str:
     return self.complete_ids(self.tok.encode(text), seed)

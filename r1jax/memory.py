@@ -49,26 +49,22 @@ import jax
 import jax.numpy as jnp
 
 from r1jax.model.config import ModelConfig
+from r1jax.sampling import sampler as sampler_lib
+from r1jax.errors import MemoryBudgetError
 
 _GIB = 2 ** 30
 KNOBS = ('rl.group_size', 'rl.prompts_per_step', 'rl.num_minibatches',
          'rl.grad_accum', 'sampling.max_new_tokens', 'model.remat')
 
 
-class MemoryBudgetError(ValueError):
-  """The estimated peak of a config exceeds the device memory."""
-
-
 def _budget_bucket(n: int) -> int:
-  # The sampler's completion buckets (imported lazily: jax-heavy module).
-  from r1jax.sampling.sampler import budget_bucket  # pylint: disable=g-import-not-at-top
-  return budget_bucket(n)
+  return sampler_lib.budget_bucket(n)
 
 
 def _segment_ends(budget: int, segments: int | None) -> tuple[int, ...]:
   """The sampler's decode segments (None: its default count)."""
-  from r1jax.sampling import sampler  # pylint: disable=g-import-not-at-top
-  return sampler.segment_ends(budget, segments or sampler.DECODE_SEGMENTS)
+  return sampler_lib.segment_ends(budget,
+                                  segments or sampler_lib.DECODE_SEGMENTS)
 
 
 # ================================================================ components
@@ -81,7 +77,7 @@ def param_bytes(cfg: ModelConfig) -> int:
 
 def adamw_bytes(cfg: ModelConfig) -> int:
   """AdamW's first and second moments (parameter dtype) and its counters
-  (`stages.common.make_optimizer`: clip -> adamw with a schedule)."""
+  (`run.train_state.make_optimizer`: clip -> adamw with a schedule)."""
   return 2 * param_bytes(cfg) + 2 * 4
 
 
@@ -246,26 +242,6 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
 
 
 # ================================================================ the check
-
-
-def model_config_of(config) -> ModelConfig:
-  """The run's ModelConfig from its config alone (no weights loaded)."""
-  import json  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  from r1jax.model import config as model_config  # pylint: disable=g-import-not-at-top
-  mc = config.model
-  overrides = dict(dtype=jnp.dtype(mc.dtype),
-                   param_dtype=jnp.dtype(mc.param_dtype), remat=bool(mc.remat))
-  if mc.hf_path:
-    from r1jax.model import hf  # pylint: disable=g-import-not-at-top
-    from r1jax.stages.run_records import resolve_hf_path  # pylint: disable=g-import-not-at-top
-    path = pathlib.Path(resolve_hf_path(mc.hf_path)) / 'config.json'
-    return hf.config_from_hf(json.loads(path.read_text()), **overrides)
-  if mc.gguf_path:
-    from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
-    return gguf.config_from_gguf(mc.gguf_path).replace(**overrides)
-  return model_config.get_config(mc.preset, **dict(mc.get('overrides', {})),
-                                 **overrides)
 
 
 def device_memory_limit(device=None) -> int | None:

@@ -79,20 +79,19 @@ class MetricWriter:
       self._jsonl.close()
 
 
-def progress_line(step: int, total: int, metrics: Mapping[str, Any],
-                  keys: tuple[str, ...]) -> str:
-  """'step 120/1000 | loss 1.234 | tokens/s 8,200' for the console."""
-  parts = [f'step {step}/{total}']
-  for k in keys:
-    if k in metrics:
-      x = _scalar(metrics[k])
-      if x is None:
-        continue
-      parts.append(f'{k} {x:,.0f}' if abs(x) >= 1000 else f'{k} {x:.4g}')
-  return ' | '.join(parts)
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  """The rows of a metrics.jsonl file (for plots and tests)."""
+  """The rows (objects) of a jsonl file a run writes (metrics.jsonl,
+  completions.jsonl, samples.jsonl); [] when there is none. A line cut by a
+  kill mid-write is skipped (a resumed run writes its step again)."""
+  if not os.path.isfile(path):
+    return []
+  rows = []
   with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict):
+        rows.append(row)
+  return rows

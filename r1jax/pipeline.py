@@ -14,7 +14,7 @@ its data (data.path='@rejection').
 Restarting the same command skips the stages that finished (their
 WORKDIR/<name>/done.json exists) and resumes the one that was killed from its
 last checkpoint. Before any stage runs, every stage's config is checked (keys,
-types, values; r1jax/stages/config_checks.py) and compared with the run its
+types, values; r1jax/config_checks.py) and compared with the run its
 sub-workdir holds: a stage whose config changed is refused, or with
 --overwrite moved aside (with every later stage's run, which it fed) to
 WORKDIR/<name>/overwritten-<time>/ and run again. Files a stage reads are
@@ -31,8 +31,12 @@ from typing import Any
 from absl import app, flags, logging
 import ml_collections
 
+from r1jax import config_checks
+from r1jax import errors
+from r1jax import tiny_base
 from r1jax import train
-from r1jax.stages import tiny_base
+from r1jax.run import console
+from r1jax.run import records as run_records
 
 # --config and --workdir are r1jax.train's flags (one config-file flag per
 # process); the pipeline adds its own.
@@ -45,27 +49,26 @@ def stage_dirs(config, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """The pipeline's own structure: order, stage sections, '@' references."""
-  from r1jax.stages.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if 'order' not in config or not config.order:
-    raise ConfigError('a pipeline config needs config.order, the tuple of its '
+    raise errors.ConfigError('a pipeline config needs config.order, the tuple of its '
                       'stage names')
   names = list(config.order)
   for i, name in enumerate(names):
     if name not in config:
-      raise ConfigError(f'config.order names {name!r} but the config has no '
+      raise errors.ConfigError(f'config.order names {name!r} but the config has no '
                         f'config.{name} (the stage\'s own config)')
     if 'stage' not in config[name]:
-      raise ConfigError(f'config.{name} has no `stage` field; is it a stage '
+      raise errors.ConfigError(f'config.{name} has no `stage` field; is it a stage '
                         'config?')
     for key, value in _strings(config[name]):
       if value.startswith('@'):
         ref = value[1:]
         if ref not in names[:i]:
-          raise ConfigError(
+          raise errors.ConfigError(
               f'config.{name}.{key}={value!r} refers to stage {ref!r}, which '
               f'is not an earlier stage; earlier: {names[:i]}')
   if len(set(names)) != len(names):
-    raise ConfigError(f'config.order={tuple(names)} repeats a stage name')
+    raise errors.ConfigError(f'config.order={tuple(names)} repeats a stage name')
   for key in config.keys():  # stage sections left out of order may stay
     if key != 'order' and key not in names and not (
         isinstance(config[key], ml_collections.ConfigDict)
@@ -74,7 +77,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       hint = (f'did you mean config.{close[0]}?' if close else
               f'the keys of a pipeline config are order and its stages '
               f'{names}')
-      raise ConfigError(f'unknown key config.{key}; {hint}')
+      raise errors.ConfigError(f'unknown key config.{key}; {hint}')
 
 
 def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -82,7 +85,6 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   """Every stage's config (keys, types, values) and every stage's workdir,
   before any stage runs. A stage whose workdir holds a run of another config
   is refused; with `overwrite` it and every later stage are moved aside."""
-  from r1jax.stages import config_checks, errors, run_records  # pylint: disable=g-import-not-at-top
   validate_config(config)
   dirs = stage_dirs(config, pathlib.Path(workdir))
   for name in config.order:
@@ -150,7 +152,6 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         only: tuple[str, ...] = (), overwrite: bool = False) -> dict[str, Any]:
   """Checks every stage (see `check`), then runs the stages in order;
   returns {stage: its final metrics}."""
-  from r1jax.stages import common, errors, run_records  # pylint: disable=g-import-not-at-top
   for name in only:
     if name not in config.order:
       raise errors.ConfigError(
@@ -182,29 +183,28 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   (workdir / 'pipeline.json').write_text(
       json.dumps(summary, indent=1, default=str), encoding='utf-8')
   print(stage_table(config, results))
-  print(f'=== pipeline done in {common.format_seconds(summary["wall_time_s"])}'
+  print(f'=== pipeline done in {console.format_seconds(summary["wall_time_s"])}'
         f' (the stages\' own wall time in all: '
-        f'{common.format_seconds(summary["stages_wall_time_s"])}); summary in '
+        f'{console.format_seconds(summary["stages_wall_time_s"])}); summary in '
         f'{workdir / "pipeline.json"}')
   return results
 
 
-# Columns of the end-of-run table: (header, keys tried in order). SFT stages
-# record held-out metrics unprefixed, GRPO stages under eval/; a
-# rejection_sampling stage has no held-out eval (its sample pass@1 and the
-# number of examples it kept are shown instead).
+# Columns of the end-of-run table: (header, done.json key). Every training
+# stage records its held-out metrics under eval/; a rejection_sampling stage
+# has no held-out eval (its sample pass@1 and the number of examples it kept
+# are shown instead).
 _COLUMNS = (
-    ('pass@1', ('eval/pass@1', 'pass@1')),
-    ('format', ('eval/format_rate', 'format_rate')),
-    ('language', ('eval/language_consistency', 'language_consistency')),
-    ('length', ('eval/mean_length', 'mean_length')),
+    ('pass@1', 'eval/pass@1'),
+    ('format', 'eval/format_rate'),
+    ('language', 'eval/language_consistency'),
+    ('length', 'eval/mean_length'),
 )
 
 
 def stage_table(config: ml_collections.ConfigDict,
                 results: dict[str, dict[str, Any]]) -> str:
   """A markdown table of each finished stage's held-out metrics and wall time."""
-  from r1jax.stages import common  # pylint: disable=g-import-not-at-top
   head = ['stage', 'kind'] + [c for c, _ in _COLUMNS] + ['wall time', 'note']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for name in config.order:
@@ -212,12 +212,12 @@ def stage_table(config: ml_collections.ConfigDict,
     if r is None:
       continue
     cells = [name, config[name].stage]
-    for _, keys in _COLUMNS:
-      v = next((r[k] for k in keys if isinstance(r.get(k), (int, float))), None)
+    for _, key in _COLUMNS:
+      v = r.get(key) if isinstance(r.get(key), (int, float)) else None
       held_out = config[name].stage != 'rejection_sampling'
       cells.append(f'{v:.3f}' if v is not None and held_out else '')
     wall = r.get('wall_time_s')
-    cells.append(common.format_seconds(wall) if wall is not None else '')
+    cells.append(console.format_seconds(wall) if wall is not None else '')
     if config[name].stage == 'rejection_sampling':
       cells.append(f'kept {r.get("kept", 0)} of {r.get("sampled", 0)} '
                    f'samples (sample pass@1 {r.get("pass@1", 0.0):.3f})')
@@ -228,7 +228,6 @@ def stage_table(config: ml_collections.ConfigDict,
 
 
 def main(argv):
-  from r1jax.stages import errors  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:

@@ -23,6 +23,10 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 _BOS_CANDIDATES = ('<|begin_of_text|>', '<s>', '<|endoftext|>', '<bos>')
 _EOS_CANDIDATES = ('<|im_end|>', '<|eot_id|>', '<|endoftext|>', '</s>', '<eos>',
                    '<|end_of_text|>')
+# Tokens that end an assistant turn or a document in common vocabularies: a
+# completion stops at any of them that the vocabulary has (`stop_ids`).
+END_TOKENS = ('<|im_end|>', '<|eot_id|>', '<|endoftext|>', '<|end_of_text|>',
+              '<|eom_id|>', '</s>', '<｜end▁of▁sentence｜>')
 _PAD_CANDIDATES = ('<|pad|>', '<pad>', '<|endoftext|>', '<|finetune_right_pad_id|>')
 
 # Chat formats for tokenizers without a Jinja chat template of their own.
@@ -109,6 +113,21 @@ class Tokenizer:
 
   def token_id(self, token: str) -> int | None:
     return self.tok.token_to_id(token)
+
+  def stop_ids(self) -> list[int]:
+    """The tokens a completion stops at, the one rule of every sampler
+    (training, evaluation, generation): eos plus each END_TOKENS entry the
+    vocabulary has."""
+    ids = {self.token_id(t) for t in END_TOKENS}
+    ids.add(self.eos_id)
+    return sorted(i for i in ids if i is not None)
+
+  def decode_completions(self, tokens_BxL, lengths_B, stopped_B) -> list[str]:
+    """The text of each sampled completion: its first lengths_B[i] tokens,
+    without the stop token that ended it (where stopped_B[i]), the one
+    decoding of every sampler caller."""
+    return [self.decode(t[:int(n) - bool(s)])
+            for t, n, s in zip(tokens_BxL, lengths_B, stopped_B)]
 
   def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
     ids = self.tok.encode(text, add_special_tokens=False).ids

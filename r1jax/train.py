@@ -7,7 +7,7 @@ r"""Entry point: one config, one command, every stage of the recipe.
 `config.stage` picks the trainer; each stage module exposes
 `validate_config(config)` and `train_and_evaluate(config, workdir) -> dict`
 of final metrics. Before the stage starts, the config is checked
-(r1jax/stages/config_checks.py): a bad key, type, value, file or workdir
+(r1jax/config_checks.py): a bad key, type, value, file or workdir
 stops the command with one line that names it and says what to do.
 
 A workdir remembers its run's config (WORKDIR/run_config.json): the same
@@ -16,20 +16,30 @@ moves the old run to WORKDIR/overwritten-<time>/ (nothing is deleted).
 """
 
 import difflib
-import importlib
 import os
+import pathlib
 import re
 import sys
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_parsers
+
+from r1jax import config_checks
+from r1jax import errors
+from r1jax import tiny_base
+from r1jax.run import checks
+from r1jax.stages import grpo
+from r1jax.stages import rejection
+from r1jax.stages import sft
 
 # Stage name -> module with validate_config(config) and
 # train_and_evaluate(config, workdir).
 STAGES = {
-    'sft': 'r1jax.stages.sft',
-    'grpo': 'r1jax.stages.grpo',
-    'rejection_sampling': 'r1jax.stages.rejection',
+    'sft': sft,
+    'grpo': grpo,
+    'rejection_sampling': rejection,
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -46,19 +56,17 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def get_stage(name: str):
   """The module implementing stage `name` (a clear error for unknown names)."""
-  from r1jax.stages import errors  # pylint: disable=g-import-not-at-top
   if name not in STAGES:
     close = difflib.get_close_matches(str(name), list(STAGES), n=1)
     hint = f'did you mean {close[0]!r}? ' if close else ''
     raise errors.ConfigError(f'config.stage={name!r} is not a known stage; '
                              f'{hint}known: {", ".join(sorted(STAGES))}')
-  return importlib.import_module(STAGES[name])
+  return STAGES[name]
 
 
 def check(config, workdir: str, overwrite: bool = False) -> None:
   """Every start-up check of a stage config, before anything loads or
   compiles (raises errors.ConfigError naming the key or file)."""
-  from r1jax.stages import config_checks, errors, tiny_base  # pylint: disable=g-import-not-at-top
   if 'stage' not in config:
     hint = (' it is a pipeline config (config.order): run it with python -m '
             'r1jax.pipeline' if 'order' in config else
@@ -72,8 +80,12 @@ def check(config, workdir: str, overwrite: bool = False) -> None:
 
 
 def run(config, workdir: str, overwrite: bool = False) -> dict:
-  """Checks `config` (see `check`), then runs or resumes its stage."""
+  """Checks `config` (see `check`), makes sure its base model exists (the
+  tiny base is pretrained first when the config asks for it and the cache
+  lacks it, r1jax/tiny_base.py), then runs or resumes its stage."""
   check(config, workdir, overwrite)
+  say = print if jax.process_index() == 0 else (lambda *_: None)
+  tiny_base.ensure(config, pathlib.Path(workdir), say)
   return get_stage(config.stage).train_and_evaluate(config, workdir)
 
 
@@ -88,8 +100,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     config = _config_file(argv)
     if match and config is not None:
       dotted, value, why = match.groups()
-      from r1jax.stages import common  # pylint: disable=g-import-not-at-top
-      current = common.config_get(config, dotted)
+      current = checks.config_get(config, dotted)
       message = (f'--config.{dotted}={value}: config.{dotted} takes '
                  f'{type(current).__name__} values (this config: {current!r}); '
                  f'{why}')
@@ -108,15 +119,13 @@ def _config_file(argv: list[str]):
       path = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
   if path is None:
     return None
-  from ml_collections.config_flags import config_flags as parsers  # pylint: disable=g-import-not-at-top
   try:
-    return parsers.ConfigFileFlagParser('config', lock_config=False).parse(path)
+    return config_parsers.ConfigFileFlagParser('config', lock_config=False).parse(path)
   except Exception:  # pylint: disable=broad-exception-caught
     return None  # absl reports the config file's own error
 
 
 def _override_error(argv: list[str]) -> str | None:
-  from r1jax.stages import config_checks  # pylint: disable=g-import-not-at-top
   config = _config_file(argv)
   if config is None:
     return None
@@ -133,7 +142,6 @@ def _override_error(argv: list[str]) -> str | None:
 
 
 def main(argv):
-  from r1jax.stages import errors  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:

@@ -44,7 +44,8 @@ from r1jax import memory
 from r1jax import parallel
 from r1jax.model import config as model_config
 from r1jax.sampling import Sampler
-from r1jax.stages import common
+from r1jax.run import console
+from r1jax.run import train_state
 from r1jax.stages import grpo_update
 
 
@@ -141,10 +142,10 @@ def main(argv=None):
 
   # ------------------------------------------------------------ the programs
   graphdef, params = parallel.init_sharded(cfg, mesh, 0)
-  opt = common.make_optimizer(ml_collections.ConfigDict(dict(
+  opt = train_state.make_optimizer(ml_collections.ConfigDict(dict(
       lr=1e-6, warmup_steps=0, steps=1000, min_lr_ratio=1.0, clip_norm=1.0,
       b1=0.9, b2=0.99, weight_decay=0.1)))
-  state, _ = common.init_train_state(params, opt, 0, mesh)
+  state, _ = train_state.init_train_state(params, opt, 0, mesh)
   ref_params = grpo_update.copy_tree(state['params']) if args.beta else None
   sampler = Sampler(graphdef, cfg, pad_id=0, eos_ids=(),
                     prompt_buckets=(args.prompt_len,), mesh=mesh)
@@ -157,7 +158,7 @@ def main(argv=None):
                                           cfg.vocab_size)
   rng = np.random.default_rng(0)
   config = rl_config()
-  timer = common.Timer()
+  timer = console.Timer()
   steps = []
   for step in range(args.warmup + args.steps):
     t0 = time.perf_counter()

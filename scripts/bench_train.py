@@ -35,20 +35,20 @@ import numpy as np
 import bench_common
 from r1jax import parallel
 from r1jax.model import functional as fn
-from r1jax.stages import common
+from r1jax.run import train_state
 from r1jax.stages import grpo_update
 from r1jax.stages import sft
 
 
 def optimizer():
-  return common.make_optimizer(ml_collections.ConfigDict(dict(
+  return train_state.make_optimizer(ml_collections.ConfigDict(dict(
       lr=1e-4, warmup_steps=0, steps=1000, min_lr_ratio=1.0, clip_norm=1.0,
       b1=0.9, b2=0.99, weight_decay=0.1)))
 
 
 def fresh_state(params, opt, mesh):
   """The stages' train state on `mesh` (a copy: the step donates it)."""
-  return common.init_train_state(jax.tree.map(jnp.copy, params), opt, 0,
+  return train_state.init_train_state(jax.tree.map(jnp.copy, params), opt, 0,
                                  mesh)[0]
 
 

@@ -53,7 +53,8 @@ from r1jax import parallel
 from r1jax.model import functional as fn
 from r1jax.model import hf
 from r1jax.sampling import Sampler
-from r1jax.stages import common
+from r1jax.run import console
+from r1jax.run import train_state
 from r1jax.stages import grpo_rollout
 from r1jax.stages import grpo_update
 
@@ -136,16 +137,16 @@ def bench_r1jax(args, model_dir, records):
   sampler = Sampler(graphdef, cfg, pad_id=tok.pad_id, eos_ids=(),
                     prompt_buckets=(width,), mesh=mesh)
   rollout = grpo_rollout.Rollout(config, sampler, tok, _SameBatch(batch))
-  opt = common.make_optimizer(ml_collections.ConfigDict(dict(
+  opt = train_state.make_optimizer(ml_collections.ConfigDict(dict(
       lr=args.lr, warmup_steps=0, steps=1000, min_lr_ratio=1.0, clip_norm=1.0,
       b1=0.9, b2=0.999, weight_decay=0.0)))
-  state, _ = common.init_train_state(params, opt, 0, mesh)
+  state, _ = train_state.init_train_state(params, opt, 0, mesh)
   ref_params = grpo_update.copy_tree(state['params']) if args.beta else None
   update_fn = grpo_update.make_update_fn(
       graphdef, opt, loss_kwargs=loss_kwargs(args), num_iterations=1,
       num_minibatches=1, grad_accum=args.grad_accum, mesh=mesh)
   logprobs_fn = grpo_update.make_logprobs_fn(graphdef)
-  timer = common.Timer()
+  timer = console.Timer()
   key = jax.random.key(0)
   steps = []
   for step in range(args.warmup + args.steps):

@@ -22,7 +22,7 @@ from experiments import zero
 from r1jax import base_ability
 from r1jax import generate
 from r1jax.sampling import Sampler
-from r1jax.stages import common
+from r1jax.run import problems
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
   cfg, graphdef, params, tokenizer = generate.load_checkpoint(args.base)
   config = zero.get_config('')
   config.eval.num_problems = args.num_problems
-  records = common.eval_records(config)
+  records = problems.eval_records(config)
   sampler = Sampler(graphdef, cfg, pad_id=tokenizer.pad_id,
                     eos_ids=[tokenizer.eos_id])
   figures = base_ability.measure(

@@ -1,5 +1,5 @@
 """The tiny base's ability check, its keyed cache, drill documents and the
-reflection figures (r1jax/base_ability.py, r1jax/stages/tiny_base.py,
+reflection figures (r1jax/base_ability.py, r1jax/tiny_base.py,
 r1jax/reasoning_stats.py)."""
 
 import json
@@ -13,9 +13,10 @@ from experiments import zero
 from r1jax import base_ability
 from r1jax import reasoning_stats
 from r1jax.data import corpus
-from r1jax.stages import common
-from r1jax.stages import errors
-from r1jax.stages import tiny_base
+from r1jax.run import problems
+from r1jax.run import train_state
+from r1jax import errors
+from r1jax import tiny_base
 import grpo_helpers as H
 
 
@@ -92,7 +93,7 @@ def test_measure_sorts_samples_into_steps_and_direct(tmp_path):
   cfg, graphdef, params, tok = generate.load_checkpoint(base)
   config = zero.get_config('')
   config.eval.num_problems = 8
-  records = common.eval_records(config)
+  records = problems.eval_records(config)
   sampler = Sampler(graphdef, cfg, pad_id=tok.pad_id, eos_ids=[tok.eos_id])
   f = base_ability.measure(sampler, params, tok, records,
                            template='r1_zero_short', num_samples=2,
@@ -112,7 +113,7 @@ def test_measure_sorts_samples_into_steps_and_direct(tmp_path):
 def test_cache_key_follows_seed_and_weight_fields_only():
   c0 = zero.get_config('')
   assert tiny_base.BASE_KEY in c0.model.hf_path
-  key = lambda c: tiny_base.base_key(tiny_base.pretrain_config(c))
+  key = lambda c: base_ability.base_key(tiny_base.pretrain_config(c))
   c1 = zero.get_config('')
   c1.seed = 1
   assert key(c0).startswith('seed0-') and key(c1).startswith('seed1-')
@@ -123,10 +124,10 @@ def test_cache_key_follows_seed_and_weight_fields_only():
   same = tiny_base.pretrain_config(c0)
   same.train.log_every = 7       # not a weight field
   same.export.hf_dir = '/elsewhere'
-  assert tiny_base.base_key(same) == tiny_base.base_key(pre)
+  assert base_ability.base_key(same) == base_ability.base_key(pre)
   other = tiny_base.pretrain_config(c0)
   other.data.corpus.p_drill = 0.3
-  assert tiny_base.base_key(other) != tiny_base.base_key(pre)
+  assert base_ability.base_key(other) != base_ability.base_key(pre)
   tiny_base.resolve(c1)
   assert c1.model.hf_path.endswith(key(c1)) and '{' not in c1.model.hf_path
   tiny_base.resolve(c1)  # idempotent
@@ -138,7 +139,7 @@ def _cached_base(tmp_path, config, passed=True, key=None):
   path = pathlib.Path(config.model.hf_path)
   H.make_tiny_base(path)
   pre = tiny_base.pretrain_config(config)
-  made = tiny_base.made_by(pre)
+  made = base_ability.made_by(pre)
   if key:
     made['base_key'] = key
   base_ability.save(path, {'gap': 0.3 if passed else -0.02},
@@ -225,12 +226,11 @@ def test_restated_steps_carry_what_is_left():
 def test_ability_extensions_restart_the_lr_and_keep_the_main_schedule():
   import jax.numpy as jnp
   import optax
-  from r1jax.stages import common as common_lib
   c = pretrain_tiny.get_config('')
   tc, ab = c.train, c.ability
   lrs = {}
   for restarts in (None, ab):
-    opt = common_lib.make_optimizer(tc, restarts)
+    opt = train_state.make_optimizer(tc, restarts)
     params = {'w': jnp.zeros((2, 2))}
     state = opt.init(params)
     grads = {'w': jnp.ones((2, 2))}

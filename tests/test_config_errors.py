@@ -12,7 +12,9 @@ import pytest
 
 from experiments import cold_start, pretrain_tiny, r1, rejection, zero
 from r1jax import pipeline, train
-from r1jax.stages import common, config_checks, run_records
+from r1jax import config_checks
+from r1jax.run import console
+from r1jax.run import records as run_records
 
 import grpo_helpers as H
 
@@ -27,10 +29,10 @@ def base(tmp_path_factory):
 @pytest.fixture
 def no_compile():
   """Asserts the test compiled nothing (after its set-up)."""
-  common.CompileCounter.install()
-  before = common.CompileCounter.count()
+  console.CompileCounter.install()
+  before = console.CompileCounter.count()
   yield
-  assert common.CompileCounter.count() == before
+  assert console.CompileCounter.count() == before
 
 
 def _fails(config, workdir, error, needle: str, run=train.run):

@@ -10,7 +10,8 @@ from r1jax import metrics as metrics_lib
 from r1jax.model import config as model_config
 from r1jax.model import functional as fn
 from r1jax.rl import distill
-from r1jax.stages import common, distill_teacher, sft
+from r1jax.run import train_state
+from r1jax.stages import distill_teacher, sft
 import grpo_helpers
 
 
@@ -146,7 +147,7 @@ def _step_setup():
   make_teacher = lambda **kw: distill_teacher.Teacher(
       graphdef=t_graphdef, params=t_params, vocab_size=256,
       **{'kind': 'forward', 'weight': 0.5, 'temperature': 1.0, **kw})
-  opt = common.make_optimizer(pretrain_tiny.get_config('runlocal').train)
+  opt = train_state.make_optimizer(pretrain_tiny.get_config('runlocal').train)
   return graphdef, params, opt, make_teacher
 
 

@@ -78,6 +78,7 @@ class _FakeOut:
 
   def __init__(self, tokens, mask, lengths):
     self.tokens, self.mask, self.lengths = tokens, mask, lengths
+    self.finish_reason = np.ones_like(lengths)  # FINISH_LENGTH: no stop token
 
 
 class _ScriptedSampler:

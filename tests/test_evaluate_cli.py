@@ -21,8 +21,9 @@ from r1jax import evaluate
 from r1jax import evaluate_cli as cli
 from r1jax import parallel
 from r1jax.model import hf
-from r1jax.stages import common
-from r1jax.stages import run_records
+from r1jax.run import problems
+from r1jax.run import train_state
+from r1jax.run import records as run_records
 from r1jax.tokenizer import Tokenizer
 
 import grpo_helpers as H
@@ -73,7 +74,7 @@ def three_kinds(base_dir, tmp_path_factory):
   config = H.grpo_config(base_dir)
   run_records.write_run_config(config, workdir)
   mesh = parallel.make_mesh({'data': -1})
-  state, _ = common.init_train_state(params, optax.adam(1e-3), 0, mesh)
+  state, _ = train_state.init_train_state(params, optax.adam(1e-3), 0, mesh)
   with ckpt_lib.Checkpointer(workdir / 'checkpoints') as ckptr:
     ckptr.save(5, {**state, 'ref_params': state['params'],
                    'data_state': {'epoch': 1, 'order': np.arange(7)}},

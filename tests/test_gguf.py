@@ -365,7 +365,7 @@ def smollm2():
 
 def _greedy_answer(cfg, graphdef, params, tok, messages):
   sampler = Sampler(graphdef, cfg, pad_id=tok.pad_id,
-                    eos_ids=generate.stop_ids(tok))
+                    eos_ids=tok.stop_ids())
   out = sampler.generate(params, [tok.apply_chat_template(messages)],
                          max_new_tokens=24, temperature=0.0)
   return tok.decode(out.tokens[0, :int(out.lengths[0])].tolist())

@@ -14,7 +14,9 @@ from r1jax.model import functional as fn
 from r1jax.model.transformer import init_cache
 from r1jax.sampling import Sampler
 from r1jax.sampling.sampler import budget_bucket
-from r1jax.stages import common
+from r1jax.run import console
+from r1jax.run import loading
+from r1jax.run import train_state
 from r1jax.stages import grpo_update
 
 import grpo_helpers as H
@@ -42,7 +44,7 @@ CONFIGS = [
 def test_params_and_optimizer_bytes_are_exact(cfg):
   _, params = fn.abstract(cfg)  # the shapes and dtypes of fn.init's arrays
   assert memory.param_bytes(cfg) == _nbytes(params)
-  opt_state = jax.eval_shape(common.make_optimizer(_train_cfg()).init, params)
+  opt_state = jax.eval_shape(train_state.make_optimizer(_train_cfg()).init, params)
   assert memory.adamw_bytes(cfg) == _nbytes(opt_state)
 
 
@@ -102,7 +104,7 @@ def test_update_and_reference_estimates_near_xla_accounting():
       num_kv_heads=2, head_dim=32, vocab_size=2048, num_layers=1)
   graphdef, params = fn.init(cfg)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  opt = common.make_optimizer(_train_cfg())
+  opt = train_state.make_optimizer(_train_cfg())
   state = dict(params=params, opt_state=opt.init(params),
                step=jnp.zeros((), jnp.int32),
                rng=jax.random.key_data(jax.random.key(0)))
@@ -148,7 +150,7 @@ def test_check_fails_naming_the_knobs(monkeypatch):
   c = _big_config()
   lines = []
   with pytest.raises(memory.MemoryBudgetError) as e:
-    memory.check_grpo(c, memory.model_config_of(c), _mesh(), lines.append)
+    memory.check_grpo(c, loading.model_config_of(c), _mesh(), lines.append)
   msg = str(e.value)
   for knob in ('rl.group_size', 'rl.num_minibatches', 'rl.grad_accum',
                'sampling.max_new_tokens', 'model.remat'):
@@ -159,7 +161,7 @@ def test_check_fails_naming_the_knobs(monkeypatch):
 
 def test_check_passes_within_the_limit_and_warns_when_disabled(monkeypatch):
   c = _big_config()
-  cfg = memory.model_config_of(c)
+  cfg = loading.model_config_of(c)
   monkeypatch.setattr(memory, 'device_memory_limit', lambda device=None: 2**40)
   est = memory.check_grpo(c, cfg, _mesh(), lambda s: None)
   assert est.total < 2**40
@@ -176,7 +178,7 @@ def test_cpu_compares_with_host_memory_and_only_warns(monkeypatch):
   monkeypatch.delenv('R1JAX_MEMORY_CHECK', raising=False)
   lines = []
   c = _big_config()
-  memory.check_grpo(c, memory.model_config_of(c), _mesh(), lines.append)
+  memory.check_grpo(c, loading.model_config_of(c), _mesh(), lines.append)
   assert 'host memory available' in lines[-1] and 'warning' in lines[-1]
 
 
@@ -191,12 +193,12 @@ def test_grpo_stage_fails_before_any_compile(tmp_path, monkeypatch):
   base = H.make_tiny_base(tmp_path / 'base')
   monkeypatch.setattr(memory, 'device_memory_limit', lambda device=None: 10**5)
   monkeypatch.delenv('R1JAX_MEMORY_CHECK', raising=False)
-  common.CompileCounter.install()
-  before = common.CompileCounter.count()
+  console.CompileCounter.install()
+  before = console.CompileCounter.count()
   with pytest.raises(memory.MemoryBudgetError, match='rl.group_size'):
     grpo.train_and_evaluate(H.grpo_config(base), str(tmp_path / 'run'))
-  assert common.CompileCounter.count() == before
+  assert console.CompileCounter.count() == before
   # The model config the check used is the checkpoint's.
-  cfg = memory.model_config_of(H.grpo_config(base))
+  cfg = loading.model_config_of(H.grpo_config(base))
   assert cfg.hidden_size == H.SMALL_MODEL['hidden_size']
   assert np.dtype(cfg.dtype) == np.float32

@@ -14,7 +14,7 @@ from r1jax import pipeline
 from r1jax import rewards as rewards_lib
 from r1jax import train
 from r1jax.stages import rejection
-from r1jax.stages import run_records
+from r1jax.run import records as run_records
 from tests import grpo_helpers
 
 if 'test_one' not in rewards_lib.REWARDS:

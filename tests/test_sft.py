@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from r1jax import metrics as metrics_lib
-from r1jax.stages import common, sft
-from r1jax.data import pipeline
+from r1jax.run import train_state
+from r1jax.stages import sft
+from r1jax.data import batching
 from r1jax.model import functional as fn
 from r1jax.model import config as model_config
 from r1jax.tokenizer import train_bpe
@@ -105,7 +106,7 @@ def test_packed_and_unpacked_losses_agree():
   graphdef, params = fn.init(cfg, seed=3)
 
   def total_nll(pack):
-    it = pipeline.SFTBatcher(examples, tok, batch_size=4, seq_len=64,
+    it = batching.SFTBatcher(examples, tok, batch_size=4, seq_len=64,
                              pack=pack, loss_on_prompt=False, seed=0,
                              shuffle=False, repeat=False, drop_remainder=False)
     loss, n = 0.0, 0.0
@@ -152,7 +153,7 @@ def test_grad_accum_matches_full_batch():
       'loss_mask': jnp.asarray(rng.random((b, t)) < 0.7),
   }
   tc = tiny_config().train
-  opt = common.make_optimizer(tc)
+  opt = train_state.make_optimizer(tc)
   outs = []
   for accum in (1, 4):
     state = {'params': jax.tree.map(jnp.copy, params),

@@ -27,11 +27,14 @@ or from the shell:
     python -m r1jax.data.cold_start --dataset=gsm8k --split=train --out=cs.jsonl
 """
 
+import argparse
 import json
 import os
+import random
 import re
 from typing import Iterable, Mapping, Sequence
 
+from r1jax.data import synthetic
 from r1jax.data import templates
 
 _CALC_RE = re.compile(r'<<[^<>]*>>')
@@ -160,8 +163,6 @@ def synthetic_examples(records: Iterable[Mapping], template: str,
   A record's `target_language` (see `synthetic.localize`) sets the language
   of its connectives; English ones are never mixed.
   """
-  import random  # pylint: disable=g-import-not-at-top
-  from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
   tmpl = templates.get_template(template)
   out = []
   for rec in records:
@@ -195,7 +196,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def main(argv: Sequence[str]) -> None:
   """Writes cold-start examples of one dataset split as JSONL."""
-  import argparse  # pylint: disable=g-import-not-at-top
   from r1jax.data import builders  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=main.__doc__)
   parser.add_argument('--dataset', default='gsm8k')

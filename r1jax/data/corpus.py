@@ -37,31 +37,14 @@ import random
 from typing import Any, Sequence
 
 from r1jax.data import synthetic
+from r1jax.data import templates
 
 # Bumped whenever a change here changes the documents a config makes: the
-# tiny base cache (r1jax/stages/tiny_base.py) keys its bases by it.
+# tiny base cache (r1jax/tiny_base.py) keys its bases by it.
 CORPUS_VERSION = 2
 
-# The DeepSeek-R1 paper's R1-Zero template, used only when the templates
-# module is absent; `render_prompt('r1_zero', ...)` is the reference.
-_R1_ZERO_FALLBACK = (
-    'A conversation between User and Assistant. The user asks a question, and '
-    'the Assistant solves it. The assistant first thinks about the reasoning '
-    'process in the mind and then provides the user with the answer. The '
-    'reasoning process and answer are enclosed within <think> </think> and '
-    '<answer> </answer> tags, respectively, i.e., <think> reasoning process '
-    'here </think> <answer> answer here </answer>. User: {problem}. '
-    'Assistant:')
-
-
 def render_prompt(template: str, problem: str) -> str:
-  """The templates module's rendering (the fallback covers only r1_zero)."""
-  try:
-    from r1jax.data import templates  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    if template != 'r1_zero':
-      raise
-    return _R1_ZERO_FALLBACK.format(problem=problem)
+  """`problem` in prompt template `template` (r1jax.data.templates)."""
   return templates.render_prompt(template, problem)
 
 
@@ -299,10 +282,6 @@ def tokenizer_training_texts(cfg: CorpusConfig, n_docs: int = 20_000,
   """Texts to train the tiny model's BPE on: the corpus distribution plus
   every registered prompt template, so template words get merges."""
   texts = corpus_documents(cfg, n_docs, seed)
-  try:
-    from r1jax.data import templates  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return texts
   for name in templates.TEMPLATES.names():
     try:
       texts.append(templates.render_prompt(name, 'Compute 1 + 2.'))

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from r1jax.model import functional as fn
-from r1jax.stages import common
-from r1jax.stages import run_records
+from r1jax.run import loading
+from r1jax.run import records as run_records
 from r1jax.tokenizer import Tokenizer
 
 
@@ -73,7 +73,7 @@ def load_teacher(config, mesh, tokenizer, log=print) -> Teacher | None:
                 'hf_path': '' if is_gguf else path,
                 'gguf_path': path if is_gguf else ''},
       'tokenizer': {'path': ''}})
-  cfg, graphdef, params, _ = common.load_model_and_tokenizer(
+  cfg, graphdef, params, _ = loading.load_model_and_tokenizer(
       teacher_config, None, mesh)
   if cfg.vocab_size < tokenizer.vocab_size:
     raise ValueError(

@@ -39,14 +39,20 @@ from r1jax import memory
 from r1jax import parallel
 from r1jax import rewards as rewards_lib
 from r1jax import rl
-from r1jax.data import pipeline
+from r1jax.data import batching
 from r1jax.model import config as model_config
 from r1jax.model import functional as fn
-from r1jax.sampling import Sampler
-from r1jax.stages import common
+from r1jax.model import hf
+from r1jax import errors
+from r1jax import evaluate
+from r1jax.run import checks
+from r1jax.run import console
+from r1jax.run import loading
+from r1jax.run import problems
+from r1jax.run import train_state
 from r1jax.stages import grpo_rollout
 from r1jax.stages import grpo_update
-from r1jax.stages import run_records
+from r1jax.run import records as run_records
 
 # =============================================================== config checks
 
@@ -68,32 +74,32 @@ def validate_config(config: ml_collections.ConfigDict,
   g, p = rc.group_size, rc.prompts_per_step
   rows = p * g
   per_device = rows // max(num_devices_batch, 1)
-  common.check_known(config, 'rl.advantage', rl.ADVANTAGES.names())
-  common.check_known(config, 'rl.policy_loss', rl.POLICY_LOSSES.names())
-  common.check_known(config, 'rl.aggregation', rl.LOSS_AGGREGATIONS.names())
-  common.check_known(config, 'rl.kl_estimator', rl.KL_ESTIMATORS.names())
+  checks.check_known(config, 'rl.advantage', rl.ADVANTAGES.names())
+  checks.check_known(config, 'rl.policy_loss', rl.POLICY_LOSSES.names())
+  checks.check_known(config, 'rl.aggregation', rl.LOSS_AGGREGATIONS.names())
+  checks.check_known(config, 'rl.kl_estimator', rl.KL_ESTIMATORS.names())
   for name in config.rewards.weights:
     if name not in rewards_lib.REWARDS:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.rewards.weights has {name!r}, which is not a known reward; '
           f'known: {rewards_lib.REWARDS.names()}')
   for name in config.rewards.options:
     if name not in config.rewards.weights:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.rewards.options has {name!r} but config.rewards.weights '
           'does not; give it a weight (0 to only log it) or drop the options')
   if config.rewards.accuracy and config.rewards.accuracy not in rewards_lib.REWARDS:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.rewards.accuracy={config.rewards.accuracy!r} is not a known '
         f'reward; known: {rewards_lib.REWARDS.names()}')
   loss_params = inspect.signature(rl.grpo_loss).parameters
   for name in rc.loss_options:
     if name not in loss_params or name in _TRAINER_LOSS_ARGS:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.rl.loss_options.{name} is not a grpo_loss option the config '
           'may set; known: '
           f'{sorted(set(loss_params) - set(_TRAINER_LOSS_ARGS))}')
-  common.check(config, [
+  checks.check(config, [
       ('rl.group_size', g >= 1, 'must be >= 1'),
       ('rl.group_size', not (g == 1 and rc.advantage in ('grpo', 'rloo')),
        f'is 1: the {rc.advantage!r} advantage needs a group of >= 2 samples '
@@ -147,34 +153,18 @@ def validate_config(config: ml_collections.ConfigDict,
        config.model.preset in model_config.PRESETS,
        f'unknown preset; known: {model_config.PRESETS.names()}'),
       ('data.source', config.data.source == 'synthetic' or
-       config.data.source in _dataset_names(),
-       f"must be 'synthetic' or a dataset in {_dataset_names()}"),
+       config.data.source in problems.dataset_names(),
+       f"must be 'synthetic' or a dataset in {problems.dataset_names()}"),
   ])
-
-
-def _dataset_names() -> list[str]:
-  from r1jax.data.builders import DATASETS  # pylint: disable=g-import-not-at-top
-  return DATASETS.names()
 
 
 # ===================================================================== data
 
 
-def train_records(config) -> list[dict]:
-  """The RL prompt pool: synthetic train splits, or a named data set."""
-  dc = config.data
-  if dc.source == 'synthetic':
-    return common.synthetic_train_records(dc, config.seed)
-  from r1jax.data import builders  # pylint: disable=g-import-not-at-top
-  recs = builders.load_dataset(dc.source, dc.split, local_dir=dc.local_dir or None)
-  n = len(recs) if not dc.num_train else min(dc.num_train, len(recs))
-  return [recs[i] for i in range(n)]
-
-
-def make_batcher(config, tokenizer, records) -> pipeline.PromptBatcher:
+def make_batcher(config, tokenizer, records) -> batching.PromptBatcher:
   rc = config.rl
   try:
-    return pipeline.PromptBatcher(
+    return batching.PromptBatcher(
         records, tokenizer, template=config.data.template,
         batch_size=rc.prompts_per_step // jax.process_count(),
         buckets=(config.sampling.max_prompt_tokens,), seed=config.seed,
@@ -182,7 +172,7 @@ def make_batcher(config, tokenizer, records) -> pipeline.PromptBatcher:
         process_index=jax.process_index(),
         process_count=jax.process_count())
   except ValueError as e:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.sampling.max_prompt_tokens={config.sampling.max_prompt_tokens}'
         f': {e} (raise it, or set config.data.drop_long_prompts=True)') from None
 
@@ -223,17 +213,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = parallel.make_mesh(dict(config.mesh))
   validate_config(config, parallel.batch_size_divisor(mesh),
                   jax.process_count())
-  common.CompileCounter.install()
+  console.CompileCounter.install()
   say = print if jax.process_index() == 0 else (lambda *_: None)
-  common.ensure_base_model(config, workdir, say)
-  checkpointer, writer = common.open_run(workdir, tc.keep_checkpoints)
+  checkpointer, writer = train_state.open_run(workdir, tc.keep_checkpoints)
   run_records.write_run_config(config, workdir)
   # Before any weights load or compile: print the memory estimate, fail if
   # it cannot fit the device (r1jax/memory.py).
-  memory.check_grpo(config, memory.model_config_of(config), mesh, writer.log)
+  memory.check_grpo(config, loading.model_config_of(config), mesh, writer.log)
 
   # ------------------------------------------------------ model & tokenizer
-  model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(
+  model_cfg, graphdef, params, tokenizer = loading.load_model_and_tokenizer(
       config, workdir, mesh)
   writer.log(f'stage grpo: {model_cfg.num_layers} layers, '
              f'{fn.count_params(params):,} params, vocab '
@@ -241,22 +230,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              f'{dict(mesh.shape)}')
 
   # ------------------------------------------------------------------ data
-  batcher = make_batcher(config, tokenizer, train_records(config))
-  eval_recs = common.eval_records(config) if config.eval.num_problems else []
-  sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
-                    eos_ids=[tokenizer.eos_id],
-                    prompt_buckets=(config.sampling.max_prompt_tokens,),
-                    mesh=mesh,
-                    decode_segments=config.sampling.decode_segments)
-  _check_eval_prompts(config, tokenizer, eval_recs)
+  batcher = make_batcher(config, tokenizer, problems.train_records(config))
+  eval_recs = problems.eval_records(config) if config.eval.num_problems else []
+  sampler = loading.make_sampler(
+      graphdef, model_cfg, tokenizer, mesh,
+      (config.sampling.max_prompt_tokens,),
+      decode_segments=config.sampling.decode_segments)
+  problems.check_prompt_lengths(eval_recs, config.eval.template, tokenizer,
+                                config.sampling.max_prompt_tokens,
+                                'eval prompt')
 
   # ------------------------------------------------------------ train state
   updates_per_step = rc.num_iterations * rc.num_minibatches
   opt_cfg = ml_collections.ConfigDict(tc.to_dict())
   opt_cfg.steps = tc.steps * updates_per_step
   opt_cfg.warmup_steps = tc.warmup_steps * updates_per_step
-  optimizer = common.make_optimizer(opt_cfg)
-  state, shardings = common.init_train_state(params, optimizer, config.seed,
+  optimizer = train_state.make_optimizer(opt_cfg)
+  state, shardings = train_state.init_train_state(params, optimizer, config.seed,
                                              mesh)
   use_ref = rc.beta > 0
   ref_params = grpo_update.copy_tree(state['params']) if use_ref else None
@@ -264,7 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                         else dict(state))
   ckpt_shardings = ({**shardings, 'ref_params': shardings['params']}
                     if use_ref else shardings)
-  restored, extra, latest = common.restore_latest(
+  restored, extra, latest = train_state.restore_latest(
       checkpointer, ckpt_state(), ckpt_shardings,
       {'data_state': batcher.get_state()})
   if latest is not None:
@@ -272,7 +262,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state = restored
     batcher.set_state(extra['data_state'])
     writer.log(f'resumed from step {latest}')
-  grpo_rollout.drop_completions_after(workdir, -1 if latest is None else latest)
   start_step = int(state['step'])
   # A host copy: state's buffers are donated to the update.
   base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(state['rng'])))
@@ -287,25 +276,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       graphdef, mesh, num_chunks=rc.num_minibatches * rc.grad_accum,
       scoring=grpo_update.Scoring.from_config(config.sampling))
   rollout = grpo_rollout.Rollout(config, sampler, tokenizer, batcher)
-  timer = common.Timer()
+  timer = console.Timer()
   final: dict[str, Any] = {}
 
   def run_eval(step: int) -> None:
     if not eval_recs:
       return
     t0 = time.perf_counter()
-    stats = common.evaluate_model(
+    stats = evaluate.evaluate_config(
         config.eval, sampler, state['params'], tokenizer, eval_recs,
         accuracy_reward=config.eval.reward or config.rewards.accuracy,
         log=lambda s: writer.log(f'step {step}: {s}'))
-    writer.write(step, common.float_metrics(stats), prefix='eval/')
+    writer.write(step, evaluate.summarize(stats), prefix='eval/')
     writer.write_texts(step, 'eval/samples', stats['samples'])
     for text in stats['samples'][:config.eval.num_texts]:
       writer.log(f'  sample: {text!r}')
-    final.update({f'eval/{k}': v for k, v in common.float_metrics(stats).items()})
+    final.update({f'eval/{k}': v for k, v in evaluate.summarize(stats).items()})
     if step == 0:
       final.update({f'base/{k}': v
-                    for k, v in common.float_metrics(stats).items()})
+                    for k, v in evaluate.summarize(stats).items()})
     writer.write(step, {'eval': time.perf_counter() - t0}, prefix='time/')
 
   if start_step == 0 and config.eval.at_start:
@@ -314,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # ------------------------------------------------------------------- loop
   step = start_step
   t_loop = time.perf_counter()
-  with common.saves_finish_on_error(checkpointer):
+  with train_state.saves_finish_on_error(checkpointer):
     while step < tc.steps:
       t_step = time.perf_counter()
       key = jax.random.fold_in(base_key, step)
@@ -353,15 +342,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       tokens = float(host['prompt_mask'].sum() + host['lengths'].sum())
       m['tokens_per_s'] = tokens * jax.process_count() / times['step']
       m['tokens_per_s_per_device'] = m['tokens_per_s'] / jax.device_count()
-      m['compiles'] = float(common.CompileCounter.count())
+      m['compiles'] = float(console.CompileCounter.count())
       writer.write(step, m, prefix='train/')
       writer.write(step, times, prefix='time/')
       m.update({f'time/{k}': v for k, v in times.items()})
       if step % tc.log_every == 0 or step == tc.steps:
-        writer.log(common.progress_line(
+        writer.log(console.progress_line(
             step, tc.steps, time.perf_counter() - t_loop, step - start_step, m,
             _CONSOLE))
-        grpo_rollout.write_completions(
+        run_records.append_completions(
             workdir, step, grpo_rollout.completion_records(host, config))
       final.update({f'train/{k}': v for k, v in m.items()})
 
@@ -375,29 +364,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.log(f'run already complete at step {start_step}')
   out_dir = run_records.export_dir(config, workdir)
   if config.export.hf:  # every process: params are gathered, process 0 writes
-    from r1jax.model import hf  # pylint: disable=g-import-not-at-top
     hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
     writer.log(f'exported Hugging Face checkpoint to {out_dir}')
   final['wall_time_s'] = time.perf_counter() - t_start
-  final['compiles'] = common.CompileCounter.count()
+  final['compiles'] = console.CompileCounter.count()
   final['step'] = step
   run_records.mark_done(workdir, final)
-  writer.log(f'done in {common.format_seconds(final["wall_time_s"])}')
+  writer.log(f'done in {console.format_seconds(final["wall_time_s"])}')
   checkpointer.close()
   writer.close()
   rewards_lib.shutdown_pool()
   return final
-
-
-def _check_eval_prompts(config, tokenizer, records) -> None:
-  """An eval prompt longer than the prompt width fails now, not mid-run."""
-  if not records:
-    return
-  from r1jax.data.templates import prompt_ids  # pylint: disable=g-import-not-at-top
-  longest = max(len(prompt_ids(config.eval.template, r['problem'], tokenizer))
-                for r in records)
-  if longest > config.sampling.max_prompt_tokens:
-    raise ValueError(
-        f'config.sampling.max_prompt_tokens={config.sampling.max_prompt_tokens}'
-        f' is shorter than the longest eval prompt ({longest} tokens); raise '
-        'it or use fewer / shorter eval problems')

@@ -7,25 +7,25 @@ the step has enough groups whose rewards differ. `to_device` turns the
 host rows into the global arrays the jitted update takes.
 """
 
-import json
-import pathlib
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from r1jax import parallel
 from r1jax import reasoning_stats
 from r1jax import rewards as rewards_lib
 from r1jax import rl
+from r1jax.run import console
+from r1jax.sampling import FINISH_STOP
 from r1jax.sampling import Sampler
-from r1jax.stages import common
 from r1jax.stages import grpo_update
 
 
-def _decode(tokenizer, tokens_BxL, lengths_B) -> list[str]:
-  # The stop token is special and dropped by decode.
-  return [tokenizer.decode(t[:n]) for t, n in zip(tokens_BxL, lengths_B)]
+def _decode(tokenizer, tokens_BxL, lengths_B, finish_B) -> list[str]:
+  return tokenizer.decode_completions(tokens_BxL, lengths_B,
+                                      finish_B == FINISH_STOP)
 
 
 class Rollout:
@@ -43,7 +43,7 @@ class Rollout:
     self.greedy_baseline = grpo_update.estimator_takes(
         config.rl.advantage, 'baseline_P')
 
-  def _one_round(self, params, key, timer: common.Timer) -> dict[str, Any]:
+  def _one_round(self, params, key, timer: console.Timer) -> dict[str, Any]:
     sc, g = self.config.sampling, self.config.rl.group_size
     batch = next(self.batcher)
     with timer('sample'):
@@ -55,7 +55,8 @@ class Rollout:
       host = {name: parallel.host_rows(x) for name, x in out._asdict().items()}
     examples = [ex for ex in batch['examples'] for _ in range(g)]
     with timer('reward'):
-      texts = _decode(self.tokenizer, host['tokens'], host['lengths'])
+      texts = _decode(self.tokenizer, host['tokens'], host['lengths'],
+                      host['finish_reason'])
       total_B, per_reward, reward_metrics = rewards_lib.compute_rewards(
           texts, examples, self.weights, self.options,
           lengths_B=host['lengths'])
@@ -67,7 +68,7 @@ class Rollout:
             seed=key)
         g_lengths = parallel.host_rows(greedy.lengths)
         g_texts = _decode(self.tokenizer, parallel.host_rows(greedy.tokens),
-                          g_lengths)
+                          g_lengths, parallel.host_rows(greedy.finish_reason))
         host['baseline'] = rewards_lib.compute_rewards(
             g_texts, batch['examples'], self.weights, self.options,
             lengths_B=g_lengths)[0]
@@ -75,7 +76,7 @@ class Rollout:
                 per_reward=per_reward, reward_metrics=reward_metrics)
     return host
 
-  def __call__(self, params, key, timer: common.Timer) -> dict[str, Any]:
+  def __call__(self, params, key, timer: console.Timer) -> dict[str, Any]:
     """A rollout of prompts_per_step groups; DAPO-filtered when configured."""
     rc = self.config.rl
     g, p_local = rc.group_size, rc.prompts_per_step // jax.process_count()
@@ -91,7 +92,6 @@ class Rollout:
       spare += [(r, i) for i in np.flatnonzero(~spread)]
       missing = max(p_local - len(kept), 0)
       if jax.process_count() > 1:  # every host runs the same number of rounds
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         missing = int(np.max(multihost_utils.process_allgather(
             np.int32(missing))))
       if missing == 0 or rounds >= rc.max_sampling_rounds:
@@ -157,11 +157,6 @@ def rollout_metrics(host: dict[str, Any], config) -> dict[str, float]:
   return m
 
 
-# A few completions of each logged step with their rewards, readable without
-# TensorBoard (`python -m r1jax.inspect WORKDIR` prints the latest ones).
-COMPLETIONS_FILE = 'completions.jsonl'
-
-
 def completion_records(host: dict[str, Any], config, n: int = 4) -> list[dict]:
   """Up to `n` completions of a rollout, from different groups, with rewards."""
   g = config.rl.group_size
@@ -179,32 +174,6 @@ def completion_records(host: dict[str, Any], config, n: int = 4) -> list[dict]:
         'truncated': bool(host['finish_reason'][i] != 0),
     })
   return out
-
-
-def write_completions(workdir, step: int, records: list[dict]) -> None:
-  """Appends one row {'step', 'completions'} to WORKDIR/completions.jsonl."""
-  if jax.process_index() != 0 or not records:
-    return
-  with open(pathlib.Path(workdir) / COMPLETIONS_FILE, 'a',
-            encoding='utf-8') as f:
-    f.write(json.dumps({'step': int(step), 'completions': records}) + '\n')
-
-
-def drop_completions_after(workdir, step: int) -> None:
-  """Drops rows of steps > `step` (a resumed run writes them again)."""
-  path = pathlib.Path(workdir) / COMPLETIONS_FILE
-  if jax.process_index() != 0 or not path.is_file():
-    return
-  kept = []
-  for line in path.read_text(encoding='utf-8').splitlines():
-    try:
-      if int(json.loads(line)['step']) <= step:
-        kept.append(line + '\n')
-    except (ValueError, KeyError, TypeError):
-      continue  # a line cut by a kill mid-write
-  tmp = path.with_suffix('.jsonl.tmp')
-  tmp.write_text(''.join(kept), encoding='utf-8')
-  tmp.replace(path)
 
 
 def to_device(host: dict[str, Any], config, mesh) -> dict[str, jax.Array]:

@@ -35,32 +35,32 @@ import jax
 import ml_collections
 import numpy as np
 
+from r1jax import errors
+from r1jax import metrics as metrics_lib
 from r1jax import parallel
 from r1jax import rewards as rewards_lib
+from r1jax.data.templates import prompt_ids, render_prompt
 from r1jax.rewards import format as format_lib
 from r1jax.rewards import language as language_lib
-from r1jax.stages import common
-from r1jax.stages import errors
-from r1jax.stages import run_records
+from r1jax.run import checks
+from r1jax.run import console
+from r1jax.run import loading
+from r1jax.run import problems
+from r1jax.run import records as run_records
+from r1jax.sampling import FINISH_STOP
 
-SFT_FILE = 'sft.jsonl'
-SAMPLES_FILE = 'samples.jsonl'
-REPORT_FILE = 'rejection_report.json'
+SFT_FILE = run_records.SFT_FILE
+SAMPLES_FILE = run_records.SAMPLES_FILE
+REPORT_FILE = run_records.REPORT_FILE
 FILTERS = ('correct', 'format', 'language', 'length', 'code', 'repetition',
            'unique', 'per_prompt')
 
 
-def default_config() -> ml_collections.ConfigDict:
-  from experiments import rejection  # pylint: disable=g-import-not-at-top
-  return rejection.get_config()
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails at start-up, before any compile, with one line naming the key."""
-  from r1jax.stages import grpo  # pylint: disable=g-import-not-at-top
   rc, fc, sc = config.rejection, config.filters, config.sampling
-  datasets = grpo._dataset_names()  # pylint: disable=protected-access
-  common.check(config, [
+  datasets = problems.dataset_names()
+  checks.check(config, [
       ('rejection.num_samples', rc.num_samples >= 1, 'must be >= 1'),
       ('rejection.num_prompts', rc.num_prompts >= 0, 'must be >= 0 (0: all)'),
       ('sampling.temperature', sc.temperature >= 0, 'must be >= 0'),
@@ -182,22 +182,7 @@ def report_table(report: Mapping[str, Any]) -> str:
 # ================================================================== sampling
 
 
-def _read_samples(path: pathlib.Path) -> list[dict]:
-  """Rows already sampled; a line cut by a kill mid-write is dropped."""
-  rows = []
-  if not path.exists():
-    return rows
-  for line in path.read_text(encoding='utf-8').splitlines():
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      break  # only the last line can be cut; it is sampled again
-  return rows
-
-
 def _sample_chunk(config, sampler, params, tokenizer, chunk, seed):
-  from r1jax.data.templates import prompt_ids, render_prompt  # pylint: disable=g-import-not-at-top
-  from r1jax.sampling.sampler import FINISH_STOP  # pylint: disable=g-import-not-at-top
   rc, sc = config.rejection, config.sampling
   ids = [prompt_ids(config.data.template, r['problem'], tokenizer) for r in chunk]
   out = sampler.generate(params, ids, max_new_tokens=sc.max_new_tokens,
@@ -206,10 +191,7 @@ def _sample_chunk(config, sampler, params, tokenizer, chunk, seed):
   tokens = parallel.host_rows(out.tokens)
   lengths = parallel.host_rows(out.lengths)
   finish = parallel.host_rows(out.finish_reason)
-  texts = []
-  for row, length, why in zip(tokens, lengths, finish):
-    keep = int(length) - (1 if why == FINISH_STOP else 0)
-    texts.append(tokenizer.decode(row[:keep]))
+  texts = tokenizer.decode_completions(tokens, lengths, finish == FINISH_STOP)
   examples = [r for r in chunk for _ in range(rc.num_samples)]
   correct = rewards_lib.REWARDS.get(config.rewards.accuracy)(texts, examples)
   rows = []
@@ -224,51 +206,31 @@ def _sample_chunk(config, sampler, params, tokenizer, chunk, seed):
   return rows
 
 
-def check_prompt_lengths(config, tokenizer, records) -> None:
-  """A prompt longer than sampling.max_prompt_tokens fails before sampling
-  starts, not in the middle of the run."""
-  from r1jax.data.templates import prompt_ids  # pylint: disable=g-import-not-at-top
-  if not records:
-    return
-  longest = max(len(prompt_ids(config.data.template, r['problem'], tokenizer))
-                for r in records)
-  width = config.sampling.max_prompt_tokens
-  if longest > width:
-    raise errors.ConfigError(
-        f'config.sampling.max_prompt_tokens={width} is shorter than the '
-        f'longest prompt ({longest} tokens with template '
-        f'{config.data.template!r}); raise it, or sample fewer / shorter '
-        'prompts')
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Samples, filters and writes the SFT data set; returns the report."""
-  from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
-  from r1jax.stages import grpo  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   validate_config(config)
   if jax.process_count() > 1:
-    raise ValueError('stage rejection_sampling runs in one process (it is '
+    raise errors.ConfigError('stage rejection_sampling runs in one process (it is '
                      'sampling only); start it without jax.distributed')
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   run_records.write_run_config(config, workdir)
   say = print if jax.process_index() == 0 else (lambda *_: None)
   mesh = parallel.make_mesh(dict(config.mesh))
-  model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(
+  model_cfg, graphdef, params, tokenizer = loading.load_model_and_tokenizer(
       config, workdir, mesh)
-  records = grpo.train_records(config)
+  records = problems.train_records(config)
   rc = config.rejection
   if rc.num_prompts:
     records = records[:rc.num_prompts]
-  check_prompt_lengths(config, tokenizer, records)
-  sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id,
-                    eos_ids=[tokenizer.eos_id],
-                    prompt_buckets=(config.sampling.max_prompt_tokens,),
-                    mesh=mesh)
+  problems.check_prompt_lengths(records, config.data.template, tokenizer,
+                                config.sampling.max_prompt_tokens)
+  sampler = loading.make_sampler(graphdef, model_cfg, tokenizer, mesh,
+                                 (config.sampling.max_prompt_tokens,))
   samples_path = workdir / SAMPLES_FILE
-  rows = _read_samples(samples_path)
+  rows = metrics_lib.read_jsonl(samples_path)  # a cut last line: sampled again
   per_chunk = max(1, rc.batch_size // rc.num_samples)
   done_chunks = len(rows) // (per_chunk * rc.num_samples)
   rows = rows[:done_chunks * per_chunk * rc.num_samples]  # whole chunks only
@@ -293,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f.write(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in new))
     rows += new
     done = c + 1 - done_chunks
-    say(common.progress_line(c + 1, len(starts), time.perf_counter() - t_loop,
+    say(console.progress_line(c + 1, len(starts), time.perf_counter() - t_loop,
                              done, {}, ()))
 
   kept, report = filter_completions(rows, config.filters)
@@ -302,12 +264,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if jax.process_index() == 0:
     sft_rows = [dict(prompt=r['prompt'], completion=r['completion'], id=r['id'],
                      answer=r['answer']) for r in kept]
-    tmp = workdir / (SFT_FILE + '.tmp')
-    tmp.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n'
-                           for r in sft_rows), encoding='utf-8')
-    tmp.replace(workdir / SFT_FILE)
-    (workdir / REPORT_FILE).write_text(json.dumps(report, indent=1),
-                                       encoding='utf-8')
+    run_records.write_text_atomic(
+        workdir / SFT_FILE, ''.join(json.dumps(r, ensure_ascii=False) + '\n'
+                                    for r in sft_rows))
+    run_records.write_text_atomic(workdir / REPORT_FILE,
+                                  json.dumps(report, indent=1))
   say(report_table(report))
   say(f'wrote {len(kept)} examples to {workdir / SFT_FILE}')
   final = {'kept': report['kept']['per_prompt'], 'sampled': report['sampled'],

@@ -26,17 +26,24 @@ import numpy as np
 import optax
 
 from r1jax import base_ability
-from r1jax import metrics as metrics_lib
+from r1jax import errors
+from r1jax import evaluate
 from r1jax import parallel
-from r1jax.data import pipeline
+from r1jax.data import cold_start
+from r1jax.data import corpus
+from r1jax.data import batching
 from r1jax.model import config as model_config
 from r1jax.model import functional as fn
+from r1jax.model import hf
 from r1jax.rl import distill as distill_lib
-from r1jax.stages import common
+from r1jax.run import checks
+from r1jax.run import console
+from r1jax.run import loading
+from r1jax.run import problems
+from r1jax.run import records as run_records
+from r1jax.run import train_state
+from r1jax.sampling import FINISH_STOP
 from r1jax.stages import distill_teacher
-from r1jax.stages import errors
-from r1jax.stages import run_records
-from r1jax.stages import tiny_base
 
 DATA_SOURCES = ('synthetic_corpus', 'jsonl', 'cold_start')
 
@@ -49,7 +56,7 @@ def validate_config(config: ml_collections.ConfigDict,
   stage again with its mesh.
   """
   tc = config.train
-  common.check(config, [
+  checks.check(config, [
       ('train.steps', tc.steps > 0, 'must be positive'),
       ('train.batch_size', tc.batch_size > 0, 'must be positive'),
       ('train.grad_accum', tc.grad_accum > 0 and tc.batch_size % tc.grad_accum == 0,
@@ -65,7 +72,7 @@ def validate_config(config: ml_collections.ConfigDict,
        f'unknown preset; known: {model_config.PRESETS.names()}'),
   ])
   ec = config.get('eval', ml_collections.ConfigDict())
-  common.check(config, [
+  checks.check(config, [
       ('train.batch_size', tc.batch_size % num_devices_batch == 0,
        f'must be divisible by the mesh batch axes (data x fsdp = '
        f'{num_devices_batch} devices); change it or config.mesh'),
@@ -92,7 +99,7 @@ def validate_config(config: ml_collections.ConfigDict,
   if (config.tokenizer.path == 'train' and not (mc.hf_path or mc.gguf_path)
       and 'vocab_size' in config.tokenizer):
     vocab = model_config.get_config(mc.preset, **dict(mc.overrides)).vocab_size
-    common.check(config, [
+    checks.check(config, [
         ('tokenizer.vocab_size', config.tokenizer.vocab_size <= vocab,
          f'is more than the model preset {mc.preset!r} has (vocab_size='
          f'{vocab}); lower it or raise config.model.overrides.vocab_size')])
@@ -102,7 +109,7 @@ def validate_config(config: ml_collections.ConfigDict,
   if 'distill' in config:
     dc = distill_teacher.distill_config(config)
     is_num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
-    common.check(config, [
+    checks.check(config, [
         ('distill.teacher', isinstance(dc.teacher, str),
          "must be a path (a checkpoint), or '' for none"),
         ('distill.kind', dc.kind in distill_lib.DISTILL_DIVERGENCES,
@@ -116,17 +123,18 @@ def validate_config(config: ml_collections.ConfigDict,
 
 def read_jsonl_examples(path: str) -> list[dict[str, str]]:
   """prompt / completion pairs; a bad line raises naming file and line."""
-  # The data builders' reader already names file:line for bad JSON.
-  from r1jax.data.builders.raw import read_jsonl  # pylint: disable=g-import-not-at-top
   out = []
-  for lineno, row in read_jsonl(path):
+  # The data builders' reader names file:line for bad JSON.
+  from r1jax.data.builders import raw  # pylint: disable=g-import-not-at-top
+  for lineno, row in raw.read_jsonl(path):
     if 'completion' not in row:
-      raise ValueError(f"{path}:{lineno}: expected an object with a "
-                       f"'completion' field (and optionally 'prompt')")
+      raise errors.DataFormatError(
+          f"{path}:{lineno}: expected an object with a 'completion' field "
+          "(and optionally 'prompt')")
     out.append({'prompt': str(row.get('prompt', '')),
                 'completion': str(row['completion'])})
   if not out:
-    raise ValueError(f'{path}: no examples')
+    raise errors.DataFormatError(f'{path}: no examples')
   return out
 
 
@@ -134,7 +142,6 @@ def build_examples(config, tokenizer) -> tuple[list[dict], list[dict]]:
   """Train and eval lists of {'prompt', 'completion'} for the SFT batcher."""
   dc = config.data
   if dc.source == 'synthetic_corpus':
-    from r1jax.data import corpus  # pylint: disable=g-import-not-at-top
     ccfg = corpus.CorpusConfig(**dc.corpus.to_dict())
     train = corpus.corpus_documents(ccfg, n_docs=dc.num_docs, seed=config.seed)
     evals = corpus.corpus_documents(ccfg, n_docs=dc.num_eval_docs,
@@ -144,23 +151,22 @@ def build_examples(config, tokenizer) -> tuple[list[dict], list[dict]]:
   if dc.source == 'jsonl':
     path = pathlib.Path(dc.path)
     if path.is_dir():  # a rejection-sampling workdir
-      from r1jax.stages import rejection  # pylint: disable=g-import-not-at-top
-      path = path / rejection.SFT_FILE
+      path = path / run_records.SFT_FILE
       if not path.is_file():
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f'config.data.path={dc.path!r} is a directory without '
-            f'{rejection.SFT_FILE}; point it at a JSONL file or at the workdir '
+            f'{run_records.SFT_FILE}; point it at a JSONL file or at the workdir '
             'of a finished rejection_sampling stage')
     examples = read_jsonl_examples(str(path))
     n_eval = min(dc.num_eval_docs, len(examples) // 10)
     return examples[n_eval:], examples[:n_eval]
   # cold_start: readable <think> traces from reference solutions.
-  from r1jax.data import builders, cold_start  # pylint: disable=g-import-not-at-top
+  from r1jax.data import builders  # pylint: disable=g-import-not-at-top
   examples = []
   for name in dc.datasets:
     if name == 'synthetic':  # the tiny models' tasks, in data.languages
       examples += cold_start.synthetic_examples(
-          common.synthetic_train_records(dc, config.seed), dc.template,
+          problems.synthetic_train_records(dc, config.seed), dc.template,
           p_mixed=dc.get('p_mixed', 0.0), seed=config.seed)
       continue
     records = builders.load_dataset(name, 'train', local_dir=dc.local_dir or None)
@@ -175,7 +181,7 @@ def build_examples(config, tokenizer) -> tuple[list[dict], list[dict]]:
 
 def _logits(graphdef, params, batch) -> jax.Array:
   """Teacher-forced logits [B, T, V] of a packed / bucketed batch."""
-  mask_BxTxT = pipeline.segment_mask(batch['segment_ids'])
+  mask_BxTxT = batching.segment_mask(batch['segment_ids'])
   logits_BxTxV, _ = fn.apply(graphdef, params, batch['tokens'],
                              batch['positions'], mask_BxTxT)
   return logits_BxTxV
@@ -283,33 +289,24 @@ def make_eval_step(graphdef):
 # ================================================================== training
 
 
-def _sample_texts(config, model_cfg, graphdef, params, tokenizer, mesh,
-                  examples, num: int = 4) -> list[str]:
+def _sample_texts(config, sampler, params, tokenizer, examples,
+                  num: int = 4) -> list[str]:
   """Greedy continuations of a few held-out prompts (a document's question
   part when there is no prompt), rendered as 'prompt => completion'."""
-  sampler = _sampler(graphdef, model_cfg, tokenizer, mesh)
   prompts = [ex['prompt'] or _document_prompt(ex['completion'])
              for ex in examples[:num]]
   ids = [tokenizer.encode(p) for p in prompts]
   out = sampler.generate(params, ids, max_new_tokens=config.train.sample_tokens,
                          temperature=0.0, seed=0)
-  toks, mask = np.asarray(out.tokens), np.asarray(out.mask)
-  return [f'{p} => {tokenizer.decode(t[m])}'
-          for p, t, m in zip(prompts, toks, mask)]
+  texts = tokenizer.decode_completions(
+      np.asarray(out.tokens), np.asarray(out.lengths),
+      np.asarray(out.finish_reason) == FINISH_STOP)
+  return [f'{p} => {t}' for p, t in zip(prompts, texts)]
 
 
-_SAMPLERS: dict[int, Any] = {}
-
-
-def _sampler(graphdef, model_cfg, tokenizer, mesh):
-  """One Sampler per model of this run (its programs compile once): the
-  logged samples, the ability checks and the end-of-run evaluation share it."""
-  from r1jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
-  if id(graphdef) not in _SAMPLERS:
-    _SAMPLERS[id(graphdef)] = Sampler(graphdef, model_cfg,
-                                      pad_id=tokenizer.pad_id,
-                                      eos_ids=[tokenizer.eos_id], mesh=mesh)
-  return _SAMPLERS[id(graphdef)]
+_CONSOLE = (('loss', 'loss'), ('nll', 'nll'), ('kl', 'distill/kl'),
+            ('grad_norm', 'grad_norm'), ('tokens/s', 'tokens_per_s'))
+_SAMPLE_BUCKETS = (32, 64, 128, 256, 512, 1024)  # prompt widths of the sampler
 _ANSWER_CUES = ('Assistant:', 'Answer:', 'Solution:', 'A:')
 
 
@@ -330,14 +327,13 @@ def _eval_loss(eval_step, params, batches) -> float:
   return total / max(count, 1.0)
 
 
-def _check_ability(config, model_cfg, graphdef, params, tokenizer, mesh):
+def _check_ability(config, sampler, params, tokenizer):
   """(figures, failures) of the base-model ability check (config.ability)."""
   ab = config.ability
-  sampler = _sampler(graphdef, model_cfg, tokenizer, mesh)
   held_out = ml_collections.ConfigDict(
       {'eval': config.eval.to_dict(), 'data': config.data.to_dict()})
   held_out.eval.num_problems = ab.num_problems
-  records = common.eval_records(held_out)
+  records = problems.eval_records(held_out)
   figures = base_ability.measure(
       sampler, params, tokenizer, records, template=ab.template,
       num_samples=ab.num_samples, temperature=ab.temperature,
@@ -352,19 +348,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate_config(config)
   t_start = time.perf_counter()
   workdir = pathlib.Path(workdir)
-  _SAMPLERS.clear()
-  common.ensure_base_model(config, workdir, print)
-  checkpointer, writer = common.open_run(workdir, config.train.keep_checkpoints)
+  checkpointer, writer = train_state.open_run(workdir, config.train.keep_checkpoints)
   run_records.write_run_config(config, workdir)
   tc = config.train
   mesh = parallel.make_mesh(dict(config.mesh))
   validate_config(config, parallel.batch_size_divisor(mesh), jax.process_count())
 
   # ------------------------------------------------------ model & tokenizer
-  model_cfg, graphdef, params, tokenizer = common.load_model_and_tokenizer(
+  model_cfg, graphdef, params, tokenizer = loading.load_model_and_tokenizer(
       config, workdir, mesh)
   writer.log(f'model: {model_cfg.num_layers} layers, '
              f'{fn.count_params(params):,} params; vocab {tokenizer.vocab_size}')
+  # One sampler for the logged samples, the ability checks and the final
+  # held-out evaluation: its programs compile once.
+  sampler = loading.make_sampler(graphdef, model_cfg, tokenizer, mesh,
+                                 _SAMPLE_BUCKETS)
   teacher = distill_teacher.load_teacher(config, mesh, tokenizer, writer.log)
 
   # ------------------------------------------------------------------ data
@@ -373,11 +371,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       batch_size=tc.batch_size, seq_len=config.data.seq_len,
       pack=config.data.pack, loss_on_prompt=config.data.loss_on_prompt,
       process_index=jax.process_index(), process_count=jax.process_count())
-  train_iter = pipeline.SFTBatcher(train_examples, tokenizer, seed=config.seed,
+  train_iter = batching.SFTBatcher(train_examples, tokenizer, seed=config.seed,
                                    **batcher_kw)
   eval_batches = []
   if eval_examples:
-    eval_iter = pipeline.SFTBatcher(eval_examples, tokenizer, seed=1,
+    eval_iter = batching.SFTBatcher(eval_examples, tokenizer, seed=1,
                                     shuffle=False, repeat=False,
                                     drop_remainder=False, **batcher_kw)
     for b in eval_iter:
@@ -387,11 +385,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # ------------------------------------------------------------ train state
   ability = config.get('ability')
-  optimizer = common.make_optimizer(
+  optimizer = train_state.make_optimizer(
       tc, ability if ability and ability.check else None)
-  state, shardings = common.init_train_state(params, optimizer, config.seed,
+  state, shardings = train_state.init_train_state(params, optimizer, config.seed,
                                              mesh)
-  state, extra, latest = common.restore_latest(
+  state, extra, latest = train_state.restore_latest(
       checkpointer, state, shardings, {'data_state': train_iter.get_state()})
   if latest is not None:
     train_iter.set_state(extra['data_state'])
@@ -408,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # ------------------------------------------------------------------- loop
   history = []
   t_last, tokens_since = time.perf_counter(), 0.0
+  t_loop = t_last
   step = start_step
   final: dict[str, Any] = {}
   # The base-model ability check (config.ability, the tiny base's
@@ -416,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   check_ability = bool(ability and ability.check)
   target = tc.steps
   while True:
-    with common.saves_finish_on_error(checkpointer):
+    with train_state.saves_finish_on_error(checkpointer):
       while step < target:
         host_batch = next(train_iter)
         tokens_since += float((np.asarray(host_batch['segment_ids']) > 0).sum())
@@ -432,9 +431,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           m['tokens_per_s'] = tokens_since / max(dt, 1e-9)
           t_last, tokens_since = time.perf_counter(), 0.0
           writer.write(step, m, prefix='train/')
-          writer.log(metrics_lib.progress_line(
-              step, target, m,
-              ('loss', 'nll', 'distill/kl', 'grad_norm', 'tokens_per_s')))
+          writer.log(console.progress_line(
+              step, target, time.perf_counter() - t_loop, step - start_step,
+              m, _CONSOLE))
           history.append((step, loss))
           final['train_loss'] = loss
           if teacher is not None:
@@ -447,8 +446,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           final['eval_loss'] = eval_loss
         if (tc.sample_every and eval_examples and
             (step % tc.sample_every == 0 or step == target)):
-          texts = _sample_texts(config, model_cfg, graphdef, state['params'],
-                                tokenizer, mesh, eval_examples)
+          texts = _sample_texts(config, sampler, state['params'], tokenizer,
+                                eval_examples)
           writer.write_texts(step, 'samples', texts)
           writer.log(f'step {step}: sample {texts[0]!r}')
         if step % tc.checkpoint_every == 0 or step == target:
@@ -457,8 +456,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpointer.wait()
     if not check_ability:
       break
-    figures, failures = _check_ability(config, model_cfg, graphdef,
-                                       state['params'], tokenizer, mesh)
+    figures, failures = _check_ability(config, sampler, state['params'],
+                                       tokenizer)
     writer.write(step, figures, prefix='ability/')
     writer.log(f'step {step}: base ability: {base_ability.describe(figures)}')
     if not failures:
@@ -482,23 +481,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # ------------------------------------------------------------ end of run
   out_dir = run_records.export_dir(config, workdir)
   if config.export.get('hf', True):  # all processes: gathered, 0 writes
-    from r1jax.model import hf  # pylint: disable=g-import-not-at-top
     hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
     if check_ability and jax.process_index() == 0:
       base_ability.save(out_dir, figures,
                         ability.requirements.to_dict(), failures,
-                        made_by=dict(tiny_base.made_by(config), steps=step))
+                        made_by=dict(base_ability.made_by(config), steps=step))
     writer.log(f'exported Hugging Face checkpoint to {out_dir}')
   tokenizer.save(workdir / 'tokenizer')
   if config.eval.num_problems > 0:
-    sampler = _sampler(graphdef, model_cfg, tokenizer, mesh)
-    stats = common.evaluate_model(config.eval, sampler, state['params'],
-                                  tokenizer, common.eval_records(config),
-                                  log=writer.log)
-    writer.write(step, {k: v for k, v in stats.items()
-                        if isinstance(v, float)}, prefix='final/')
-    writer.write_texts(step, 'final/samples', stats.get('samples', []))
-    final.update(stats)
+    stats = evaluate.evaluate_config(config.eval, sampler, state['params'],
+                                     tokenizer, problems.eval_records(config),
+                                     log=writer.log)
+    writer.write(step, evaluate.summarize(stats), prefix='eval/')
+    writer.write_texts(step, 'eval/samples', stats['samples'])
+    final.update({f'eval/{k}': v
+                  for k, v in evaluate.summarize(stats).items()})
   final['wall_time_s'] = time.perf_counter() - t_start
   final['step'] = step
   run_records.mark_done(workdir, final)

@@ -11,6 +11,9 @@ import os
 import re
 from typing import Any, Iterator, Mapping
 
+from r1jax.errors import DataFormatError
+from r1jax.rewards import math_answer
+
 DATA_DIR_ENV = 'R1JAX_DATA_DIR'  # raw jsonl files (local copy of the sources)
 
 _QWEN_EVAL = ('https://raw.githubusercontent.com/QwenLM/Qwen2.5-Math/main/'
@@ -31,10 +34,6 @@ RAW_FILES = {
 }
 
 FIELDS = ('id', 'problem', 'answer', 'solution', 'source', 'level', 'subject')
-
-
-class DataFormatError(ValueError):
-  """A raw file has a line that is not a valid record."""
 
 
 # ----------------------------------------------------------------------------
@@ -86,12 +85,7 @@ def boxed_answer(solution: str) -> str | None:
   """The final `\\boxed{}` answer of a reference solution, or None."""
   if '\\boxed' not in solution and '\\fbox' not in solution:
     return None
-  try:
-    # pylint: disable-next=g-import-not-at-top
-    from r1jax.rewards import extract_answer
-  except ImportError:
-    return last_boxed(solution)
-  return extract_answer(solution)
+  return math_answer.extract_answer(solution)
 
 
 def gsm8k_answer(solution: str) -> str | None:

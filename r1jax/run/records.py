@@ -2,6 +2,11 @@
 
   * run_config.json: the config the run was started with;
   * done.json: written when the stage ran to the end, with its final metrics;
+  * metrics.jsonl (r1jax.metrics.MetricWriter) and completions.jsonl (a few
+    GRPO completions per logged step): rows of steps after the checkpoint a
+    run resumes from are dropped (`truncate_jsonl_after`), so each file reads
+    as one uninterrupted run;
+  * rejection sampling's samples.jsonl, sft.jsonl and its report;
   * the exported model, an HF directory (WORKDIR/hf, or config.export.hf_dir);
   * `resolve_hf_path`: an HF directory, or the workdir of a finished stage
     (what a pipeline's '@stage' reference becomes), as the HF directory to
@@ -16,11 +21,18 @@ import jax
 import ml_collections
 
 from r1jax import checkpoint as ckpt_lib
-from r1jax.stages.errors import MissingFileError
+from r1jax.errors import MissingFileError
 
 RUN_CONFIG = 'run_config.json'   # the config a workdir's run was started with
 DONE = 'done.json'               # written when a stage finishes: its metrics
 EXPORT_DIR = 'hf'                # a finished stage's model, as an HF directory
+METRICS_FILE = 'metrics.jsonl'   # one row per logged step (r1jax.metrics)
+# A few completions of each logged GRPO step with their rewards, readable
+# without TensorBoard (`python -m r1jax.runs WORKDIR` prints the latest).
+COMPLETIONS_FILE = 'completions.jsonl'
+SAMPLES_FILE = 'samples.jsonl'   # rejection sampling: every sample, as drawn
+SFT_FILE = 'sft.jsonl'           # rejection sampling: the kept ones, for SFT
+REPORT_FILE = 'rejection_report.json'
 
 
 def write_run_config(config: ml_collections.ConfigDict,
@@ -30,10 +42,8 @@ def write_run_config(config: ml_collections.ConfigDict,
     return
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / (RUN_CONFIG + '.tmp')
-  tmp.write_text(config.to_json_best_effort(indent=1, sort_keys=True),
-                 encoding='utf-8')
-  tmp.replace(workdir / RUN_CONFIG)
+  write_text_atomic(workdir / RUN_CONFIG,
+                    config.to_json_best_effort(indent=1, sort_keys=True))
 
 
 def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict | None:
@@ -50,10 +60,8 @@ def mark_done(workdir: pathlib.Path, final: dict[str, Any]) -> None:
     return
   scalars = {k: v for k, v in final.items()
              if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-  path = pathlib.Path(workdir) / DONE
-  tmp = path.with_suffix('.tmp')
-  tmp.write_text(json.dumps(scalars, indent=1, sort_keys=True), encoding='utf-8')
-  tmp.replace(path)
+  write_text_atomic(pathlib.Path(workdir) / DONE,
+                    json.dumps(scalars, indent=1, sort_keys=True))
 
 
 def read_done(workdir: pathlib.Path) -> dict[str, Any] | None:
@@ -93,3 +101,45 @@ def resolve_hf_path(path: str) -> str:
         '(the same command resumes it), or evaluate its checkpoint with '
         'python -m r1jax.evaluate --checkpoint=' + str(path))
   return str(p)
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes `text` to a temporary name beside `path`, then renames it: a kill
+  at any moment leaves the old file or the new one, never a part."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(text, encoding='utf-8')
+  tmp.replace(path)
+
+
+def truncate_jsonl_after(path: pathlib.Path, step: int) -> int:
+  """Drops the rows of `path` whose 'step' is > `step` (a resumed run writes
+  them again), and a line cut by a kill mid-write. Returns how many rows were
+  dropped; the file is rewritten atomically (process 0 only)."""
+  path = pathlib.Path(path)
+  if not path.is_file() or jax.process_index() != 0:
+    return 0
+  kept, dropped = [], 0
+  for line in path.read_text(encoding='utf-8').splitlines():
+    if not line.strip():
+      continue
+    try:
+      row_step = int(json.loads(line).get('step', 0))
+    except (ValueError, AttributeError, TypeError):
+      dropped += 1  # a line cut by a kill mid-write
+      continue
+    if row_step > step:
+      dropped += 1
+    else:
+      kept.append(line + '\n')
+  write_text_atomic(path, ''.join(kept))
+  return dropped
+
+
+def append_completions(workdir, step: int, rows: list[dict]) -> None:
+  """Appends {'step', 'completions': rows} to WORKDIR/completions.jsonl."""
+  if jax.process_index() != 0 or not rows:
+    return
+  with open(pathlib.Path(workdir) / COMPLETIONS_FILE, 'a',
+            encoding='utf-8') as f:
+    f.write(json.dumps({'step': int(step), 'completions': rows}) + '\n')

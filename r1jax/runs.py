@@ -1,9 +1,9 @@
 r"""Looks at a run: its config, its state, its last metrics, what it writes.
 
-    python -m r1jax.inspect runs/zero
-    python -m r1jax.inspect runs/r1                    # a pipeline: every stage
-    python -m r1jax.inspect runs/r1 --stage=final_rl   # one stage of it
-    python -m r1jax.inspect runs/zero --samples=8 --config
+    python -m r1jax.runs runs/zero
+    python -m r1jax.runs runs/r1                    # a pipeline: every stage
+    python -m r1jax.runs runs/r1 --stage=final_rl   # one stage of it
+    python -m r1jax.runs runs/zero --samples=8 --config
 
 For one stage's workdir it prints the stage and the key parts of its config
 (run_config.json), whether it finished (done.json) or how far it got (the
@@ -26,11 +26,12 @@ import time
 from typing import Any, Sequence
 
 from r1jax import checkpoint as ckpt_lib
-from r1jax.stages import common
-from r1jax.stages import grpo_rollout
-from r1jax.stages import run_records
+from r1jax import metrics as metrics_lib
+from r1jax.run import checks
+from r1jax.run import console
+from r1jax.run import records as run_records
 
-METRICS = 'metrics.jsonl'
+METRICS = run_records.METRICS_FILE
 PIPELINE = 'pipeline.json'
 
 # Config fields worth a line, in this order (those a config has are shown).
@@ -54,8 +55,8 @@ TRAIN_KEYS = (
 )
 EVAL_PREFIXES = ('pass@', 'cons@', 'greedy_accuracy', 'format_rate',
                  'language_consistency', 'mean_length', 'loss')
-# metrics.jsonl keys holding sample texts (eval: GRPO; samples: SFT).
-TEXT_KEYS = ('eval/samples', 'final/samples', 'samples')
+# metrics.jsonl keys holding sample texts (held-out evals; SFT's samples).
+TEXT_KEYS = ('eval/samples', 'samples')
 
 
 # ================================================================== reading
@@ -77,18 +78,8 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
-  """The rows of a JSONL file; a line cut by a kill is skipped."""
-  if not path.is_file():
-    return []
-  rows = []
-  for line in path.read_text(encoding='utf-8').splitlines():
-    try:
-      row = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(row, dict) and 'step' in row:
-      rows.append(row)
-  return rows
+  """The rows of a run's jsonl file that name their step."""
+  return [r for r in metrics_lib.read_jsonl(path) if 'step' in r]
 
 
 def merged_steps(rows: Sequence[dict]) -> dict[int, dict]:
@@ -109,15 +100,6 @@ def _last_with(steps: dict[int, dict], prefix: str) -> int | None:
   return max(found) if found else None
 
 
-def _get(config: dict, dotted: str) -> Any:
-  node = config
-  for part in dotted.split('.'):
-    if not isinstance(node, dict) or part not in node:
-      raise KeyError(dotted)
-    node = node[part]
-  return node
-
-
 def stage_state(workdir: pathlib.Path) -> dict[str, Any]:
   """What the records in `workdir` say: stage, config, done, steps, rows."""
   config = None
@@ -128,7 +110,7 @@ def stage_state(workdir: pathlib.Path) -> dict[str, Any]:
   total = None
   if config is not None:
     try:
-      total = int(_get(config, 'train.steps'))
+      total = int(checks.config_get(config, 'train.steps'))
     except (KeyError, TypeError, ValueError):
       total = None
   metric_steps = [s for s, r in steps.items()
@@ -153,7 +135,7 @@ def state_line(s: dict[str, Any]) -> str:
   if s['done'] is not None:
     step = s['done'].get('step', s['last_step'])
     wall = s['done'].get('wall_time_s')
-    took = f' in {common.format_seconds(wall)}' if _is_number(wall) else ''
+    took = f' in {console.format_seconds(wall)}' if _is_number(wall) else ''
     at = f' at step {step}' if step is not None else ''
     return f'finished{at}{took} (done.json)'
   if s['last_step'] is None and ckpt is None:
@@ -163,7 +145,7 @@ def state_line(s: dict[str, Any]) -> str:
                else 'no checkpoint yet')
   if _is_number(s['last_write']):
     ago = time.time() - s['last_write']
-    parts.append(f'last write {common.format_seconds(ago)} ago')
+    parts.append(f'last write {console.format_seconds(ago)} ago')
   return '; '.join(parts) + ' (the same command resumes it)'
 
 
@@ -213,7 +195,7 @@ def describe_config(config: dict | None, full: bool) -> str:
   lines = ['config (run_config.json; --config prints all of it):']
   for key in CONFIG_KEYS:
     try:
-      value = _get(config, key)
+      value = checks.config_get(config, key)
     except KeyError:
       continue
     if value in ('', None):
@@ -260,7 +242,7 @@ def describe_samples(s: dict[str, Any], n: int, max_chars: int) -> list[str]:
   """The latest training completions with their rewards (GRPO), then the
   latest sample texts in metrics.jsonl (eval samples; SFT samples)."""
   out = []
-  rows = read_jsonl(s['workdir'] / grpo_rollout.COMPLETIONS_FILE)
+  rows = read_jsonl(s['workdir'] / run_records.COMPLETIONS_FILE)
   if rows and n:
     shown = []
     for row in reversed(rows):
@@ -270,7 +252,7 @@ def describe_samples(s: dict[str, Any], n: int, max_chars: int) -> list[str]:
     shown = shown[-n:]
     first, last = shown[0][0], shown[-1][0]
     span = f'step {last}' if first == last else f'steps {first}-{last}'
-    out.append(f'recent training completions ({grpo_rollout.COMPLETIONS_FILE}'
+    out.append(f'recent training completions ({run_records.COMPLETIONS_FILE}'
                f', {span}):')
     for step, r in shown:
       parts = ', '.join(f'{k} {_fmt(v)}' for k, v in r.get('rewards', {}).items())
@@ -306,7 +288,7 @@ def describe_stage(workdir: pathlib.Path, *, samples: int = 4,
     sub = stage_state(p)
     lines.append(f'sub-run {p.name}: stage {sub["stage"]!r}, {state_line(sub)}')
   lines.append(describe_config(s['config'], full_config))
-  report = workdir / 'rejection_report.json'
+  report = workdir / run_records.REPORT_FILE
   if report.is_file():
     r = json.loads(report.read_text('utf-8'))
     kept = r.get('kept', {})
@@ -315,7 +297,7 @@ def describe_stage(workdir: pathlib.Path, *, samples: int = 4,
   lines += describe_metrics(s, show_all)
   if s['done']:
     keys = [k for k in sorted(s['done'])
-            if k.startswith(('base/', 'eval/', 'final/')) and
+            if k.startswith(('base/', 'eval/')) and
             k[k.index('/') + 1:].startswith(EVAL_PREFIXES) and
             k.count('/') == 1 and _is_number(s['done'][k])]
     if keys and s['last_step'] is None:
@@ -342,7 +324,7 @@ def pipeline_stages(workdir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def describe(workdir: str | pathlib.Path, *, stage: str = '', **kw) -> str:
-  """The report `python -m r1jax.inspect` prints for `workdir`.
+  """The report `python -m r1jax.runs` prints for `workdir`.
 
   Raises FileNotFoundError for a path that is neither a stage's nor a
   pipeline's workdir.
@@ -382,7 +364,7 @@ def describe(workdir: str | pathlib.Path, *, stage: str = '', **kw) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog='python -m r1jax.inspect', description=__doc__.split('\n')[0])
+      prog='python -m r1jax.runs', description=__doc__.split('\n')[0])
   parser.add_argument('workdir', help='a run\'s --workdir (one stage or a '
                       'pipeline)')
   parser.add_argument('--stage', default='',

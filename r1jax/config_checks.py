@@ -29,9 +29,16 @@ from typing import Any, Callable
 
 import ml_collections
 
-from r1jax.stages import common
-from r1jax.stages import run_records
-from r1jax.stages.errors import ConfigError, MissingFileError
+import experiments
+from r1jax.data import synthetic
+from r1jax.data.templates import TEMPLATES
+from r1jax.errors import ConfigError, MissingFileError
+from r1jax.model import config as model_config
+from r1jax.model import hf
+from r1jax.run import checks
+from r1jax.run import loading
+from r1jax.run import problems
+from r1jax.run import records as run_records
 
 # Sections whose keys the user chooses (reward names, task names, languages,
 # model fields): not compared with the experiments' keys.
@@ -67,7 +74,6 @@ def stage_defaults(stage: str) -> tuple[ml_collections.ConfigDict, ...]:
   """Every experiment config of `stage`: each experiments/*.py get_config(),
   and each stage of the pipeline configs there. Together they are the keys a
   config of that stage may have, and their types."""
-  import experiments  # pylint: disable=g-import-not-at-top
   out = []
   for info in sorted(pkgutil.iter_modules(experiments.__path__),
                      key=lambda i: i.name):
@@ -153,7 +159,6 @@ def check_keys(config: ml_collections.ConfigDict, stage: str,
   overrides = _get(config, 'model.overrides') if _has(
       config, 'model.overrides') else {}
   if overrides:
-    from r1jax.model import config as model_config  # pylint: disable=g-import-not-at-top
     fields = sorted(f.name for f in dataclasses.fields(model_config.ModelConfig))
     for key in overrides.keys():
       if key not in fields:
@@ -173,7 +178,7 @@ def _has(config, dotted: str) -> bool:
 
 
 def _get(config, dotted: str):
-  return common.config_get(config, dotted) if dotted else config
+  return checks.config_get(config, dotted) if dotted else config
 
 
 def unknown_key(prefix: str, dotted: str, tree: _Tree) -> str:
@@ -253,8 +258,6 @@ def _short(value) -> str:
 def check_names(config: ml_collections.ConfigDict,
                 prefix: str = 'config') -> None:
   """Templates, synthetic tasks and data sets the config names exist."""
-  from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  from r1jax.data.templates import TEMPLATES  # pylint: disable=g-import-not-at-top
   for key in ('data.template', 'eval.template'):
     _known(config, key, TEMPLATES, prefix)
   for key in ('data.tasks', 'eval.tasks'):
@@ -311,7 +314,7 @@ def check_files(config: ml_collections.ConfigDict,
                      'is not a file; point it at a .gguf checkpoint', prefix)
     if config.model.get('preset'):
       from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
-      common.check_architecture(config.model.preset,
+      loading.check_architecture(config.model.preset,
                                 gguf.config_from_gguf(gguf_path), gguf_path,
                                 config.model.get('overrides'))
   tok = _set(config, 'tokenizer.path')
@@ -355,19 +358,17 @@ def _check_hf_path(config, hf_path: str, prefix: str) -> None:
                    f'{what}; point it at a Hugging Face model directory or at '
                    f'the workdir of a finished stage{hint}', prefix)
   if mc.get('preset'):
-    from r1jax.model import hf  # pylint: disable=g-import-not-at-top
     cfg = hf.config_from_hf(json.loads(config_file.read_text()))
-    common.check_architecture(mc.preset, cfg, str(resolved), mc.get('overrides'))
+    loading.check_architecture(mc.preset, cfg, str(resolved), mc.get('overrides'))
 
 
 def _check_jsonl(path: str, prefix: str) -> None:
-  from r1jax.stages import rejection  # pylint: disable=g-import-not-at-top
   if not path:
     return  # sft.validate_config names the empty data.path
   p = pathlib.Path(path)
-  if p.is_dir() and not (p / rejection.SFT_FILE).is_file():
+  if p.is_dir() and not (p / run_records.SFT_FILE).is_file():
     raise _missing('data.path', path,
-                   f'is a directory without {rejection.SFT_FILE}; point it at '
+                   f'is a directory without {run_records.SFT_FILE}; point it at '
                    'a JSONL file or at the workdir of a finished '
                    'rejection_sampling stage', prefix)
   if not p.exists():
@@ -445,8 +446,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir,
 # What a run saves: a workdir with none of these (non-empty) has nothing to
 # protect, so a start that failed after writing run_config.json may be retried
 # with a corrected config.
-SAVED_WORK = ('checkpoints', run_records.DONE, 'samples.jsonl', 'sft.jsonl',
-              run_records.EXPORT_DIR)
+SAVED_WORK = ('checkpoints', run_records.DONE, run_records.SAMPLES_FILE,
+              run_records.SFT_FILE, run_records.EXPORT_DIR)
 
 
 def has_saved_work(workdir) -> bool:

@@ -9,9 +9,9 @@ import pytest
 
 from r1jax.data import corpus
 from r1jax.data import synthetic
-from r1jax.data.pipeline import PromptBatcher
-from r1jax.data.pipeline import segment_mask
-from r1jax.data.pipeline import SFTBatcher
+from r1jax.data.batching import PromptBatcher
+from r1jax.data.batching import segment_mask
+from r1jax.data.batching import SFTBatcher
 from r1jax.tokenizer import train_bpe
 
 

@@ -22,55 +22,27 @@ last, r1jax/base_ability.py) are there. `ensure` checks that before RL:
     change, unless `model.require_ability` is False.
 """
 
-import hashlib
-import json
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import ml_collections
 
+from experiments import pretrain_tiny
 from r1jax import base_ability
-from r1jax.data import corpus
-from r1jax.stages import errors
-from r1jax.stages import run_records
+from r1jax import errors
+from r1jax.run import records as run_records
+from r1jax.stages import sft
 
 BASE_KEY = '{base_key}'
-
-# Pretraining fields that do not change the weights: left out of the key.
-_NOT_IN_KEY = ('export', 'mesh', 'train.log_every', 'train.checkpoint_every',
-               'train.keep_checkpoints', 'train.sample_every',
-               'train.sample_tokens', 'train.eval_every', 'train.eval_batches',
-               'eval.batch_size')
 
 
 def pretrain_config(config) -> ml_collections.ConfigDict:
   """The pretraining config of the tiny base `config` starts from."""
-  from experiments import pretrain_tiny  # pylint: disable=g-import-not-at-top
   mc = config.model
   pre = pretrain_tiny.get_config(mc.get('pretrain_arg', ''))
   pre.seed = int(config.seed)
   return pre
-
-
-def base_key(pre: ml_collections.ConfigDict) -> str:
-  """'seed<S>-<hash>' of a pretraining config (see the module doc)."""
-  d = json.loads(pre.to_json_best_effort(sort_keys=True))
-  for dotted in _NOT_IN_KEY:
-    node, *rest = dotted.split('.')
-    if rest:
-      d.get(node, {}).pop(rest[0], None)
-    else:
-      d.pop(node, None)
-  blob = json.dumps([corpus.CORPUS_VERSION, d], sort_keys=True)
-  digest = hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()
-  return f'seed{pre.seed}-{digest}'
-
-
-def made_by(pre: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What the ability record says made a base (checked on reuse)."""
-  return {'base_key': base_key(pre), 'seed': int(pre.seed),
-          'corpus_version': corpus.CORPUS_VERSION}
 
 
 def resolve(config) -> None:
@@ -80,7 +52,7 @@ def resolve(config) -> None:
     node = config.get(section)
     if node is not None and BASE_KEY in node.get(field, ''):
       node[field] = node[field].replace(
-          BASE_KEY, base_key(pretrain_config(config)))
+          BASE_KEY, base_ability.base_key(pretrain_config(config)))
 
 
 def _set_aside(path: pathlib.Path, why: str) -> pathlib.Path:
@@ -99,7 +71,7 @@ def ensure(config, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
   tiny = bool(mc.get('pretrain_if_missing', False))
   # A directory of the cache (named by this config's key) follows the cache
   # rules; any other directory is the user's and is never moved.
-  cached = tiny and path.name == base_key(pretrain_config(config))
+  cached = tiny and path.name == base_ability.base_key(pretrain_config(config))
   # A finished stage's workdir stands for the model it exported.
   resolved = (pathlib.Path(run_records.resolve_hf_path(mc.hf_path))
               if path.is_dir() else path)
@@ -124,10 +96,9 @@ def ensure(config, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
 
 
 def _pretrain(config, path: pathlib.Path, workdir: pathlib.Path, log) -> None:
-  from r1jax.stages import sft  # pylint: disable=g-import-not-at-top
   pre = pretrain_config(config)
   pre.export.hf_dir = str(path)
-  key = base_key(pre)
+  key = base_ability.base_key(pre)
   sub = workdir / 'pretrain_tiny' / key
   arg = config.model.get('pretrain_arg', '')
   log(f'stage pretrain_tiny: no base model at {path}; pretraining it first '
@@ -141,7 +112,7 @@ def _check_record(config, path, record, cached: bool, log) -> None:
   log(f'base model {path}: ability {base_ability.describe(figures)} '
       f'({"passed" if record.get("passed") else "FAILED"} the check)')
   if cached:
-    expected = made_by(pretrain_config(config))['base_key']
+    expected = base_ability.made_by(pretrain_config(config))['base_key']
     got = record.get('made_by', {}).get('base_key')
     if got != expected:
       raise errors.ConfigError(

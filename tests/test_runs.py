@@ -1,4 +1,4 @@
-"""python -m r1jax.inspect on a real two-step GRPO run, an unfinished copy of
+"""python -m r1jax.runs on a real two-step GRPO run, an unfinished copy of
 it, a pipeline workdir of both, and directories that are not runs."""
 
 import json
@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from r1jax import inspect as inspect_lib
+from r1jax import runs as runs_lib
 from r1jax.stages import grpo
-from r1jax.stages import grpo_rollout
-from r1jax.stages import run_records
+from r1jax.run import records as run_records
 
 import grpo_helpers as H
 
@@ -30,7 +29,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_completions_file_holds_rewards_of_each_logged_step(run_dir):
-  rows = inspect_lib.read_jsonl(run_dir / grpo_rollout.COMPLETIONS_FILE)
+  rows = runs_lib.read_jsonl(run_dir / run_records.COMPLETIONS_FILE)
   assert [r['step'] for r in rows] == [1, 2]
   weights = {'arithmetic': 1.0, 'format': 0.5, 'test_length': 1.0}
   for row in rows:
@@ -44,7 +43,7 @@ def test_completions_file_holds_rewards_of_each_logged_step(run_dir):
 
 
 def test_finished_grpo_run(run_dir):
-  out = inspect_lib.describe(run_dir)
+  out = runs_lib.describe(run_dir)
   first = out.splitlines()[0]
   assert "stage 'grpo'" in first and 'finished at step 2' in first, first
   assert 'checkpoints: steps [2]' in out
@@ -70,13 +69,13 @@ def test_finished_grpo_run(run_dir):
 
 
 def test_options_samples_config_all(run_dir):
-  out = inspect_lib.describe(run_dir, samples=1, full_config=True,
+  out = runs_lib.describe(run_dir, samples=1, full_config=True,
                              show_all=True)
   assert len([l for l in out.splitlines()
               if l.startswith('  step ') and '| reward' in l]) == 1
   assert '"group_size": 4' in out           # the whole config
   assert '  train/clip_frac_low ' in out     # every metric
-  quiet = inspect_lib.describe(run_dir, samples=0)
+  quiet = runs_lib.describe(run_dir, samples=0)
   assert 'recent training completions' not in quiet
 
 
@@ -85,10 +84,10 @@ def test_unfinished_run_and_pipeline(run_dir, tmp_path):
   shutil.copytree(run_dir, pipe / 'first')
   shutil.copytree(run_dir, pipe / 'second')
   (pipe / 'second' / run_records.DONE).unlink()
-  out = inspect_lib.describe(pipe / 'second')
+  out = runs_lib.describe(pipe / 'second')
   assert ('not finished: last logged step 2 of 2; latest checkpoint step 2'
           in out.splitlines()[0])
-  out = inspect_lib.describe(pipe)
+  out = runs_lib.describe(pipe)
   lines = out.splitlines()
   assert '2 stage workdir(s) in it (a pipeline)' in lines[0]
   first = next(l for l in lines if l.startswith('  first '))
@@ -96,33 +95,33 @@ def test_unfinished_run_and_pipeline(run_dir, tmp_path):
   assert 'grpo' in first and 'finished at step 2' in first
   assert 'not finished' in second
   assert '=== second' in out      # the stage that is not finished
-  assert "stage 'grpo'" in inspect_lib.describe(pipe, stage='first')
+  assert "stage 'grpo'" in runs_lib.describe(pipe, stage='first')
   with pytest.raises(FileNotFoundError, match='--stage=.third'):
-    inspect_lib.describe(pipe, stage='third')
+    runs_lib.describe(pipe, stage='third')
 
 
-def test_drop_completions_after(tmp_path):
-  path = tmp_path / grpo_rollout.COMPLETIONS_FILE
+def test_truncate_jsonl_after(tmp_path):
+  path = tmp_path / run_records.COMPLETIONS_FILE
   path.write_text(''.join(json.dumps({'step': s, 'completions': []}) + '\n'
                           for s in (1, 2, 3)) + '{"step": 4, "comp',
                   encoding='utf-8')
-  grpo_rollout.drop_completions_after(tmp_path, 2)
-  assert [r['step'] for r in inspect_lib.read_jsonl(path)] == [1, 2]
-  grpo_rollout.drop_completions_after(tmp_path, -1)
-  assert inspect_lib.read_jsonl(path) == []
+  assert run_records.truncate_jsonl_after(path, 2) == 2  # step 3, a cut line
+  assert [r['step'] for r in runs_lib.read_jsonl(path)] == [1, 2]
+  run_records.truncate_jsonl_after(path, -1)
+  assert runs_lib.read_jsonl(path) == []
 
 
 def test_not_a_run(tmp_path, capsys):
   (tmp_path / 'empty' / 'sub').mkdir(parents=True)
-  assert inspect_lib.main([str(tmp_path / 'empty')]) == 2
+  assert runs_lib.main([str(tmp_path / 'empty')]) == 2
   err = capsys.readouterr().err
   assert 'is not an r1jax run' in err and 'run_config.json' in err
-  assert inspect_lib.main([str(tmp_path / 'absent')]) == 2
+  assert runs_lib.main([str(tmp_path / 'absent')]) == 2
   assert 'no such directory' in capsys.readouterr().err
 
 
 def test_command_line(run_dir):
   out = subprocess.run(
-      [sys.executable, '-m', 'r1jax.inspect', str(run_dir), '--samples=2'],
+      [sys.executable, '-m', 'r1jax.runs', str(run_dir), '--samples=2'],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
   assert "stage 'grpo'" in out and 'recent training completions' in out

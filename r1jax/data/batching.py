@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax.data import templates
 from r1jax.tokenizer import bucket_length
 
 
@@ -121,7 +122,6 @@ def _prompt_encoder(template: str | Callable[[str], str], tokenizer,
   if callable(template):
     render, ids = template, None
   else:
-    from r1jax.data import templates  # pylint: disable=g-import-not-at-top
     templates.TEMPLATES.get(template)  # Fail at start-up on a bad name.
     render = lambda p: templates.render_prompt(template, p, tokenizer)
     if add_bos is None:

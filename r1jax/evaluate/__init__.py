@@ -11,17 +11,26 @@ The vote pools equivalent answers (`r1jax.rewards.answers_equal`: '1/2' and
 `numbers` / `target`); correctness is decided by a reward function from the
 reward library (`accuracy_reward`, e.g. 'math', 'arithmetic', 'countdown').
 
-The command, `python -m r1jax.evaluate --checkpoint=... --datasets=...`, is
-r1jax/evaluate_cli.py.
+`evaluate_model` is the one held-out evaluation every caller shares (the
+training stages' evals, the ability check of the tiny base, and the command
+`python -m r1jax.evaluate --checkpoint=... --datasets=...`, r1jax/evaluate_cli.py):
+records split by task, each task scored by its own reward, a greedy pass,
+the task-weighted means, and the mean over processes in a multi-host run.
 """
 
-import math
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 
 from r1jax import parallel
 from r1jax import reasoning_stats
+from r1jax import rewards as rw
+from r1jax.data.templates import prompt_ids
+from r1jax.rewards.math_answer import answers_equal
+from r1jax.sampling import FINISH_STOP
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -37,7 +46,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _default_equal(a: str, b: str) -> bool:
-  from r1jax.rewards.math_answer import answers_equal  # pylint: disable=g-import-not-at-top
   return answers_equal(a, b) or answers_equal(b, a)
 
 
@@ -108,6 +116,7 @@ def evaluate_problems(
     ks: Sequence[int] = (),
     target_language: str = 'en',
     return_completions: bool = False,
+    on_batch: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
   """Samples `num_samples` completions per record and scores them.
 
@@ -122,12 +131,9 @@ def evaluate_problems(
   `num_samples` and a few sample texts (`samples`). With
   `return_completions`, also 'completions' (every text, record-major) and
   'correct' ([records, samples] 0/1). `summarize(stats)` keeps only the
-  float metrics.
+  float metrics. `on_batch(n, pass_at_1)`, when given, is called after each
+  sampler batch with its number of records and the pass@1 so far.
   """
-  # Imported here: the reward library starts worker processes lazily and the
-  # template module pulls in the tokenizer; evaluation is optional for callers.
-  from r1jax.data.templates import prompt_ids  # pylint: disable=g-import-not-at-top
-  from r1jax import rewards as rw  # pylint: disable=g-import-not-at-top
 
   correct = np.zeros((len(records), num_samples), np.float32)
   formatted = np.zeros((len(records), num_samples), np.float32)
@@ -143,9 +149,9 @@ def evaluate_problems(
     out = sampler.generate(params, prompts, max_new_tokens=max_new_tokens,
                            n=num_samples, temperature=temperature, top_p=top_p,
                            seed=seed + start)
-    tokens = parallel.host_rows(out.tokens)
-    mask = parallel.host_rows(out.mask)
-    completions = [tokenizer.decode(t[m]) for t, m in zip(tokens, mask)]
+    completions = tokenizer.decode_completions(
+        parallel.host_rows(out.tokens), parallel.host_rows(out.lengths),
+        parallel.host_rows(out.finish_reason) == FINISH_STOP)
     examples = [r for r in chunk for _ in range(num_samples)]
     reward_name = accuracy_reward or chunk[0].get('task') or 'math'
     acc = rw.REWARDS.get(reward_name)(completions, examples)
@@ -166,6 +172,8 @@ def evaluate_problems(
     if len(texts) < 4:
       texts.extend(completions[:4 - len(texts)])
     every_text.extend(completions)
+    if on_batch is not None:
+      on_batch(len(chunk), float(correct[:start + len(chunk)].mean()))
 
   stats: dict[str, Any] = {
       'pass@1': float(correct.mean()),
@@ -204,15 +212,84 @@ def summarize(stats: Mapping[str, Any]) -> dict[str, float]:
           if isinstance(v, (float, np.floating))}
 
 
-def format_stats(stats: Mapping[str, Any]) -> str:
-  keys = [k for k in stats if k.startswith(('pass@', 'cons@'))]
-  keys += ['format_rate', 'language_consistency', 'mean_length']
-  return ', '.join(f'{k} {stats[k]:.3f}' for k in keys if k in stats and
-                   isinstance(stats[k], float) and math.isfinite(stats[k]))
+def evaluate_model(sampler, params, tokenizer, records: Sequence[dict], *,
+                   template: str, num_samples: int, temperature: float,
+                   top_p: float, max_new_tokens: int, batch_size: int = 64,
+                   seed: int = 0, ks: Sequence[int] = (), greedy: bool = False,
+                   accuracy_reward: str = '', default_task: str = 'math',
+                   on_batch: Callable[[int, float], None] | None = None
+                   ) -> dict[str, Any]:
+  """Held-out metrics of `params`, per task and over all `records`.
+
+  Records are grouped by their 'task' (`default_task` for records without
+  one, e.g. a named data set) and each group is scored by
+  `evaluate_problems` with the group's reward (`accuracy_reward` overrides
+  it). Keys: every float metric of `evaluate_problems` (pass@1, pass@k for
+  k in `ks`, cons@<num_samples>, format_rate, language_consistency,
+  mean_length, reflection figures) as the problem-weighted mean over tasks;
+  greedy_accuracy (temperature 0, when `greedy`); '<task>/<metric>' per task;
+  'by_task' ({task: metrics + num_problems}); 'samples' (a few completions);
+  num_problems and num_samples. In a multi-host run each process scores an
+  equal share and the means are averaged over processes.
+  """
+  nproc = jax.process_count()
+  if nproc > 1:  # each process scores its own equal share
+    records = list(records)[:len(records) - len(records) % nproc]
+    records = records[jax.process_index()::nproc]
+  by_task: dict[str, list[dict]] = {}
+  for r in records:
+    by_task.setdefault(r.get('task') or default_task, []).append(r)
+  stats: dict[str, Any] = {'samples': [], 'by_task': {}}
+  weighted: dict[str, list[tuple[int, float]]] = {}
+  for task, recs in by_task.items():
+    kw = dict(template=template, max_new_tokens=max_new_tokens,
+              accuracy_reward=accuracy_reward or recs[0].get('task') or 'math',
+              batch_size=batch_size, seed=seed)
+    s = evaluate_problems(sampler, params, tokenizer, recs,
+                          num_samples=num_samples, temperature=temperature,
+                          top_p=top_p, ks=ks, on_batch=on_batch, **kw)
+    if greedy and temperature == 0:
+      s['greedy_accuracy'] = s['pass@1']
+    elif greedy:
+      s['greedy_accuracy'] = evaluate_problems(
+          sampler, params, tokenizer, recs, num_samples=1, temperature=0.0,
+          top_p=1.0, on_batch=on_batch, **kw)['pass@1']
+    floats = summarize(s)
+    for k, v in floats.items():
+      stats[f'{task}/{k}'] = v
+      weighted.setdefault(k, []).append((len(recs), v))
+    stats['by_task'][task] = {**floats, 'num_problems': len(recs)}
+    stats['samples'].extend(s['samples'][:2])
+  for k, pairs in weighted.items():
+    stats[k] = sum(n * v for n, v in pairs) / sum(n for n, _ in pairs)
+  if nproc > 1:  # equal shares: the global mean is the mean of the means
+    names = sorted(k for k, v in stats.items() if isinstance(v, float))
+    local = np.asarray([stats[k] for k in names], np.float64)
+    means = np.asarray(multihost_utils.process_allgather(local)).mean(axis=0)
+    stats.update({k: float(v) for k, v in zip(names, means)})
+  stats['num_problems'] = len(records) * nproc
+  stats['num_samples'] = num_samples
+  return stats
 
 
-if __name__ == '__main__':
-  # The command lives in evaluate_cli.py (flags, checkpoint kinds, reports).
-  import sys  # pylint: disable=g-import-not-at-top
-  from r1jax import evaluate_cli  # pylint: disable=g-import-not-at-top
-  sys.exit(evaluate_cli.main())
+def evaluate_config(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
+                    records: Sequence[dict], *, accuracy_reward: str = '',
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+  """`evaluate_model` with a stage's config.eval section (template,
+  num_samples, temperature, top_p, max_new_tokens, batch_size, seed, ks,
+  greedy, reward, dataset), and one line of the main figures to `log`."""
+  stats = evaluate_model(
+      sampler, params, tokenizer, records, template=ec.template,
+      num_samples=ec.num_samples, temperature=ec.temperature, top_p=ec.top_p,
+      max_new_tokens=ec.max_new_tokens, batch_size=ec.batch_size,
+      seed=ec.seed, ks=tuple(ec.get('ks', ())), greedy=ec.get('greedy', False),
+      accuracy_reward=accuracy_reward or ec.get('reward', ''),
+      default_task=ec.dataset or 'math')
+  shown = [k for k in ('pass@1', f'cons@{ec.num_samples}', 'greedy_accuracy',
+                       'format_rate', 'language_consistency', 'mean_length',
+                       'reflection_rate', 'recheck_rate')
+           if k in stats]
+  log(f'held-out ({len(records)} problems x {ec.num_samples} samples, '
+      f'template {ec.template!r}, temperature {ec.temperature}): ' +
+      ' | '.join(f'{k} {stats[k]:.3f}' for k in shown))
+  return stats

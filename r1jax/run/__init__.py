@@ -1,0 +1,15 @@
+"""What every stage needs to run, written once (the layer between the leaves
+and the stages).
+
+  * `checks`: config checks that fail at start-up with one line naming the key;
+  * `loading`: the model + tokenizer a run starts from, sharded on its mesh;
+  * `train_state`: the optimizer, the train state, resume;
+  * `records`: what a workdir records (run config, done.json, metrics and
+    completions files, the exported model) and the file names;
+  * `problems`: the train and held-out problems of a config;
+  * `console`: the compile counter, the progress line, phase timers.
+
+Modules here import the leaves (model, sampling, rl, rewards, data, tokenizer,
+checkpoint, metrics, parallel, errors) and each other, never a stage or an
+entry point (tests/test_layering.py).
+"""
