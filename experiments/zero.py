@@ -154,7 +154,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.steps = 120                # GRPO steps
   c.train.lr = 1e-4                  # paper: 3e-6
   c.train.warmup_steps = 5           # GRPO steps of linear warm-up
-  c.train.min_lr_ratio = 1.0         # 1 = constant after warm-up
+  # Cosine decay to 0.1 x lr: at a constant 1e-4 (1.0 here) the tiny
+  # policy swung late in the run (seed 3: pass@1 0.597 at step 80, 0.487 at
+  # 120; +0.199 overall); with the decay seed 3 rose 0.354, 0.420, 0.492 at
+  # steps 40, 80, 120 (+0.295). Paper: constant (the real block).
+  c.train.min_lr_ratio = 0.1         # final lr = lr * min_lr_ratio
   c.train.weight_decay = 0.0
   c.train.b1 = 0.9
   c.train.b2 = 0.99
@@ -204,6 +208,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.train.steps = 400
     c.train.lr = 3e-6
     c.train.warmup_steps = 0
+    c.train.min_lr_ratio = 1.0       # paper: constant
     c.train.weight_decay = 0.1
     c.train.checkpoint_every = 25
     c.eval.num_problems = 500
