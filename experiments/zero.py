@@ -166,7 +166,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.train.log_every = 1
   c.train.checkpoint_every = 10
   c.train.keep_checkpoints = 2
-  c.train.debug_nan_at_step = 0      # test hook: NaN loss at this step
 
   # Evaluation on held-out problems (step 0 = the base model)
   c.eval = common.eval_section(

@@ -57,7 +57,7 @@ RESUME_SAFE = (
     'train.steps',
     'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
     'train.eval_every', 'train.eval_batches', 'train.sample_every',
-    'train.sample_tokens', 'train.debug_nan_at_step',
+    'train.sample_tokens',
     'eval.every', 'eval.at_start', 'eval.num_texts', 'eval.batch_size',
     'train.grad_accum', 'rl.grad_accum', 'model.remat',
     'model.pretrain_if_missing', 'mesh.*', 'distributed.*', 'export.*',

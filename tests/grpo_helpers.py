@@ -73,6 +73,25 @@ def grpo_config(base_dir, **kw):
   return c
 
 
+def inject_nan(monkeypatch, at_step: int) -> None:
+  """GRPO step `at_step` (1-based) trains on NaN advantages, so its loss and
+  gradient are NaN: the stage's non-finite guard must stop the run. Wraps
+  `grpo_update.make_update_fn`; the jitted update itself is the real one."""
+  from r1jax.stages import grpo_update
+  real = grpo_update.make_update_fn
+
+  def make_update_fn(*args, **kwargs):
+    update = real(*args, **kwargs)
+
+    def poisoned(state, batch):
+      if int(state['step']) + 1 == at_step:
+        batch = {**batch, 'adv': batch['adv'] * np.float32(np.nan)}
+      return update(state, batch)
+    return poisoned
+
+  monkeypatch.setattr(grpo_update, 'make_update_fn', make_update_fn)
+
+
 def read_rows(workdir) -> dict[int, dict]:
   """metrics.jsonl merged per step (train/, time/ and eval/ rows)."""
   from r1jax import metrics as metrics_lib

@@ -116,9 +116,10 @@ def test_constant_reward_gives_zero_advantage_and_no_update(base_dir, tmp_path):
     np.testing.assert_array_equal(base[k], after[k], err_msg=k)
 
 
-def test_nan_loss_stops_and_keeps_last_checkpoint(base_dir, tmp_path):
-  c = H.grpo_config(base_dir, train__steps=4, train__checkpoint_every=2,
-                    train__debug_nan_at_step=3)
+def test_nan_loss_stops_and_keeps_last_checkpoint(base_dir, tmp_path,
+                                                  monkeypatch):
+  H.inject_nan(monkeypatch, at_step=3)
+  c = H.grpo_config(base_dir, train__steps=4, train__checkpoint_every=2)
   with pytest.raises(FloatingPointError, match='step 3'):
     grpo.train_and_evaluate(c, str(tmp_path))
   with ckpt_lib.Checkpointer(tmp_path / 'checkpoints') as ck:

@@ -190,11 +190,13 @@ def _pipeline_cfg(base):
 
 
 @pytest.mark.slow
-def test_pipeline_chains_skips_and_resumes(base, tmp_path, capsys):
+def test_pipeline_chains_skips_and_resumes(base, tmp_path, capsys,
+                                          monkeypatch):
   c = _pipeline_cfg(base)
-  c.reasoning_rl.train.debug_nan_at_step = 2   # dies at step 2 of 2
+  grpo_helpers.inject_nan(monkeypatch, at_step=2)  # reasoning_rl dies at 2 of 2
   with pytest.raises(FloatingPointError):
     pipeline.run(c, str(tmp_path))
+  monkeypatch.undo()
   assert run_records.read_done(tmp_path / 'cold_start') is not None
   assert run_records.read_done(tmp_path / 'reasoning_rl') is None
   rl_run = run_records.read_run_config(tmp_path / 'reasoning_rl')

@@ -269,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   update_fn = grpo_update.make_update_fn(
       graphdef, optimizer, loss_kwargs=_loss_kwargs(rc),
       num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
-      grad_accum=rc.grad_accum, mesh=mesh, nan_at_step=tc.debug_nan_at_step,
+      grad_accum=rc.grad_accum, mesh=mesh,
       scoring=grpo_update.Scoring.from_config(config.sampling))
   # In the update's micro-batches: never more logits at once than an update.
   logprobs_fn = grpo_update.make_logprobs_fn(

@@ -164,16 +164,15 @@ def _combine(name: str, x: jax.Array, w: jax.Array | None = None) -> jax.Array:
 def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                    loss_kwargs: dict[str, Any], num_iterations: int,
                    num_minibatches: int, grad_accum: int, mesh: Mesh,
-                   nan_at_step: int = 0, scoring: Scoring = Scoring()):
+                   scoring: Scoring = Scoring()):
   """jit (state, rollout) -> (state, metrics); the state is donated.
 
   `state` holds 'params', 'opt_state' and 'step' (GRPO steps done). Metrics
   are grpo_loss's, averaged over all optimizer steps of the update, plus
   grad_norm (before clipping; mean and max over the optimizer steps) and
-  loss_finite (0 if any loss or gradient was not finite).
-  `nan_at_step` > 0 makes that GRPO step's loss NaN (a test hook for the
-  non-finite guard). `scoring`: the distribution the rollout was sampled
-  from, which the policy's log-probs (and entropy) are taken under.
+  loss_finite (0 if any loss or gradient was not finite). `scoring`: the
+  distribution the rollout was sampled from, which the policy's log-probs
+  (and entropy) are taken under.
   """
   aggregation = loss_kwargs.get('aggregation', 'seq_mean_token_mean')
   batch_axes = parallel.batch_spec(mesh)
@@ -186,26 +185,24 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
       return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
     return jax.tree.map(one, tree)
 
-  def micro_loss(params, mb, total_units, step):
+  def micro_loss(params, mb, total_units):
     logp, entropy = completion_logprobs(graphdef, params, mb, with_entropy=True,
                                         scoring=scoring)
     loss, metrics = rl.grpo_loss(
         logp, mb['old_logp'], mb.get('ref_logp'), mb['adv'], mb['mask'],
         entropy_BxT=entropy, **loss_kwargs)
-    if nan_at_step:
-      loss = loss + jnp.where(step + 1 == nan_at_step, jnp.nan, 0.0)
     w = accumulation.micro_weight(aggregation, mb['mask'], total_units)
     return loss * w, (metrics, w)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
   def minibatch_step(carry, mb):
-    params, opt_state, step = carry
+    params, opt_state = carry
     total_units = accumulation.aggregation_units(aggregation, mb['mask'])
     micro = split(mb, grad_accum)
 
     def body(g_acc, x):
-      (loss, (metrics, w)), g = grad_fn(params, x, total_units, step)
+      (loss, (metrics, w)), g = grad_fn(params, x, total_units)
       return jax.tree.map(jnp.add, g_acc, g), (loss, metrics, w)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -220,7 +217,7 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
     metrics['loss_finite_min'] = metrics['loss_finite']
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return (params, opt_state, step), metrics
+    return (params, opt_state), metrics
 
   def update(state, rollout):
     minibatches = split(rollout, num_minibatches)
@@ -228,8 +225,8 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
     def one_pass(carry, _):
       return jax.lax.scan(minibatch_step, carry, minibatches)
 
-    carry = (state['params'], state['opt_state'], state['step'])
-    (params, opt_state, _), metrics = jax.lax.scan(
+    carry = (state['params'], state['opt_state'])
+    (params, opt_state), metrics = jax.lax.scan(
         one_pass, carry, None, length=num_iterations)
     # [iterations, minibatches] -> scalars.
     metrics = {k: _combine(k, v.reshape(-1)) for k, v in metrics.items()}
