@@ -30,6 +30,7 @@ from r1jax import config_checks
 from r1jax import errors
 from r1jax import tiny_base
 from r1jax.run import checks
+from r1jax.run import file_checks
 from r1jax.stages import grpo
 from r1jax.stages import rejection
 from r1jax.stages import sft
@@ -75,7 +76,7 @@ def check(config, workdir: str, overwrite: bool = False) -> None:
   stage = get_stage(config.stage)
   tiny_base.resolve(config)  # model.hf_path's {base_key}: the cached tiny base
   config_checks.check_stage_config(config, stage)
-  config_checks.check_files(config)
+  file_checks.check_files(config)
   config_checks.check_workdir(config, workdir, overwrite)
 
 

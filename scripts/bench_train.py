@@ -8,7 +8,7 @@ head where logits are taken) plus causal attention, 4 x heads x head_dim per
 bench_sampler's 22.3M-parameter Qwen2-style one (width 512, 6 layers, vocab
 8192, float32), random weights; steps are the stages' own jitted programs:
 
-  SFT    r1jax.stages.sft.make_train_step on a [batch, seq] packed batch
+  SFT    r1jax.stages.sft_update.make_train_step on a [batch, seq] packed batch
   GRPO   r1jax.stages.grpo_update.make_update_fn on a rollout of
          rows = prompts x group, prompt P + completion L tokens, with the KL
          term (a reference log-prob array) and the entropy, split into
@@ -38,6 +38,7 @@ from r1jax.model import functional as fn
 from r1jax.run import train_state
 from r1jax.stages import grpo_update
 from r1jax.stages import sft
+from r1jax.stages import sft_update
 
 
 def optimizer():
@@ -78,11 +79,11 @@ def bench_sft(args, cfg, graphdef, params, peak):
   batch = sft_batch(args, cfg)
   opt = optimizer()
   flops = bench_common.train_flops(cfg, args.sft_batch, args.sft_seq)
-  step = sft.make_train_step(graphdef, opt, args.sft_grad_accum)
+  step = sft_update.make_train_step(graphdef, opt, args.sft_grad_accum)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   t_step = time_step(step, fresh_state(params, opt, mesh), batch, args.repeats)
-  loss = jax.jit(lambda p, b: sft.nll_sum(graphdef, p, b)[0])
-  grad = jax.jit(jax.grad(lambda p, b: sft.nll_sum(graphdef, p, b)[0]))
+  loss = jax.jit(lambda p, b: sft_update.nll_sum(graphdef, p, b)[0])
+  grad = jax.jit(jax.grad(lambda p, b: sft_update.nll_sum(graphdef, p, b)[0]))
   t_fwd = bench_common.median(bench_common.time_calls(
       lambda: loss(params, batch), args.repeats))
   t_grad = bench_common.median(bench_common.time_calls(

@@ -11,7 +11,7 @@ from r1jax.model import config as model_config
 from r1jax.model import functional as fn
 from r1jax.rl import distill
 from r1jax.run import train_state
-from r1jax.stages import distill_teacher, sft
+from r1jax.stages import distill_teacher, sft, sft_update
 import grpo_helpers
 
 
@@ -135,7 +135,7 @@ def _one_step(graphdef, params, opt, batch, accum, teacher):
   state = {'params': jax.tree.map(jnp.copy, params),
            'opt_state': opt.init(params), 'step': jnp.zeros((), jnp.int32),
            'rng': jnp.zeros((2,), jnp.uint32)}
-  return sft.make_train_step(graphdef, opt, accum, teacher)(state, batch)
+  return sft_update.make_train_step(graphdef, opt, accum, teacher)(state, batch)
 
 
 def _step_setup():
@@ -259,13 +259,13 @@ def test_tokenizer_mismatch_fails_before_training(tmp_path, teacher_dir):
   c = _student_config(teacher_dir)
   c.distill.teacher = str(other)
   calls = []
-  orig = sft.make_train_step
-  sft.make_train_step = lambda *a, **k: calls.append(1) or orig(*a, **k)
+  orig = sft_update.make_train_step
+  sft_update.make_train_step = lambda *a, **k: calls.append(1) or orig(*a, **k)
   try:
     with pytest.raises(ValueError, match='needs a shared tokenizer') as e:
       sft.train_and_evaluate(c, str(tmp_path / 'run'))
   finally:
-    sft.make_train_step = orig
+    sft_update.make_train_step = orig
   assert "Sequence-level distillation (distill.teacher=''" in str(e.value)
   assert not calls  # failed before the step was built (or compiled)
 

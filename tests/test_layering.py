@@ -36,7 +36,8 @@ LAYERS = (LEAVES, RUN, EVALUATION, STAGES, ENTRY)
 
 # Each stage: the modules that belong to it (its helpers).
 STAGE_GROUPS = {
-    'sft': ('r1jax.stages.sft', 'r1jax.stages.distill_teacher'),
+    'sft': ('r1jax.stages.sft', 'r1jax.stages.sft_update',
+            'r1jax.stages.distill_teacher'),
     'grpo': ('r1jax.stages.grpo', 'r1jax.stages.grpo_rollout',
              'r1jax.stages.grpo_update'),
     'rejection': ('r1jax.stages.rejection',),

@@ -10,6 +10,7 @@ import pytest
 from r1jax import metrics as metrics_lib
 from r1jax.run import train_state
 from r1jax.stages import sft
+from r1jax.stages import sft_update
 from r1jax.data import batching
 from r1jax.model import functional as fn
 from r1jax.model import config as model_config
@@ -74,7 +75,7 @@ def test_sft_resume_continues_same_curve(tmp_path):
 def _run_until(config, workdir, stop_at):
   """Runs training but kills it (as a KeyboardInterrupt) after `stop_at` steps."""
   calls = {'n': 0}
-  orig = sft.make_train_step
+  orig = sft_update.make_train_step
 
   def killing_make_train_step(*a, **k):
     step_fn = orig(*a, **k)
@@ -86,13 +87,13 @@ def _run_until(config, workdir, stop_at):
       return step_fn(state, batch)
     return wrapped
 
-  sft.make_train_step = killing_make_train_step
+  sft_update.make_train_step = killing_make_train_step
   try:
     sft.train_and_evaluate(config, str(workdir))
   except KeyboardInterrupt:
     pass
   finally:
-    sft.make_train_step = orig
+    sft_update.make_train_step = orig
   return calls['n']
 
 
@@ -112,7 +113,7 @@ def test_packed_and_unpacked_losses_agree():
     loss, n = 0.0, 0.0
     for b in it:
       b = {k: jnp.asarray(v) for k, v in b.items()}
-      l, c = sft.nll_sum(graphdef, params, b)
+      l, c = sft_update.nll_sum(graphdef, params, b)
       loss += float(l)
       n += float(c)
     return loss, n
@@ -159,7 +160,7 @@ def test_grad_accum_matches_full_batch():
     state = {'params': jax.tree.map(jnp.copy, params),
              'opt_state': opt.init(params), 'step': jnp.zeros((), jnp.int32),
              'rng': jnp.zeros((2,), jnp.uint32)}
-    state, m = sft.make_train_step(graphdef, opt, accum)(state, batch)
+    state, m = sft_update.make_train_step(graphdef, opt, accum)(state, batch)
     outs.append((state['params'], m))
   np.testing.assert_allclose(outs[0][1]['loss'], outs[1][1]['loss'], rtol=1e-6)
   for x, y in zip(jax.tree.leaves(outs[0][0]), jax.tree.leaves(outs[1][0])):

@@ -3,7 +3,7 @@
 The SFT stage's switch: with distill.teacher set (an HF directory, a GGUF
 file, or a finished stage's workdir), `load_teacher` checks that the teacher
 shares the student's tokenizer, loads it onto the run's mesh in the student's
-dtypes, and returns a `Teacher` that `sft.loss_sum` runs on the same batch
+dtypes, and returns a `Teacher` that `sft_update.loss_sum` runs on the same batch
 inside the jitted step.
 """
 
