@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from r1jax.rl import advantages
-from r1jax.rl import metrics
 
 ADV = advantages.ADVANTAGES
 
@@ -136,21 +135,6 @@ def test_zero_spread_group_is_exactly_zero(value, g, name):
   # grpo's 1 / eps would turn the residue into a visible advantage.
   adv = ADV.get(name)(jnp.full((1, g), value, jnp.float32))
   np.testing.assert_array_equal(adv, np.zeros((1, g)))
-
-
-def test_rollout_metrics_hand_computed():
-  rewards = jnp.array([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0],
-                       [2.0, 2.0, 2.0]])
-  m = metrics.rollout_metrics(rewards, ADV.get('drgrpo')(rewards))
-  # Groups 0, 2 and 3 have equal rewards: 3 of 4.
-  assert float(m['frac_zero_spread_groups']) == 0.75
-  # Rewards sum to 3 + 1 + 0 + 6 = 10 over 12 entries.
-  np.testing.assert_allclose(m['reward_mean'], 10 / 12, rtol=1e-6)
-  assert float(m['reward_min']) == 0.0 and float(m['reward_max']) == 2.0
-  # Only group 1 is non-zero: (-1/3, 2/3, -1/3).
-  np.testing.assert_allclose(m['adv_max'], 2 / 3, rtol=1e-6)
-  np.testing.assert_allclose(m['adv_min'], -1 / 3, rtol=1e-6)
-  np.testing.assert_allclose(m['adv_mean'], 0.0, atol=1e-7)
 
 
 # --- grpo scale ('group' | 'batch' | 'none', TRL scale_rewards) -------------

@@ -53,7 +53,7 @@ def test_defaults_reproduce_the_plain_loss_bit_for_bit():
   ref = OLD - 0.3
   base = _loss(ref=_f32(ref), beta=0.04, entropy_BxT=ENT)
   explicit = _loss(ref=_f32(ref), beta=0.04, entropy_BxT=ENT, delta=None,
-                   policy_options=None, seq_weights_B=None,
+                   policy_options=None,
                    top_entropy_quantile=None, entropy_coef=0.0,
                    entropy_target=None, rollout_correction=None,
                    offpolicy_mask_threshold=None)
@@ -63,33 +63,6 @@ def test_defaults_reproduce_the_plain_loss_bit_for_bit():
     assert float(base[1][k]) == float(explicit[1][k]), k
   np.testing.assert_allclose(base[1]['policy_loss'],
                              PER_TOKEN.sum() / 8, rtol=1e-5)
-
-
-# --- seq_weights_B (e.g. mask truncated completions) ------------------------
-def test_zero_seq_weight_equals_removing_the_sequence_from_the_mask():
-  """TRL mask_truncated_completions: the completion mask is zeroed."""
-  w = np.array([1.0, 0.0, 1.0])
-  for agg in ('seq_mean_token_mean', 'token_mean', 'seq_sum_norm'):
-    l_w, m_w = _loss(seq_weights_B=_f32(w), aggregation=agg,
-                     ref=_f32(OLD - 0.3), beta=0.1)
-    l_m, m_m = _loss(mask=MASK * w[:, None].astype(int), aggregation=agg,
-                     ref=_f32(OLD - 0.3), beta=0.1)
-    np.testing.assert_allclose(l_w, l_m, rtol=1e-6)
-    for k in m_m:
-      np.testing.assert_allclose(m_w[k], m_m[k], rtol=1e-6, err_msg=k)
-  # token_mean over the 6 remaining tokens: (-5.6 + 5.8) / 6.
-  l_w, m_w = _loss(seq_weights_B=_f32(w))
-  np.testing.assert_allclose(l_w, 0.2 / 6, rtol=1e-5)
-  assert float(m_w['num_tokens']) == 6.0
-  np.testing.assert_allclose(m_w['seq_weight_mean'], 2 / 3)
-  g = _grad(seq_weights_B=_f32(w))
-  assert np.all(g[1] == 0.0)
-
-
-def test_fractional_seq_weights_scale_the_loss():
-  w = np.array([1.0, 0.5, 1.0])
-  loss, _ = _loss(seq_weights_B=_f32(w))
-  np.testing.assert_allclose(loss, (-5.6 + 0.5 * 2.6 + 5.8) / 8, rtol=1e-5)
 
 
 # --- Top-q entropy tokens ("80/20") -----------------------------------------
@@ -151,14 +124,7 @@ def test_entropy_bonus_hand_computed():
   np.testing.assert_allclose(m4['entropy_bonus'], 7.5)
 
 
-def test_adaptive_entropy_coef_update():
-  # TRL: + delta when entropy <= target, else - delta, within [min, max].
-  up = entropy.update_entropy_coef(0.01, 0.1, target=0.2, step=0.005)
-  down = entropy.update_entropy_coef(0.01, 0.3, target=0.2, step=0.005)
-  np.testing.assert_allclose([up, down], [0.015, 0.005], rtol=1e-6)
-  assert float(entropy.update_entropy_coef(0.002, 0.3, target=0.2)) == 0.0
-  assert float(entropy.update_entropy_coef(0.999, 0.1, target=0.2)) == 1.0
-  # Traced coefficient inside a jitted loss.
+def test_traced_entropy_coef():
   f = jax.jit(lambda c: _loss(entropy_BxT=ENT, entropy_coef=c)[0])
   np.testing.assert_allclose(f(jnp.float32(0.01)),
                              _loss(entropy_BxT=ENT, entropy_coef=0.01)[0],
@@ -266,9 +232,8 @@ ALL_ON = dict(top_entropy_quantile=0.5, entropy_coef=0.01, delta=3.0,
 def test_masked_positions_irrelevant_with_every_option_on():
   garbage = np.zeros((3, 3))
   garbage[1, 2] = 1e4
-  w = _f32([1.0, 1.0, 0.5])
   ref = _f32(OLD - 0.2)
-  base = dict(ALL_ON, seq_weights_B=w, beta=0.05)
+  base = dict(ALL_ON, beta=0.05)
 
   def run(lp, old, samp, ent, r):
     return _loss(lp, old=old, sampler=samp, entropy_BxT=ent, ref=r, **base)
@@ -305,7 +270,6 @@ def test_jit_with_every_option_on():
     (dict(rollout_correction='tis_seq', sampler=SAMPLER,
           rollout_correction_threshold=0.0), 'threshold'),
     (dict(top_entropy_quantile=1.5, entropy_BxT=ENT), 'top_entropy_quantile'),
-    (dict(seq_weights_B=jnp.ones(4)), 'seq_weights_B'),
     (dict(offpolicy_mask_threshold=-1.0), 'offpolicy_mask_threshold'),
 ])
 def test_bad_options_fail_loudly(kw, match):

@@ -53,14 +53,10 @@ from r1jax.rl.advantages import ADVANTAGES
 from r1jax.rl.advantages import compute_advantages
 from r1jax.rl.advantages import multi_reward_advantages
 from r1jax.rl.aggregation import LOSS_AGGREGATIONS
-from r1jax.rl.dynamic_sampling import filter_groups
-from r1jax.rl.dynamic_sampling import GroupSelection
 from r1jax.rl.entropy import high_entropy_mask
-from r1jax.rl.entropy import update_entropy_coef
 from r1jax.rl.kl import kl_penalized_rewards
 from r1jax.rl.kl import KL_ESTIMATORS
 from r1jax.rl.losses import grpo_loss
-from r1jax.rl.metrics import rollout_metrics
 from r1jax.rl.policy_losses import POLICY_LOSSES
 from r1jax.rl.policy_losses import PolicyLossOutput
 from r1jax.rl.rollout_correction import ROLLOUT_CORRECTIONS
@@ -171,7 +167,6 @@ VARIANTS = {
 
 __all__ = [
     'ADVANTAGES',
-    'GroupSelection',
     'KL_ESTIMATORS',
     'LOSS_AGGREGATIONS',
     'POLICY_LOSSES',
@@ -179,11 +174,8 @@ __all__ = [
     'ROLLOUT_CORRECTIONS',
     'VARIANTS',
     'compute_advantages',
-    'filter_groups',
     'grpo_loss',
     'high_entropy_mask',
     'kl_penalized_rewards',
     'multi_reward_advantages',
-    'rollout_metrics',
-    'update_entropy_coef',
 ]

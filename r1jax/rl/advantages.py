@@ -21,7 +21,7 @@ Options (keyword only; an estimator refuses those it does not take):
 A group whose rewards are all equal gets exactly zero advantage under every
 group-baselined estimator ('grpo', 'drgrpo', 'rloo', 'opo',
 'reinforce_pp_baseline' without lengths): it teaches nothing (see
-`metrics.rollout_metrics` and `dynamic_sampling`). 'reinforce_pp' and 'remax'
+`dynamic_sampling`). 'reinforce_pp' and 'remax'
 have no group baseline, so such a group can still carry a signal.
 
 `multi_reward_advantages` combines several rewards, either summed and then

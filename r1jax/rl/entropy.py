@@ -5,12 +5,11 @@ by entropy (Wang et al. 2025, "Beyond the 80/20 rule: high-entropy minority
 tokens drive effective RL for LLM reasoning", arXiv 2506.01939; q = 0.2 in
 the paper; TRL `top_entropy_quantile`).
 
-`update_entropy_coef` / `gated_entropy_coef`: adaptive entropy control
-(He et al. 2025, "Skywork Open Reasoner 1 technical report", arXiv
-2505.22312; TRL `use_adaptive_entropy`): the coefficient of the entropy
-bonus grows by `step` while the entropy is at or below a target and shrinks
-otherwise, and the bonus only acts while the entropy is at or below the
-target. The coefficient is state the trainer carries across steps.
+`gated_entropy_coef`: the entropy bonus acts only while the entropy is at
+or below a target (He et al. 2025, "Skywork Open Reasoner 1 technical
+report", arXiv 2505.22312; grpo_loss's `entropy_target`). The coefficient
+itself is fixed (`entropy_coef`); Skywork's adaptive coefficient, which
+would be state carried across steps, is not implemented.
 """
 
 import jax
@@ -52,26 +51,6 @@ def high_entropy_mask(entropy_BxT: jax.Array, mask_BxT: jax.Array,
   thr = masked_quantile(ent_BxT, mask_BxT, 1.0 - jnp.asarray(quantile,
                                                              jnp.float32))
   return (mask_BxT > 0) & (ent_BxT >= thr)
-
-
-def update_entropy_coef(
-    coef: float | jax.Array,
-    entropy: float | jax.Array,
-    *,
-    target: float,
-    step: float = 0.005,
-    coef_min: float = 0.0,
-    coef_max: float = 1.0,
-) -> jax.Array:
-  """Skywork-OR1's adaptive coefficient after one optimizer step.
-
-  coef + step if entropy <= target, else coef - step, clipped to
-  [coef_min, coef_max] (TRL's defaults). `entropy` is the step's mean token
-  entropy (grpo_loss's 'entropy' metric, averaged over the step).
-  """
-  coef = jnp.asarray(coef, jnp.float32)
-  new = jnp.where(jnp.asarray(entropy) <= target, coef + step, coef - step)
-  return jnp.clip(new, coef_min, coef_max)
 
 
 def gated_entropy_coef(coef: float | jax.Array, entropy: float | jax.Array,

@@ -1,8 +1,8 @@
 """`grpo_loss`, the one loss the GRPO trainer calls, and its option checks.
 
 `grpo_loss` chains a policy loss, its optional factors (top-entropy token
-selection, the off-policy mask, rollout correction), the KL term, sequence
-weights, the aggregation and the entropy bonus. Its parts live in their own
+selection, the off-policy mask, rollout correction), the KL term, the
+aggregation and the entropy bonus. Its parts live in their own
 modules: the policy losses in `policy_losses.py` (the contract, shapes and
 PPO's clipped family) and `policy_losses_extra.py` (cispo, sapo, gmpo,
 clip_cov, kl_cov), the aggregations with their unit counts in
@@ -31,17 +31,14 @@ from r1jax.rl import policy_losses_extra  # pylint: disable=unused-import
 from r1jax.rl import rollout_correction as rc_lib
 
 
-def _check_shapes(mask_BxT, adv_B, seq_weights_B, **arrays_BxT):
-  """Every [B, T] input has the mask's shape; adv_B, seq_weights_B are [B]."""
+def _check_shapes(mask_BxT, adv_B, **arrays_BxT):
+  """Every [B, T] input has the mask's shape; adv_B is [B]."""
   b, t = mask_BxT.shape
   for name, x in arrays_BxT.items():
     if x is not None and x.shape != (b, t):
       raise ValueError(f'{name} has shape {x.shape}; mask_BxT has {(b, t)}.')
   if adv_B.shape != (b,):
     raise ValueError(f'adv_B has shape {adv_B.shape}; expected {(b,)}.')
-  if seq_weights_B is not None and seq_weights_B.shape != (b,):
-    raise ValueError(
-        f'seq_weights_B has shape {seq_weights_B.shape}; expected {(b,)}.')
 
 
 def _check_options(beta, ref_present, epsilon_low, epsilon_high, dual_clip,
@@ -95,14 +92,6 @@ def _check_extras(entropy_BxT, entropy_coef, top_entropy_quantile,
 def _is_python_zero(x):
   """True for a Python 0 (static off switch); a traced or numpy 0 is not."""
   return isinstance(x, (int, float)) and x == 0
-
-
-def _weigh_sequences(seq_weights_B, mask_BxT):
-  """w_B (no gradient), the mask without weight-0 rows, seq_weight_mean."""
-  w_B = jax.lax.stop_gradient(seq_weights_B.astype(jnp.float32))
-  metrics = {'seq_weight_mean': metrics_lib.masked_mean(
-      w_B, jnp.any(mask_BxT > 0, axis=1))}
-  return w_B, jnp.where((w_B != 0)[:, None], mask_BxT, 0), metrics
 
 
 def _policy_loss(policy_fn, name, logp_BxT, old_logp_BxT, adv_B, mask_BxT,
@@ -207,7 +196,6 @@ def grpo_loss(
     entropy_BxT: jax.Array | None = None,
     delta: float | None = None,
     policy_options: Mapping[str, Any] | None = None,
-    seq_weights_B: jax.Array | None = None,
     top_entropy_quantile: float | None = None,
     entropy_coef: float = 0.0,
     entropy_target: float | None = None,
@@ -219,15 +207,14 @@ def grpo_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The GRPO objective (as a loss to minimise) and its metrics.
 
-  loss = aggregation(w_b * (c_bt * policy_loss_bt + beta * kl_bt))
+  loss = aggregation(c_bt * policy_loss_bt + beta * kl_bt)
          - entropy_coef * mean_t entropy_bt,
 
   the KL inside the same per-token aggregation as in DeepSeekMath eq. 3.
   c_bt (1 by default) is the product of the optional policy-loss factors:
   the high-entropy token selection, DeepSeek-V3.2's off-policy sequence mask
-  and the rollout-correction weight; w_b are `seq_weights_B`. With every new
-  option at its default the loss and metrics are those of the plain
-  objective, bit for bit.
+  and the rollout-correction weight. With every option at its default the
+  loss and metrics are those of the plain objective, bit for bit.
 
   Under jit, the string options, dual_clip, delta, max_len, policy_options
   and every None-or-value option must be static (close over them with
@@ -267,20 +254,13 @@ def grpo_loss(
       'clip_cov_lb': 1.0, 'clip_cov_ub': 5.0} for 'clip_cov',
       {'kl_cov_ratio': 2e-4, 'kl_cov_coef': 1.0} for 'kl_cov'. Any mapping
       (a ConfigDict too); an option the loss does not take is an error.
-    seq_weights_B: per-sequence weights of the whole per-token loss (policy
-      and KL). A sequence with weight 0 leaves the loss entirely: it is
-      removed from the mask, so from every normaliser and every metric (as
-      TRL's mask_truncated_completions zeroes its completion mask). Pass
-      `1 - truncated_B` to train without truncated completions (DAPO's
-      overlong filtering).
     top_entropy_quantile: None (all tokens), or q in [0, 1]: the policy loss
       keeps only the valid tokens whose entropy is in the top q fraction of
       the batch ("Beyond the 80/20 rule", arXiv 2506.01939; q = 0.2 there;
       TRL). The normalisers still count every valid token (as in TRL).
     entropy_coef: coefficient of the entropy bonus, - coef * token mean of
       entropy_BxT over the tokens that the policy loss trains on (TRL's
-      `entropy_coef`); 0 = off. May be traced (the adaptive coefficient of
-      `entropy.update_entropy_coef`, carried by the trainer).
+      `entropy_coef`); 0 = off. May be traced.
     entropy_target: None, or the bonus only acts while this batch's mean
       entropy is <= the target (Skywork-OR1's adaptive entropy control,
       arXiv 2505.22312; see `entropy.py`).
@@ -316,9 +296,9 @@ def grpo_loss(
     entropy_bonus and entropy_coef_applied, rollout_logp_gap_mean/_max,
     rollout_kl, rollout_kl_k3, rollout_is_weight_mean/_min/_max,
     rollout_is_masked_frac, offpolicy_masked_frac (fraction of valid
-    sequences dropped), seq_weight_mean.
+    sequences dropped).
   """
-  _check_shapes(mask_BxT, adv_B, seq_weights_B, logp_BxT=logp_BxT,
+  _check_shapes(mask_BxT, adv_B, logp_BxT=logp_BxT,
                 old_logp_BxT=old_logp_BxT, ref_logp_BxT=ref_logp_BxT,
                 entropy_BxT=entropy_BxT, sampler_logp_BxT=sampler_logp_BxT)
   _check_options(beta, ref_logp_BxT is not None, epsilon_low, epsilon_high,
@@ -332,10 +312,6 @@ def grpo_loss(
   kl_fn = kl_lib.KL_ESTIMATORS.get(kl_estimator)
 
   metrics = {}
-  w_B = None
-  if seq_weights_B is not None:
-    w_B, mask_BxT, m = _weigh_sequences(seq_weights_B, mask_BxT)
-    metrics.update(m)
   out = _policy_loss(policy_fn, policy_loss, logp_BxT, old_logp_BxT, adv_B,
                      mask_BxT, epsilon_low, epsilon_high, dual_clip, delta,
                      policy_options)
@@ -372,9 +348,6 @@ def grpo_loss(
     metrics['kl'] = metrics_lib.masked_mean(kl_BxT, valid_BxT)
     if not _is_python_zero(beta):
       total_BxT = total_BxT + beta * kl_BxT
-  if w_B is not None:
-    total_BxT = total_BxT * w_B[:, None]
-    policy_BxT = policy_BxT * w_B[:, None]
   loss = aggregate(total_BxT, mask_BxT, max_len=max_len)
   metrics['policy_loss'] = aggregate(policy_BxT, mask_BxT, max_len=max_len)
 

@@ -1,8 +1,9 @@
-"""Masked statistics and the rollout-level metrics of GRPO.
+"""Masked statistics, for the metrics `grpo_loss` (in `losses.py`) returns.
 
-`grpo_loss` (in `losses.py`) returns the per-update metrics; `rollout_metrics`
-is computed once per rollout from the group rewards, because a mini-batch of the
-update need not hold whole groups.
+The rollout-level metrics (rewards, zero-spread groups, lengths) are the
+GRPO stage's, computed once per rollout on the host
+(`stages/grpo_rollout.rollout_metrics`): a mini-batch of the update need not
+hold whole groups.
 """
 
 import jax
@@ -44,38 +45,3 @@ def stats(prefix: str, x: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
       f'{prefix}_min': masked_min(x, mask),
       f'{prefix}_max': masked_max(x, mask),
   }
-
-
-def zero_spread_groups(rewards_PxG: jax.Array, atol: float = 0.0) -> jax.Array:
-  """[P] bool: groups whose rewards are all equal (max - min <= atol)."""
-  r_PxG = rewards_PxG.astype(jnp.float32)
-  return jnp.max(r_PxG, axis=1) - jnp.min(r_PxG, axis=1) <= atol
-
-
-def rollout_metrics(
-    rewards_PxG: jax.Array, adv_PxG: jax.Array | None = None
-) -> dict[str, jax.Array]:
-  """Scalars that describe one rollout of P groups of G completions.
-
-  `frac_zero_spread_groups` is the fraction of prompts whose G rewards are all
-  equal (all right or all wrong). Their advantages are 0, so they add nothing
-  to the policy gradient; when it is near 1 the loss is ~0 (plus the KL term)
-  and learning stalls, which is the usual reason for a "GRPO loss is zero"
-  surprise. DAPO's dynamic sampling (`dynamic_sampling.py`) filters them.
-
-  Args:
-    rewards_PxG: rewards, one row per prompt.
-    adv_PxG: optional advantages of the same shape, for their statistics.
-
-  Returns:
-    reward_mean/_std/_min/_max, frac_zero_spread_groups and, if `adv_PxG` is
-    given, adv_mean/_std/_min/_max.
-  """
-  r_PxG = rewards_PxG.astype(jnp.float32)
-  ones_PxG = jnp.ones(r_PxG.shape, jnp.float32)
-  zero_P = zero_spread_groups(r_PxG)
-  out = stats('reward', r_PxG, ones_PxG)
-  out['frac_zero_spread_groups'] = jnp.mean(zero_P.astype(jnp.float32))
-  if adv_PxG is not None:
-    out.update(stats('adv', adv_PxG, ones_PxG))
-  return out

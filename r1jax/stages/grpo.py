@@ -60,7 +60,7 @@ from r1jax.run import records as run_records
 _TRAINER_LOSS_ARGS = ('logp_BxT', 'old_logp_BxT', 'ref_logp_BxT', 'adv_B',
                       'mask_BxT', 'entropy_BxT', 'policy_loss', 'aggregation',
                       'kl_estimator', 'beta', 'epsilon_low', 'epsilon_high',
-                      'dual_clip', 'seq_weights_B', 'sampler_logp_BxT')
+                      'dual_clip', 'sampler_logp_BxT')
 
 
 def validate_config(config: ml_collections.ConfigDict,

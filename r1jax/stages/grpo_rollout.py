@@ -16,7 +16,7 @@ import numpy as np
 from r1jax import parallel
 from r1jax import reasoning_stats
 from r1jax import rewards as rewards_lib
-from r1jax import rl
+from r1jax.rl import dynamic_sampling
 from r1jax.run import console
 from r1jax.sampling import FINISH_STOP
 from r1jax.sampling import Sampler
@@ -87,7 +87,7 @@ class Rollout:
       if not rc.dynamic_sampling:
         kept = [(r, i) for i in range(p_local)]
         break
-      spread = rl.dynamic_sampling.has_spread(r['rewards'].reshape(-1, g))
+      spread = dynamic_sampling.has_spread(r['rewards'].reshape(-1, g))
       kept += [(r, i) for i in np.flatnonzero(spread)]
       spare += [(r, i) for i in np.flatnonzero(~spread)]
       missing = max(p_local - len(kept), 0)
@@ -149,7 +149,7 @@ def rollout_metrics(host: dict[str, Any], config) -> dict[str, float]:
   m['response_length_max'] = float(lengths.max())
   m['frac_truncated'] = float(truncated.mean())
   m['frac_zero_spread_groups'] = float(
-      (np.ptp(rewards_PxG, axis=1) == 0).mean())
+      (~dynamic_sampling.has_spread(rewards_PxG)).mean())
   m['sampling_rounds'] = float(host['sampling_rounds'])
   m['frac_informative_groups'] = float(host['frac_informative_groups'])
   # Reflection as the R1 paper tracks it (reflective words, re-checked steps).
