@@ -34,15 +34,25 @@ def _log_probs(logits_BxTxV: jax.Array, temperature: float) -> jax.Array:
                             axis=-1)
 
 
+def _pair(student_logits_BxTxV, teacher_logits_BxTxV, temperature):
+  """Log-probs of the student and of the (frozen) teacher at `temperature`."""
+  return (_log_probs(student_logits_BxTxV, temperature),
+          _log_probs(jax.lax.stop_gradient(teacher_logits_BxTxV), temperature))
+
+
+def _kl(logp_p_BxTxV, logp_q_BxTxV) -> jax.Array:
+  """KL(p || q) per position [B, T]."""
+  return jnp.sum(jnp.exp(logp_p_BxTxV) * (logp_p_BxTxV - logp_q_BxTxV), axis=-1)
+
+
 @DISTILL_DIVERGENCES.register('forward')
 def forward_kl(student_logits_BxTxV: jax.Array,
                teacher_logits_BxTxV: jax.Array,
                temperature: float = 1.0) -> jax.Array:
   """T**2 * KL(teacher || student) per position, float32 [B, T]."""
-  logp_s = _log_probs(student_logits_BxTxV, temperature)
-  logp_t = _log_probs(jax.lax.stop_gradient(teacher_logits_BxTxV), temperature)
-  kl_BxT = jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=-1)
-  return temperature ** 2 * kl_BxT
+  logp_s, logp_t = _pair(student_logits_BxTxV, teacher_logits_BxTxV,
+                         temperature)
+  return temperature ** 2 * _kl(logp_t, logp_s)
 
 
 @DISTILL_DIVERGENCES.register('reverse')
@@ -50,10 +60,9 @@ def reverse_kl(student_logits_BxTxV: jax.Array,
                teacher_logits_BxTxV: jax.Array,
                temperature: float = 1.0) -> jax.Array:
   """T**2 * KL(student || teacher) per position, float32 [B, T]."""
-  logp_s = _log_probs(student_logits_BxTxV, temperature)
-  logp_t = _log_probs(jax.lax.stop_gradient(teacher_logits_BxTxV), temperature)
-  kl_BxT = jnp.sum(jnp.exp(logp_s) * (logp_s - logp_t), axis=-1)
-  return temperature ** 2 * kl_BxT
+  logp_s, logp_t = _pair(student_logits_BxTxV, teacher_logits_BxTxV,
+                         temperature)
+  return temperature ** 2 * _kl(logp_s, logp_t)
 
 
 def distill_kl_sum(student_logits_BxTxV: jax.Array,

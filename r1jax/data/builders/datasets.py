@@ -119,7 +119,16 @@ class R1jaxMath(_MathTextBuilder):
     }
 
 
-class R1jaxAime24(_MathTextBuilder):
+class _CompetitionBuilder(_MathTextBuilder):
+  """A competition's problems with numeric answers: one test split."""
+
+  def _splits(self, paths):
+    raw = self.RAW[0]
+    return {'test': self._generate_examples(
+        competition_records(paths[raw], raw))}
+
+
+class R1jaxAime24(_CompetitionBuilder):
   """AIME 2024 I and II: 30 problems with integer answers 0..999."""
 
   name = 'r1jax_aime24'
@@ -127,22 +136,14 @@ class R1jaxAime24(_MathTextBuilder):
   HOMEPAGE = 'https://artofproblemsolving.com/wiki/index.php/2024_AIME_I'
   RAW = ('aime24',)
 
-  def _splits(self, paths):
-    return {'test': self._generate_examples(
-        competition_records(paths['aime24'], 'aime24'))}
 
-
-class R1jaxAmc23(_MathTextBuilder):
+class R1jaxAmc23(_CompetitionBuilder):
   """AMC 2023 (12A/12B): 40 problems with numeric answers."""
 
   name = 'r1jax_amc23'
   DESCRIPTION = 'AMC 2023 (via QwenLM/Qwen2.5-Math evaluation data).'
   HOMEPAGE = 'https://artofproblemsolving.com/wiki/index.php/2023_AMC_12A'
   RAW = ('amc23',)
-
-  def _splits(self, paths):
-    return {'test': self._generate_examples(
-        competition_records(paths['amc23'], 'amc23'))}
 
 
 # ----------------------------------------------------------------------------
