@@ -108,6 +108,8 @@ DOCUMENTED = {
     'distill': ('', 'runlocal', 'compare', 'runlocal,compare',
                 'compare,model=qwen2.5-0.5b'),
     'pretrain_tiny': ('', 'runlocal'),
+    'variants': ('', 'name=gspo', 'name=dapo,runlocal',
+                 'name=cispo,model=qwen2.5-0.5b'),
 }
 
 
@@ -156,6 +158,19 @@ def test_real_model_block_and_runlocal_block():
   assert real.eval.template == 'r1_zero' and real.eval.dataset == 'math500'
   local = zero.get_config('model=qwen2.5-math-1.5b,runlocal')
   assert local.sampling.max_new_tokens == local.eval.max_new_tokens == 48
+
+
+def test_variants_by_name_and_the_configs_built_on_them():
+  from experiments import dapo, dr_grpo, variants, zero  # pylint: disable=g-import-not-at-top
+  assert variants.get_config('').to_dict() == zero.get_config('').to_dict()
+  for module, name in ((dapo, 'dapo'), (dr_grpo, 'drgrpo')):
+    rl = module.get_config('').rl
+    for key, value in variants.VARIANTS[name].items():
+      assert rl[key] == value, (name, key)
+  c = variants.get_config('name=intellect2')
+  assert c.rl.loss_options.delta == 4.0 and c.rl.epsilon_high == 0.28
+  with pytest.raises(ValueError, match="unknown variant 'nope'"):
+    variants.get_config('name=nope')
 
 
 def test_sft_and_rejection_configs_carry_only_their_own_sections():

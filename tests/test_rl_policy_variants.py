@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import rl
+from experiments import variants
 from r1jax.rl import losses
+from r1jax.stages import grpo
 
 # The hand case of test_rl_losses: token ratios exactly
 #   seq 0: adv +2, ratios (1.1, 1.5, 0.5), all valid
@@ -351,13 +352,14 @@ def test_bad_policy_options_fail_loudly(policy_loss, kw, match):
     _loss(policy_loss, **kw)
 
 
-@pytest.mark.parametrize('name', sorted(rl.VARIANTS))
+@pytest.mark.parametrize('name', sorted(variants.VARIANTS))
 def test_every_published_variant_runs(name):
-  """VARIANTS use registered names and valid grpo_loss keywords."""
-  v = rl.VARIANTS[name]
-  assert v['advantage'] in rl.ADVANTAGES
-  kw = dict(v['loss'])
-  beta = kw.pop('beta', 0.001)
+  """experiments/variants.py: each recipe is a valid GRPO config whose loss
+  runs (registered names, grpo_loss keywords)."""
+  c = variants.get_config(f'name={name}')
+  grpo.validate_config(c)
+  kw = grpo._loss_kwargs(c.rl)
+  beta = kw.pop('beta')
   ent = jnp.ones((3, 3)) if kw.get('top_entropy_quantile') else None
   ref = jnp.asarray(OLD, jnp.float32) if beta else None
   loss, m = losses.grpo_loss(
