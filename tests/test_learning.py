@@ -46,6 +46,8 @@ def run_zero(workdir: pathlib.Path, *overrides: str) -> dict:
 def test_grpo_from_the_checked_base_raises_held_out_pass_at_1(tmp_path):
   done = run_zero(tmp_path / 'run')
   before, after = done['base/pass@1'], done['eval/pass@1']
+  print(f'held-out pass@1 {before:.3f} -> {after:.3f} in {STEPS} GRPO steps, '
+        f'format {done["eval/format_rate"]:.3f}')
   assert after - before >= MIN_GAIN, (
       f'R1-Zero stopped learning: held-out pass@1 {before:.3f} -> {after:.3f} '
       f'in {STEPS} GRPO steps (needs +{MIN_GAIN})')
