@@ -24,6 +24,12 @@ Registered templates (`TEMPLATES`):
 A completion is appended to the prompt with `completion_prefix` (a space after
 "Assistant:", nothing after a chat generation prompt), so that the prompt
 plus completion reads as one text.
+
+Code tasks (MBPP, HumanEval) go through the same templates: their problem
+text (`mbpp_problem`, `humaneval_problem`) states the task, shows the tests
+or the signature, and ends with `CODE_INSTRUCTION`: the answer is one fenced
+```python block, which the `code` reward extracts and runs against the
+record's tests.
 """
 
 import dataclasses
@@ -44,6 +50,10 @@ R1_ZERO = (
 
 BOXED_INSTRUCTION = ('Please reason step by step, and put your final answer '
                      'within \\boxed{}.')
+
+# The last line of every code problem: the answer is a fenced Python block.
+CODE_INSTRUCTION = ('Write your solution as one complete Python program in a '
+                    '```python code block.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,3 +163,19 @@ def prompt_ids(template: str | PromptTemplate, problem: str, tokenizer,
                **kw: Any) -> list[int]:
   """Prompt token ids; chat templates go through `apply_chat_template`."""
   return get_template(template).ids(problem, tokenizer, **kw)
+
+
+def mbpp_problem(text: str, tests: list[str]) -> str:
+  """An MBPP task as a problem: the task, its tests (they fix the function's
+  name and signature, as in Austin et al. 2021), the code instruction."""
+  shown = '\n'.join(t.strip() for t in tests)
+  return (f'{text.strip()} Your code should pass these tests:\n{shown}\n'
+          f'{CODE_INSTRUCTION}')
+
+
+def humaneval_problem(prompt: str, entry_point: str) -> str:
+  """A HumanEval task as a problem: the signature and docstring to complete,
+  as a code block, then the code instruction."""
+  return (f'Complete the Python function `{entry_point}`:\n```python\n'
+          f'{prompt.strip()}\n```\nInclude the whole function and the '
+          f'imports and helpers it needs. {CODE_INSTRUCTION}')

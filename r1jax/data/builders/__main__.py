@@ -1,7 +1,8 @@
-"""Prepares the math datasets ahead of time (e.g. before going offline).
+"""Prepares the datasets ahead of time (e.g. before going offline).
 
     python -m r1jax.data.builders --local_dir=../shared/data [--data_dir=DIR]
     python -m r1jax.data.builders gsm8k --rebuild
+    python -m r1jax.data.builders mbpp humaneval
 """
 
 import argparse
@@ -21,7 +22,8 @@ def main(argv: Sequence[str]) -> None:
                       '~/.cache/r1jax/tfds)')
   parser.add_argument('--rebuild', action='store_true')
   parser.add_argument('names', nargs='*',
-                      default=['gsm8k', 'math', 'aime24', 'amc23'])
+                      default=['gsm8k', 'math', 'aime24', 'amc23', 'mbpp',
+                               'humaneval'])
   args = parser.parse_args(argv)
   for name in args.names:
     builder = prepare(name, args.data_dir, args.local_dir, args.rebuild)

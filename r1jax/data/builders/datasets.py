@@ -10,13 +10,18 @@ import os
 import pathlib
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 
+from r1jax.data.builders.raw import CODE_FIELDS
 from r1jax.data.builders.raw import competition_records
 from r1jax.data.builders.raw import DATA_DIR_ENV
 from r1jax.data.builders.raw import FIELDS
 from r1jax.data.builders.raw import gsm8k_records
+from r1jax.data.builders.raw import humaneval_records
 from r1jax.data.builders.raw import math_records
+from r1jax.data.builders.raw import MBPP_SPLITS
+from r1jax.data.builders.raw import mbpp_records
 from r1jax.data.builders.raw import RAW_FILES
 from r1jax.data.builders.raw import read_jsonl
 from r1jax.data.builders.raw import require
@@ -146,6 +151,47 @@ class R1jaxAmc23(_CompetitionBuilder):
   RAW = ('amc23',)
 
 
+class _CodeBuilder(_MathTextBuilder):
+  """Code tasks: `CODE_FIELDS`, `tests` a list of test programs."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = {k: tfds.features.Text() for k in CODE_FIELDS}
+    features['tests'] = tfds.features.Sequence(tfds.features.Text())
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.DESCRIPTION, homepage=self.HOMEPAGE,
+        features=tfds.features.FeaturesDict(features), disable_shuffling=True)
+
+
+class R1jaxMbpp(_CodeBuilder):
+  """MBPP (Austin et al., 2021): 974 short Python tasks, 3 asserts each;
+  splits by task_id: prompt 1-10, test 11-510, validation 511-600, train
+  601-974."""
+
+  name = 'r1jax_mbpp'
+  DESCRIPTION = ('MBPP (Mostly Basic Python Problems), CC BY 4.0; the '
+                 'publishers\' task_id splits.')
+  HOMEPAGE = ('https://github.com/google-research/google-research/tree/'
+              'master/mbpp')
+  RAW = ('mbpp',)
+
+  def _splits(self, paths):
+    return {split: self._generate_examples(mbpp_records(paths['mbpp'], split))
+            for split in MBPP_SPLITS}
+
+
+class R1jaxHumaneval(_CodeBuilder):
+  """HumanEval (Chen et al., 2021): 164 functions to complete; test only."""
+
+  name = 'r1jax_humaneval'
+  DESCRIPTION = 'HumanEval (openai/human-eval), MIT.'
+  HOMEPAGE = 'https://github.com/openai/human-eval'
+  RAW = ('humaneval',)
+
+  def _splits(self, paths):
+    return {'test': self._generate_examples(
+        humaneval_records(paths['humaneval']))}
+
+
 # ----------------------------------------------------------------------------
 # load_dataset
 # ----------------------------------------------------------------------------
@@ -164,10 +210,13 @@ DATASETS.add('math', DatasetSpec(R1jaxMath, _BOTH))
 DATASETS.add('math500', DatasetSpec(R1jaxMath, {'test': 'test'}))
 DATASETS.add('aime24', DatasetSpec(R1jaxAime24, {'test': 'test'}))
 DATASETS.add('amc23', DatasetSpec(R1jaxAmc23, {'test': 'test'}))
+DATASETS.add('mbpp', DatasetSpec(R1jaxMbpp, {s: s for s in MBPP_SPLITS}))
+DATASETS.add('humaneval', DatasetSpec(R1jaxHumaneval, {'test': 'test'}))
 
 
 class Records(Sequence[dict]):
-  """Random-access view of one split; items are dicts of str."""
+  """Random-access view of one split; items are dicts of str (a code
+  record's `tests`: a list of str)."""
 
   def __init__(self, source, name: str, split: str):
     self._source = source
@@ -197,9 +246,13 @@ class Records(Sequence[dict]):
     return f'Records({self.name!r}, {self.split!r}, n={len(self)})'
 
 
-def _decode(example: Mapping[str, Any]) -> dict[str, str]:
-  return {k: v.decode('utf-8') if isinstance(v, bytes) else str(v)
-          for k, v in example.items()}
+def _text(v: Any) -> str:
+  return v.decode('utf-8') if isinstance(v, bytes) else str(v)
+
+
+def _decode(example: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: [_text(x) for x in v] if isinstance(v, (list, np.ndarray))
+          else _text(v) for k, v in example.items()}
 
 
 def default_data_dir() -> str:
@@ -234,8 +287,10 @@ def load_dataset(name: str, split: str | None = None,
   """Random-access records of `name`/`split`, built on first use.
 
   Args:
-    name: one of DATASETS ('gsm8k', 'math', 'math500', 'aime24', 'amc23').
-    split: 'train' or 'test'; may be left out for single-split datasets.
+    name: one of DATASETS ('gsm8k', 'math', 'math500', 'aime24', 'amc23',
+      'mbpp', 'humaneval').
+    split: 'train' or 'test' (mbpp also 'validation' and 'prompt'); may be
+      left out for single-split datasets.
     data_dir: where prepared datasets live (default `default_data_dir()`).
     local_dir: directory with the raw jsonl files (default $R1JAX_DATA_DIR;
       when neither is set, the files are downloaded from their sources).

@@ -1,16 +1,31 @@
-"""Raw jsonl files of the math sets -> uniform records (no TFDS here).
+"""Raw jsonl files of the math and code sets -> uniform records (no TFDS).
 
-Every record is a dict of str with the fields in `FIELDS`: `id`, `problem`,
+A math record is a dict of str with the fields in `FIELDS`: `id`, `problem`,
 `answer` (the gold final answer), `solution` (reference solution, '' when the
-source has none), `source`, `level` and `subject` ('' outside MATH). A line
-that is not a valid record raises `DataFormatError` naming file and line.
+source has none), `source`, `level` and `subject` ('' outside MATH).
+
+A code record (MBPP, HumanEval) has the fields in `CODE_FIELDS`: `id`,
+`problem` (the task as the prompt templates show it, ending with the
+instruction to answer in a ```python block), `solution` (the reference
+program), `tests` (a list of assert-style test programs, each run after the
+candidate program in its module: what the `code` reward reads), `entry_point`
+(the function the tests call), `code_prefix` (prepended to the candidate
+program: HumanEval's prompt, with its imports and helper functions; '' for
+MBPP), `source` and `task` ('code', the reward that scores it).
+
+A line that is not a valid record raises `DataFormatError` naming file and
+line. Files may be gzipped (the public HumanEval file is).
 """
 
+import ast
+import gzip
 import json
 import os
 import re
 from typing import Any, Iterator, Mapping
 
+from r1jax.data.templates import humaneval_problem
+from r1jax.data.templates import mbpp_problem
 from r1jax.errors import DataFormatError
 from r1jax.rewards import math_answer
 
@@ -31,9 +46,23 @@ RAW_FILES = {
                 'resolve/main/test.jsonl'),
     'aime24': ('competition/aime24.jsonl', f'{_QWEN_EVAL}/aime24/test.jsonl'),
     'amc23': ('competition/amc23.jsonl', f'{_QWEN_EVAL}/amc23/test.jsonl'),
+    # Code: the publishers' files, unchanged (HumanEval gzipped upstream).
+    'mbpp': ('code/mbpp.jsonl',
+             'https://raw.githubusercontent.com/google-research/'
+             'google-research/master/mbpp/mbpp.jsonl'),
+    'humaneval': ('code/humaneval.jsonl',
+                  'https://raw.githubusercontent.com/openai/human-eval/'
+                  'master/data/HumanEval.jsonl.gz'),
 }
 
 FIELDS = ('id', 'problem', 'answer', 'solution', 'source', 'level', 'subject')
+CODE_FIELDS = ('id', 'problem', 'solution', 'tests', 'entry_point',
+               'code_prefix', 'source', 'task')
+
+# MBPP splits by task_id (the publishers' loader): 1-10 few-shot prompts,
+# 11-510 test, 511-600 validation, 601-974 train. Never train on 11-510.
+MBPP_SPLITS = {'prompt': (1, 10), 'test': (11, 510),
+               'validation': (511, 600), 'train': (601, 974)}
 
 
 # ----------------------------------------------------------------------------
@@ -43,7 +72,10 @@ FIELDS = ('id', 'problem', 'answer', 'solution', 'source', 'level', 'subject')
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
   """Yields (1-based line number, object) for each non-blank line of `path`."""
-  with open(path, encoding='utf-8') as f:
+  with open(path, 'rb') as probe:
+    gzipped = probe.read(2) == b'\x1f\x8b'
+  opener = gzip.open if gzipped else open
+  with opener(path, 'rt', encoding='utf-8') as f:
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -160,3 +192,92 @@ def competition_records(path, source: str) -> Iterator[tuple[int, dict]]:
     yield lineno, _record(
         id=f'{source}/{key}', problem=problem, answer=answer,
         solution=str(row.get('solution') or ''), source=source)
+
+
+# ----------------------------------------------------------------------------
+# Code sets
+# ----------------------------------------------------------------------------
+
+
+def _text(row: Mapping, key: str, path, lineno: int) -> str:
+  value = require(row, key, path, lineno)
+  if not isinstance(value, str):
+    raise DataFormatError(f'{path}:{lineno}: field {key!r} must be a string')
+  return value
+
+
+def _str_list(row: Mapping, key: str, path, lineno: int) -> list[str]:
+  value = row.get(key)
+  if (not isinstance(value, list) or not value
+      or not all(isinstance(t, str) and t.strip() for t in value)):
+    raise DataFormatError(
+        f'{path}:{lineno}: field {key!r} must be a non-empty list of strings')
+  return value
+
+
+def called_function(code: str, tests: str) -> str:
+  """The entry point of an MBPP task: the first function the reference code
+  defines at top level that the tests call ('' when none is)."""
+  try:
+    tree = ast.parse(code)
+  except SyntaxError:
+    return ''
+  for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and re.search(
+        rf'\b{re.escape(node.name)}\s*\(', tests):
+      return node.name
+  return ''
+
+
+def mbpp_records(path, split: str) -> Iterator[tuple[int, dict]]:
+  """(line, record) of the MBPP rows whose task_id is in `split`.
+
+  Each of the 3 asserts is one test (after `test_setup_code`, which must
+  follow the program: tasks 367 and 927 use a class the code defines);
+  `challenge_test_list` is not used. Every line is checked, whatever its
+  split, so that a bad line is reported by the first split built.
+  """
+  lo, hi = MBPP_SPLITS[split]
+  found = 0
+  for lineno, row in read_jsonl(path):
+    task_id = require(row, 'task_id', path, lineno)
+    if not isinstance(task_id, int):
+      raise DataFormatError(f'{path}:{lineno}: task_id must be an integer')
+    text = _text(row, 'text', path, lineno)
+    code = _text(row, 'code', path, lineno)
+    asserts = _str_list(row, 'test_list', path, lineno)
+    setup = row.get('test_setup_code') or ''
+    if not isinstance(setup, str):
+      raise DataFormatError(
+          f'{path}:{lineno}: field \'test_setup_code\' must be a string')
+    if not lo <= task_id <= hi:
+      continue
+    found += 1
+    tests = [f'{setup}\n{t}' if setup.strip() else t for t in asserts]
+    yield lineno, dict(
+        id=f'mbpp/{task_id}', problem=mbpp_problem(text, asserts),
+        solution=code.replace('\r\n', '\n'), tests=tests,
+        entry_point=called_function(code, '\n'.join(asserts)),
+        code_prefix='', source='mbpp', task='code')
+  if not found:
+    raise DataFormatError(
+        f'{path}: no task with task_id in {lo}..{hi} (MBPP split {split!r})')
+
+
+def humaneval_records(path) -> Iterator[tuple[int, dict]]:
+  """(line, record) of HumanEval: one test, the file's `check` function
+  called on the entry point; the solution is prompt + canonical body."""
+  for lineno, row in read_jsonl(path):
+    task_id = _text(row, 'task_id', path, lineno)
+    prompt = _text(row, 'prompt', path, lineno)
+    body = _text(row, 'canonical_solution', path, lineno)
+    test = _text(row, 'test', path, lineno)
+    entry = _text(row, 'entry_point', path, lineno)
+    if not entry.isidentifier():
+      raise DataFormatError(
+          f'{path}:{lineno}: entry_point {entry!r} is not an identifier')
+    yield lineno, dict(
+        id=task_id, problem=humaneval_problem(prompt, entry),
+        solution=prompt + body, tests=[f'{test}\n\ncheck({entry})\n'],
+        entry_point=entry, code_prefix=prompt, source='humaneval',
+        task='code')
