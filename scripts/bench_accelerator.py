@@ -42,6 +42,7 @@ import numpy as np
 import bench_common
 from r1jax import memory
 from r1jax import parallel
+from r1jax import rl
 from r1jax.model import config as model_config
 from r1jax.sampling import Sampler
 from r1jax.run import console
@@ -150,7 +151,8 @@ def main(argv=None):
   sampler = Sampler(graphdef, cfg, pad_id=0, eos_ids=(),
                     prompt_buckets=(args.prompt_len,), mesh=mesh)
   update_fn = grpo_update.make_update_fn(
-      graphdef, opt, loss_kwargs=dict(beta=args.beta), num_iterations=1,
+      graphdef, opt, loss_config=rl.LossConfig(beta=args.beta),
+      num_iterations=1,
       num_minibatches=args.minibatches, grad_accum=args.grad_accum, mesh=mesh)
   logprobs_fn = grpo_update.make_logprobs_fn(
       graphdef, mesh, num_chunks=args.minibatches * args.grad_accum)

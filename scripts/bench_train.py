@@ -34,6 +34,7 @@ import numpy as np
 
 import bench_common
 from r1jax import parallel
+from r1jax import rl
 from r1jax.model import functional as fn
 from r1jax.run import train_state
 from r1jax.stages import grpo_update
@@ -117,7 +118,8 @@ def bench_grpo(args, cfg, graphdef, params, peak):
       cfg, rows, seq, head_positions=args.new_tokens)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   update = grpo_update.make_update_fn(
-      graphdef, opt, loss_kwargs=dict(beta=0.001), num_iterations=args.iterations,
+      graphdef, opt, loss_config=rl.LossConfig(beta=0.001),
+      num_iterations=args.iterations,
       num_minibatches=args.minibatches, grad_accum=args.grad_accum, mesh=mesh)
   t_step = time_step(update, fresh_state(params, opt, mesh), batch,
                      args.repeats)

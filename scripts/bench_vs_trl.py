@@ -50,6 +50,7 @@ import numpy as np
 
 import bench_common
 from r1jax import parallel
+from r1jax import rl
 from r1jax.model import functional as fn
 from r1jax.model import hf
 from r1jax.sampling import Sampler
@@ -91,10 +92,10 @@ def problems(args) -> list[dict]:
                             num_operands=(2, 4), max_digits=1, operators='+-')
 
 
-def loss_kwargs(args) -> dict:
-  return dict(policy_loss='clipped_token', aggregation='seq_mean_token_mean',
-              kl_estimator='k3', beta=args.beta, epsilon_low=0.2,
-              epsilon_high=0.2)
+def loss_config(args) -> rl.LossConfig:
+  return rl.LossConfig(policy_loss='clipped_token',
+                       aggregation='seq_mean_token_mean', kl_estimator='k3',
+                       beta=args.beta, epsilon_low=0.2, epsilon_high=0.2)
 
 
 # ==================================================================== r1jax
@@ -143,7 +144,7 @@ def bench_r1jax(args, model_dir, records):
   state, _ = train_state.init_train_state(params, opt, 0, mesh)
   ref_params = grpo_update.copy_tree(state['params']) if args.beta else None
   update_fn = grpo_update.make_update_fn(
-      graphdef, opt, loss_kwargs=loss_kwargs(args), num_iterations=1,
+      graphdef, opt, loss_config=loss_config(args), num_iterations=1,
       num_minibatches=1, grad_accum=args.grad_accum, mesh=mesh)
   logprobs_fn = grpo_update.make_logprobs_fn(graphdef)
   timer = console.Timer()

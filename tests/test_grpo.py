@@ -171,6 +171,14 @@ def test_unknown_loss_option_fails_naming_it(base_dir, tmp_path):
     grpo.train_and_evaluate(c, str(tmp_path))
 
 
+def test_unknown_advantage_option_fails_naming_it(base_dir, tmp_path):
+  c = H.grpo_config(base_dir)
+  c.rl.advantage_options = {'scal': 'batch'}
+  with pytest.raises(errors.ConfigError,
+                     match="config.rl.advantage_options.scal: the 'grpo'"):
+    grpo.train_and_evaluate(c, str(tmp_path))
+
+
 # ------------------------------------------------------------ bad configs
 
 

@@ -358,12 +358,11 @@ def test_every_published_variant_runs(name):
   runs (registered names, grpo_loss keywords)."""
   c = variants.get_config(f'name={name}')
   grpo.validate_config(c)
-  kw = grpo._loss_kwargs(c.rl)
-  beta = kw.pop('beta')
-  ent = jnp.ones((3, 3)) if kw.get('top_entropy_quantile') else None
-  ref = jnp.asarray(OLD, jnp.float32) if beta else None
+  config = grpo.loss_config(c.rl)
+  ent = jnp.ones((3, 3)) if config.top_entropy_quantile else None
+  ref = jnp.asarray(OLD, jnp.float32) if config.beta else None
   loss, m = losses.grpo_loss(
       jnp.asarray(LOGP, jnp.float32), jnp.asarray(OLD, jnp.float32), ref,
-      jnp.asarray(ADV, jnp.float32), jnp.asarray(MASK), beta=beta,
-      entropy_BxT=ent, **kw)
+      jnp.asarray(ADV, jnp.float32), jnp.asarray(MASK), entropy_BxT=ent,
+      config=config)
   assert np.isfinite(float(loss)) and 'policy_loss' in m

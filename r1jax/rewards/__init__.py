@@ -27,7 +27,6 @@ raises scores 0 and is counted in `reward/<name>/errors` (see
 holds them to that on adversarial completions of up to 200k characters.
 """
 
-import inspect
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -57,13 +56,6 @@ __all__ = [
 ]
 
 
-def _accepts(fn, name: str) -> bool:
-  try:
-    return name in inspect.signature(fn).parameters
-  except (TypeError, ValueError):
-    return False
-
-
 def compute_rewards(
     completions: Sequence[str],
     examples: Sequence[Mapping[str, Any]],
@@ -80,8 +72,8 @@ def compute_rewards(
     weights: reward name -> weight; a weight of 0 still computes the reward
       (useful to log it) but adds nothing.
     options: reward name -> keyword options for that reward.
-    lengths_B: completion lengths in tokens, for rewards that take them
-      (`'overlong'`).
+    lengths_B: completion lengths in tokens, for the rewards registered with
+      the input 'lengths_B' (`'overlong'`).
 
   Returns:
     total_B: float32 sum of weight * reward.
@@ -105,9 +97,10 @@ def compute_rewards(
     fn = REWARDS.get(name)
     kwargs = dict(options.get(name, {}))
     counters: dict[str, float] = {}
-    if _accepts(fn, 'metrics'):
+    inputs = REWARDS.inputs(name)  # declared at registration
+    if 'metrics' in inputs:
       kwargs['metrics'] = counters
-    if _accepts(fn, 'lengths_B'):
+    if 'lengths_B' in inputs:
       kwargs['lengths_B'] = lengths_B
     reward_B = np.asarray(fn(completions, examples, **kwargs), np.float32)
     if reward_B.shape != (len(completions),):

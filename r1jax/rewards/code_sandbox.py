@@ -367,7 +367,7 @@ def default_max_workers() -> int:
   return max(1, min(8, os.cpu_count() or 1))
 
 
-@REWARDS.register('code')
+@REWARDS.register('code', inputs=('metrics',))
 def code_reward(
     completions: Sequence[str],
     examples: Sequence[Mapping[str, Any]],

@@ -94,7 +94,7 @@ def lenient_format_ok(
     pos = a_end + len(ANSWER_CLOSE)
 
 
-@REWARDS.register('format')
+@REWARDS.register('format', inputs=('metrics',))
 def format_reward(
     completions: Sequence[str],
     examples: Sequence[Mapping[str, Any]],
@@ -120,7 +120,7 @@ def format_reward(
       reward='format' if strict else 'format_lenient', metrics=metrics)
 
 
-@REWARDS.register('format_lenient')
+@REWARDS.register('format_lenient', inputs=('metrics',))
 def format_lenient_reward(
     completions: Sequence[str],
     examples: Sequence[Mapping[str, Any]],

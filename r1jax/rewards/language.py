@@ -226,7 +226,7 @@ def language_consistency(
   return sum(s in wanted for s in scripts) / len(scripts)
 
 
-@REWARDS.register('language')
+@REWARDS.register('language', inputs=('metrics',))
 def language_reward(
     completions: Sequence[str],
     examples: Sequence[Mapping[str, Any]],

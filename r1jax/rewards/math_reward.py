@@ -72,7 +72,7 @@ def verify_answers(
   return ok_B, counters
 
 
-@REWARDS.register('math')
+@REWARDS.register('math', inputs=('metrics',))
 def math_accuracy(
     completions: Sequence[str],
     examples: Sequence[Mapping[str, Any]],

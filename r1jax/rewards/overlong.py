@@ -49,7 +49,7 @@ def truncation_mask(finished_B: np.ndarray) -> np.ndarray:
   return np.asarray(finished_B, bool).astype(np.float32)
 
 
-@REWARDS.register('overlong')
+@REWARDS.register('overlong', inputs=('lengths_B', 'metrics'))
 def overlong_reward(
     completions, examples, *, lengths_B: np.ndarray | None = None,
     max_len: int, buffer: int, metrics: dict[str, float] | None = None,

@@ -13,8 +13,9 @@ class RewardFn(Protocol):
   """`fn(completions, examples, **options) -> float32[B]`.
 
   `examples[i]` is the dataset record completion i answers; `options` come
-  from the config. A function may also accept `metrics: dict`, which
-  `compute_rewards` passes so that it can report counters (e.g. timeouts).
+  from the config. A reward registered with `inputs=` also gets, from
+  `compute_rewards`: 'metrics', a dict to report counters in (e.g.
+  timeouts), and 'lengths_B', the completions' token lengths.
 
   Host-side reward code runs on whatever a policy writes, so it should be
   linear in the completion's length and must not raise for one bad

@@ -83,7 +83,7 @@ def _answer_text(completion: str) -> str | None:
   return math_answer.extract_answer(completion, fallback_last_number=False)
 
 
-@REWARDS.register('countdown')
+@REWARDS.register('countdown', inputs=('metrics',))
 def countdown_reward(
     completions: Sequence[str],
     examples: Sequence[Mapping[str, Any]],
@@ -124,7 +124,7 @@ def parse_integer(text: str | None) -> int | None:
   return int(num.value)
 
 
-@REWARDS.register('arithmetic')
+@REWARDS.register('arithmetic', inputs=('metrics',))
 def arithmetic_reward(
     completions: Sequence[str],
     examples: Sequence[Mapping[str, Any]],

@@ -42,8 +42,9 @@ the stage config; for the loss keys, also grpo_loss's keyword of that name):
 The clip-based losses ('clipped_token', 'clipped_sequence', 'gspo',
 'gspo_token', 'clip_cov') also take `delta`, INTELLECT-2's two-sided clip;
 loss-specific hyper-parameters come through grpo_loss's `policy_options`.
-Every other keyword option of `grpo_loss` (losses.py) is documented in its
-Args, those of the estimators (scale, lengths_PxG, baseline_P) and of
+Every other option of `grpo_loss` (losses.py) is a field of `LossConfig`,
+documented there (the GRPO stage's `rl.loss_options`); those of the
+estimators (scale; the inputs lengths_PxG, baseline_P) and of
 `multi_reward_advantages` (GDPO) in advantages.py.
 
 experiments/variants.py spells out the published variants (DAPO, Dr. GRPO,
@@ -58,6 +59,7 @@ from r1jax.rl.entropy import high_entropy_mask
 from r1jax.rl.kl import kl_penalized_rewards
 from r1jax.rl.kl import KL_ESTIMATORS
 from r1jax.rl.losses import grpo_loss
+from r1jax.rl.losses import LossConfig
 from r1jax.rl.policy_losses import POLICY_LOSSES
 from r1jax.rl.policy_losses import PolicyLossOutput
 from r1jax.rl.rollout_correction import ROLLOUT_CORRECTIONS
@@ -66,6 +68,7 @@ __all__ = [
     'ADVANTAGES',
     'KL_ESTIMATORS',
     'LOSS_AGGREGATIONS',
+    'LossConfig',
     'POLICY_LOSSES',
     'PolicyLossOutput',
     'ROLLOUT_CORRECTIONS',

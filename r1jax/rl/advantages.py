@@ -6,17 +6,18 @@ The loss sees the same numbers flattened prompt-major, `adv_B` with B = P * G
 (the G completions of prompt 0 first): `adv_PxG.reshape(-1)`.
 `compute_advantages` does that round trip for flat rewards.
 
-Every estimator has the signature `fn(rewards_PxG, *, eps, **options) ->
+Every estimator has the signature `fn(rewards_PxG, *, eps, **keywords) ->
 adv_PxG`, computes in float32 and is jit-compatible (G is a static shape).
-Options (keyword only; an estimator refuses those it does not take):
+Its keywords are declared when it is registered: `options`, which a config
+sets, and `inputs`, arrays the trainer fills (`ADVANTAGES.inputs(name)`):
 
-  name                    options
+  name                    options / inputs
   'grpo'                  scale='group' | 'batch' | 'none'  (TRL scale_rewards)
   'drgrpo', 'rloo'        -
-  'reinforce_pp'          lengths_PxG=None  (token-weighted batch statistics)
-  'reinforce_pp_baseline' lengths_PxG=None
-  'remax'                 baseline_P (required: reward of the greedy answer)
-  'opo'                   lengths_PxG (required: completion lengths in tokens)
+  'reinforce_pp'          input lengths_PxG (token-weighted batch statistics)
+  'reinforce_pp_baseline' input lengths_PxG
+  'remax'                 input baseline_P (reward of the greedy answer)
+  'opo'                   input lengths_PxG (completion lengths in tokens)
 
 A group whose rewards are all equal gets exactly zero advantage under every
 group-baselined estimator ('grpo', 'drgrpo', 'rloo', 'opo',
@@ -77,7 +78,7 @@ def _sample_std(x_N: jax.Array, w_N: jax.Array | None = None) -> jax.Array:
   return jnp.sqrt(var)
 
 
-@ADVANTAGES.register('grpo')
+@ADVANTAGES.register('grpo', options=('scale',))
 def grpo(rewards_PxG: jax.Array, *, eps: float = 1e-6,
          scale: str = 'group') -> jax.Array:
   """GRPO advantage (r - mean_group) / (std_group + eps), DeepSeekMath / R1.
@@ -165,7 +166,7 @@ def _whiten(x_PxG, lengths_PxG, eps, shift_mean):
   return ((x_PxG - mean) if shift_mean else x_PxG) / (std + eps)
 
 
-@ADVANTAGES.register('reinforce_pp')
+@ADVANTAGES.register('reinforce_pp', inputs=('lengths_PxG',))
 def reinforce_pp(rewards_PxG: jax.Array, *, eps: float = 1e-6,
                  lengths_PxG: jax.Array | None = None) -> jax.Array:
   """REINFORCE++: the reward whitened over the whole batch, no group baseline.
@@ -183,7 +184,8 @@ def reinforce_pp(rewards_PxG: jax.Array, *, eps: float = 1e-6,
   return _whiten(rewards_PxG.astype(jnp.float32), lengths_PxG, eps, True)
 
 
-@ADVANTAGES.register('reinforce_pp_baseline')
+@ADVANTAGES.register('reinforce_pp_baseline',
+                       inputs=('lengths_PxG',))
 def reinforce_pp_baseline(rewards_PxG: jax.Array, *, eps: float = 1e-6,
                           lengths_PxG: jax.Array | None = None) -> jax.Array:
   """REINFORCE++-baseline: r - mean_group, then divided by the batch std.
@@ -204,7 +206,7 @@ def reinforce_pp_baseline(rewards_PxG: jax.Array, *, eps: float = 1e-6,
   return _whiten(centered_PxG, lengths_PxG, eps, lengths_PxG is not None)
 
 
-@ADVANTAGES.register('remax')
+@ADVANTAGES.register('remax', inputs=('baseline_P',))
 def remax(rewards_PxG: jax.Array, *, eps: float = 1e-6,
           baseline_P: jax.Array | None = None) -> jax.Array:
   """ReMax: r - reward of the prompt's greedy completion.
@@ -228,7 +230,7 @@ def remax(rewards_PxG: jax.Array, *, eps: float = 1e-6,
       jnp.float32)[:, None]
 
 
-@ADVANTAGES.register('opo')
+@ADVANTAGES.register('opo', inputs=('lengths_PxG',))
 def opo(rewards_PxG: jax.Array, *, eps: float = 1e-6,
         lengths_PxG: jax.Array | None = None) -> jax.Array:
   """OPO: r - length-weighted group mean sum_i l_i r_i / sum_i l_i.
@@ -253,27 +255,14 @@ def opo(rewards_PxG: jax.Array, *, eps: float = 1e-6,
   return d_PxG - b_Px1
 
 
-def _options_to_PxG(options, group_size):
-  """Flat per-completion options `<name>_B` become `<name>_PxG`."""
-  out = {}
-  for k, v in options.items():
-    if k.endswith('_B') and v is not None:
-      v = jnp.asarray(v)
-      if v.ndim != 1 or v.shape[0] % group_size:
-        raise ValueError(f'{k} must be 1-D with a length divisible by '
-                         f'group_size={group_size}; got shape {v.shape}.')
-      out[k[:-2] + '_PxG'] = v.reshape(-1, group_size)
-    else:
-      out[k] = v
-  return out
-
-
 def compute_advantages(
     rewards_B: jax.Array,
     group_size: int,
     estimator: str = 'grpo',
     *,
     eps: float = 1e-6,
+    lengths_B: jax.Array | None = None,
+    baseline_P: jax.Array | None = None,
     **options,
 ) -> jax.Array:
   """Advantages for flat prompt-major rewards [B] with B = P * group_size.
@@ -283,13 +272,18 @@ def compute_advantages(
     group_size: G, completions per prompt (static).
     estimator: a name in `ADVANTAGES`.
     eps: passed to the estimator.
-    **options: passed to the estimator (see the table at the top of the
-      module). A flat per-completion option named `<x>_B` (e.g. `lengths_B`)
-      is reshaped to [P, G] and passed as `<x>_PxG`; others (`scale`,
-      `baseline_P`) go as they are.
+    lengths_B: completion lengths, for an estimator with the input
+      'lengths_PxG' (it gets them as [P, G]).
+    baseline_P: the greedy answers' rewards, for an estimator with the input
+      'baseline_P'.
+    **options: the estimator's options (`ADVANTAGES.options(estimator)`).
 
   Returns:
     adv_B, float32, in the same order as `rewards_B`.
+
+  Raises:
+    ValueError: an option the estimator does not declare, or an input it
+      does not take.
   """
   if rewards_B.ndim != 1 or rewards_B.shape[0] % group_size:
     raise ValueError(
@@ -297,16 +291,28 @@ def compute_advantages(
         f'{group_size}; got shape {rewards_B.shape}.'
     )
   fn = ADVANTAGES.get(estimator)
-  rewards_PxG = rewards_B.reshape(-1, group_size)
-  options = _options_to_PxG(options, group_size)
-  try:
-    adv_PxG = fn(rewards_PxG, eps=eps, **options)
-  except TypeError as e:
-    if 'unexpected keyword' not in str(e):
-      raise
+  unknown = sorted(set(options) - set(ADVANTAGES.options(estimator)))
+  if unknown:
     raise ValueError(
         f'advantage estimator {estimator!r} does not take the options '
-        f'{sorted(options)}: {e}') from None
+        f'{unknown}; it takes {list(ADVANTAGES.options(estimator))}.')
+  inputs = {}
+  takes = ADVANTAGES.inputs(estimator)
+  for name, value in (('lengths_PxG', lengths_B), ('baseline_P', baseline_P)):
+    if value is None:
+      continue
+    if name not in takes:
+      raise ValueError(f'advantage estimator {estimator!r} does not take '
+                       f'{name}; its inputs: {list(takes)}.')
+    value = jnp.asarray(value)
+    if name == 'lengths_PxG':
+      if value.ndim != 1 or value.shape[0] % group_size:
+        raise ValueError(f'lengths_B must be 1-D with a length divisible by '
+                         f'group_size={group_size}; got shape {value.shape}.')
+      value = value.reshape(-1, group_size)
+    inputs[name] = value
+  rewards_PxG = rewards_B.reshape(-1, group_size)
+  adv_PxG = fn(rewards_PxG, eps=eps, **options, **inputs)
   return adv_PxG.reshape(-1)
 
 
@@ -349,7 +355,8 @@ def multi_reward_advantages(
       to each reward ('norm_then_sum').
     normalize: 'sum_then_norm' or 'norm_then_sum'.
     eps: passed to the estimator, and added to the batch std.
-    **options: passed to compute_advantages.
+    **options: passed to compute_advantages (the estimator's options and
+      inputs).
 
   Returns:
     adv_B, float32.

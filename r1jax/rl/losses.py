@@ -8,13 +8,15 @@ PPO's clipped family) and `policy_losses_extra.py` (cispo, sapo, gmpo,
 clip_cov, kl_cov), the aggregations with their unit counts in
 `aggregation.py`, the KL estimators in `kl.py`, the optional factors in
 `entropy.py` and `rollout_correction.py`. The strings a config gives each
-option: the table in `r1jax.rl`'s docstring; every keyword: grpo_loss's Args.
+option: the table in `r1jax.rl`'s docstring; every option: `LossConfig`.
 
 Use under jit with the options closed over or static:
   loss_fn = functools.partial(grpo_loss, policy_loss='gspo', beta=0.0)
+  loss_fn = functools.partial(grpo_loss, config=LossConfig(beta=0.0))
   (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
 """
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -96,21 +98,20 @@ def _is_python_zero(x):
 
 def _policy_loss(policy_fn, name, logp_BxT, old_logp_BxT, adv_B, mask_BxT,
                  epsilon_low, epsilon_high, dual_clip, delta, policy_options):
-  """Calls the policy loss; an option it does not take is a ValueError."""
+  """Calls the policy loss; an option it does not declare is a ValueError."""
   options = dict(policy_options or {})
   if delta is not None:
     options['delta'] = delta
-  try:
-    return policy_fn(
-        logp_BxT, old_logp_BxT, adv_B, mask_BxT,
-        epsilon_low=epsilon_low, epsilon_high=epsilon_high,
-        dual_clip=dual_clip, **options,
-    )
-  except TypeError as e:
-    if 'unexpected keyword' not in str(e):
-      raise
+  declared = policy_losses.POLICY_LOSSES.options(name)
+  unknown = sorted(set(options) - set(declared))
+  if unknown:
     raise ValueError(f'policy loss {name!r} does not take the options '
-                     f'{sorted(options)}: {e}') from None
+                     f'{unknown}; it takes {list(declared)}.')
+  return policy_fn(
+      logp_BxT, old_logp_BxT, adv_B, mask_BxT,
+      epsilon_low=epsilon_low, epsilon_high=epsilon_high,
+      dual_clip=dual_clip, **options,
+  )
 
 
 def _select_high_entropy(policy_BxT, entropy_BxT, mask_BxT, valid_BxT, q):
@@ -178,6 +179,80 @@ def _summary_metrics(out, logp_BxT, adv_B, valid_BxT):
   return metrics
 
 
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The options of `grpo_loss`; every default gives the plain GRPO loss.
+
+  The GRPO stage builds one from its config (`rl.policy_loss`,
+  `rl.aggregation`, `rl.kl_estimator`, `rl.beta`, `rl.epsilon_low`,
+  `rl.epsilon_high`, `rl.dual_clip`; the rest from `rl.loss_options`).
+
+  Attributes:
+    policy_loss: a name in policy_losses.POLICY_LOSSES (the names: the table
+      in `r1jax.rl`'s docstring).
+    aggregation: a name in aggregation.LOSS_AGGREGATIONS.
+    kl_estimator: a name in kl.KL_ESTIMATORS ('k3+' etc.: straight-through).
+    beta: KL coefficient (R1: 0.001; DAPO, Dr. GRPO: 0). The Python number 0
+      adds no KL term (the trainer then skips the reference pass). For the
+      KL in the reward instead: `kl.kl_penalized_rewards` with beta = 0 here
+      (the GRPO stage's `rl.kl_in_reward`).
+    epsilon_low: lower clip range, ratio >= 1 - epsilon_low ('gmpo': the
+      log-ratio bound, log r >= -epsilon_low).
+    epsilon_high: upper clip range, ratio <= 1 + epsilon_high (DAPO: 0.28;
+      'gmpo': log r <= epsilon_high).
+    dual_clip: None, or c > 1 bounding a negative advantage's objective at
+      c * A (3.0 is common).
+    max_len: the constant length of 'seq_sum_norm' (default: T).
+    delta: INTELLECT-2's two-sided clip, an upper bound > 1 on the ratio of
+      the unclipped branch (the 'clipped_*', 'gspo*' and 'clip_cov' losses;
+      TRL `delta`; see `policy_losses.clipped_objective`). None: off.
+    policy_options: keyword options of the chosen policy loss, e.g.
+      {'tau_pos': 1.0, 'tau_neg': 1.05} for 'sapo', {'clip_cov_ratio': 2e-4,
+      'clip_cov_lb': 1.0, 'clip_cov_ub': 5.0} for 'clip_cov',
+      {'kl_cov_ratio': 2e-4, 'kl_cov_coef': 1.0} for 'kl_cov'. Any mapping
+      (a ConfigDict too); an option the loss does not declare is an error.
+    top_entropy_quantile: None (all tokens), or q in [0, 1]: the policy loss
+      keeps only the valid tokens whose entropy is in the top q fraction of
+      the batch ("Beyond the 80/20 rule", arXiv 2506.01939; q = 0.2 there;
+      TRL). The normalisers still count every valid token (as in TRL).
+    entropy_coef: coefficient of the entropy bonus, - coef * token mean of
+      entropy_BxT over the tokens that the policy loss trains on (TRL's
+      `entropy_coef`); 0 = off. May be traced.
+    entropy_target: None, or the bonus only acts while this batch's mean
+      entropy is <= the target (Skywork-OR1's entropy control, arXiv
+      2505.22312; see `entropy.py`).
+    rollout_correction: None, or 'tis_token' | 'tis_seq' | 'mis_token' |
+      'mis_seq': truncated or masked importance sampling with the weight
+      pi_old / pi_sampler (see `rollout_correction.py`); needs
+      sampler_logp_BxT.
+    rollout_correction_threshold: its upper bound C (TRL
+      vllm_importance_sampling_clip_max; verl rollout_is_threshold = 2).
+    rollout_correction_threshold_low: its optional lower bound.
+    offpolicy_mask_threshold: None, or DeepSeek-V3.2's delta: negative-
+      advantage sequences whose mean per-token log(pi_sampler / pi_theta)
+      exceeds it are dropped from the policy loss (TRL
+      off_policy_mask_threshold; arXiv 2512.02556 eq. 9). Uses
+      sampler_logp_BxT, or old_logp_BxT when that is None.
+  """
+  policy_loss: str = 'clipped_token'
+  aggregation: str = 'seq_mean_token_mean'
+  kl_estimator: str = 'k3'
+  beta: float = 0.001
+  epsilon_low: float = 0.2
+  epsilon_high: float = 0.2
+  dual_clip: float | None = None
+  max_len: int | None = None
+  delta: float | None = None
+  policy_options: Mapping[str, Any] | None = None
+  top_entropy_quantile: float | None = None
+  entropy_coef: float = 0.0
+  entropy_target: float | None = None
+  rollout_correction: str | None = None
+  rollout_correction_threshold: float | None = 2.0
+  rollout_correction_threshold_low: float | None = None
+  offpolicy_mask_threshold: float | None = None
+
+
 def grpo_loss(
     logp_BxT: jax.Array,
     old_logp_BxT: jax.Array,
@@ -185,25 +260,10 @@ def grpo_loss(
     adv_B: jax.Array,
     mask_BxT: jax.Array,
     *,
-    policy_loss: str = 'clipped_token',
-    aggregation: str = 'seq_mean_token_mean',
-    kl_estimator: str = 'k3',
-    beta: float = 0.001,
-    epsilon_low: float = 0.2,
-    epsilon_high: float = 0.2,
-    dual_clip: float | None = None,
-    max_len: int | None = None,
     entropy_BxT: jax.Array | None = None,
-    delta: float | None = None,
-    policy_options: Mapping[str, Any] | None = None,
-    top_entropy_quantile: float | None = None,
-    entropy_coef: float = 0.0,
-    entropy_target: float | None = None,
     sampler_logp_BxT: jax.Array | None = None,
-    rollout_correction: str | None = None,
-    rollout_correction_threshold: float | None = 2.0,
-    rollout_correction_threshold_low: float | None = None,
-    offpolicy_mask_threshold: float | None = None,
+    config: LossConfig | None = None,
+    **options: Any,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The GRPO objective (as a loss to minimise) and its metrics.
 
@@ -217,10 +277,10 @@ def grpo_loss(
   loss and metrics are those of the plain objective, bit for bit.
 
   Under jit, the string options, dual_clip, delta, max_len, policy_options
-  and every None-or-value option must be static (close over them with
-  functools.partial, or list them in static_argnames); beta, entropy_coef
-  and the epsilons and thresholds may be traced, except that beta must be
-  the Python number 0 when ref_logp_BxT is None.
+  and every None-or-value option (`LossConfig`) must be static (close over
+  them with functools.partial, or list them in static_argnames); beta,
+  entropy_coef and the epsilons and thresholds may be traced, except that
+  beta must be the Python number 0 when ref_logp_BxT is None.
 
   Args:
     logp_BxT: log pi(y_t) of the sampled tokens under the current policy.
@@ -230,55 +290,17 @@ def grpo_loss(
     adv_B: one advantage per sequence (`advantages.compute_advantages`).
     mask_BxT: 1 on completion tokens, 0 on prompt and padding; positions
       where it is 0 affect neither the loss nor its gradient.
-    policy_loss: a name in policy_losses.POLICY_LOSSES (the names: the table
-      in `r1jax.rl`'s docstring).
-    aggregation: a name in aggregation.LOSS_AGGREGATIONS.
-    kl_estimator: a name in kl.KL_ESTIMATORS ('k3+' etc.: straight-through).
-    beta: KL coefficient (R1: 0.001; DAPO, Dr. GRPO: 0). To put the KL into
-      the reward instead, use `kl.kl_penalized_rewards` and beta = 0.
-    epsilon_low: lower clip range, ratio >= 1 - epsilon_low ('gmpo': the
-      log-ratio bound, log r >= -epsilon_low).
-    epsilon_high: upper clip range, ratio <= 1 + epsilon_high (DAPO: 0.28;
-      'gmpo': log r <= epsilon_high).
-    dual_clip: None, or c > 1 bounding a negative advantage's objective at
-      c * A (3.0 is common).
-    max_len: the constant length of 'seq_sum_norm' (default: T).
     entropy_BxT: optional exact per-token entropy of the policy (from the
       logits); reported as 'entropy'. Needed by top_entropy_quantile and
       entropy_coef; for the bonus it must carry the policy's gradient.
-    delta: INTELLECT-2's two-sided clip, an upper bound > 1 on the ratio of
-      the unclipped branch (the 'clipped_*', 'gspo*' and 'clip_cov' losses;
-      TRL `delta`; see `policy_losses.clipped_objective`). None: off.
-    policy_options: keyword options of the chosen policy loss, e.g.
-      {'tau_pos': 1.0, 'tau_neg': 1.05} for 'sapo', {'clip_cov_ratio': 2e-4,
-      'clip_cov_lb': 1.0, 'clip_cov_ub': 5.0} for 'clip_cov',
-      {'kl_cov_ratio': 2e-4, 'kl_cov_coef': 1.0} for 'kl_cov'. Any mapping
-      (a ConfigDict too); an option the loss does not take is an error.
-    top_entropy_quantile: None (all tokens), or q in [0, 1]: the policy loss
-      keeps only the valid tokens whose entropy is in the top q fraction of
-      the batch ("Beyond the 80/20 rule", arXiv 2506.01939; q = 0.2 there;
-      TRL). The normalisers still count every valid token (as in TRL).
-    entropy_coef: coefficient of the entropy bonus, - coef * token mean of
-      entropy_BxT over the tokens that the policy loss trains on (TRL's
-      `entropy_coef`); 0 = off. May be traced.
-    entropy_target: None, or the bonus only acts while this batch's mean
-      entropy is <= the target (Skywork-OR1's adaptive entropy control,
-      arXiv 2505.22312; see `entropy.py`).
     sampler_logp_BxT: the sampler's own log-probs of the sampled tokens,
       when they can differ from old_logp_BxT (bf16 sampler, stale async
-      weights). Its gap to old_logp_BxT is reported; it feeds the rollout
-      correction and the off-policy mask.
-    rollout_correction: None, or 'tis_token' | 'tis_seq' | 'mis_token' |
-      'mis_seq': truncated or masked importance sampling with the weight
-      pi_old / pi_sampler (see `rollout_correction.py`).
-    rollout_correction_threshold: its upper bound C (TRL
-      vllm_importance_sampling_clip_max; verl rollout_is_threshold = 2).
-    rollout_correction_threshold_low: its optional lower bound.
-    offpolicy_mask_threshold: None, or DeepSeek-V3.2's delta: negative-
-      advantage sequences whose mean per-token log(pi_sampler / pi_theta)
-      exceeds it are dropped from the policy loss (TRL
-      off_policy_mask_threshold; arXiv 2512.02556 eq. 9). Uses
-      sampler_logp_BxT, or old_logp_BxT when that is None.
+      weights; the GRPO stage passes them when it recomputes old_logp_BxT
+      for a rollout correction). Its gap to old_logp_BxT is reported; it
+      feeds the rollout correction and the off-policy mask.
+    config: the options (`LossConfig`); default LossConfig().
+    **options: `LossConfig` fields, set on top of `config` (an unknown name
+      is a TypeError).
 
   Returns:
     (loss, metrics): a float32 scalar and a dict of float32 scalars:
@@ -298,64 +320,67 @@ def grpo_loss(
     rollout_is_masked_frac, offpolicy_masked_frac (fraction of valid
     sequences dropped).
   """
+  c = (LossConfig(**options) if config is None
+       else dataclasses.replace(config, **options))
   _check_shapes(mask_BxT, adv_B, logp_BxT=logp_BxT,
                 old_logp_BxT=old_logp_BxT, ref_logp_BxT=ref_logp_BxT,
                 entropy_BxT=entropy_BxT, sampler_logp_BxT=sampler_logp_BxT)
-  _check_options(beta, ref_logp_BxT is not None, epsilon_low, epsilon_high,
-                 dual_clip, max_len)
-  _check_extras(entropy_BxT, entropy_coef, top_entropy_quantile,
-                sampler_logp_BxT, rollout_correction,
-                rollout_correction_threshold, rollout_correction_threshold_low,
-                offpolicy_mask_threshold, delta)
-  policy_fn = policy_losses.POLICY_LOSSES.get(policy_loss)
-  aggregate = aggregation_lib.LOSS_AGGREGATIONS.get(aggregation).aggregate
-  kl_fn = kl_lib.KL_ESTIMATORS.get(kl_estimator)
+  _check_options(c.beta, ref_logp_BxT is not None, c.epsilon_low,
+                 c.epsilon_high, c.dual_clip, c.max_len)
+  _check_extras(entropy_BxT, c.entropy_coef, c.top_entropy_quantile,
+                sampler_logp_BxT, c.rollout_correction,
+                c.rollout_correction_threshold,
+                c.rollout_correction_threshold_low,
+                c.offpolicy_mask_threshold, c.delta)
+  policy_fn = policy_losses.POLICY_LOSSES.get(c.policy_loss)
+  aggregate = aggregation_lib.LOSS_AGGREGATIONS.get(c.aggregation).aggregate
+  kl_fn = kl_lib.KL_ESTIMATORS.get(c.kl_estimator)
 
   metrics = {}
-  out = _policy_loss(policy_fn, policy_loss, logp_BxT, old_logp_BxT, adv_B,
-                     mask_BxT, epsilon_low, epsilon_high, dual_clip, delta,
-                     policy_options)
+  out = _policy_loss(policy_fn, c.policy_loss, logp_BxT, old_logp_BxT, adv_B,
+                     mask_BxT, c.epsilon_low, c.epsilon_high, c.dual_clip,
+                     c.delta, c.policy_options)
   valid_BxT = mask_BxT > 0
   policy_BxT = out.loss_BxT
   metrics.update(out.metrics or {})
 
   # The optional factors c_bt of the policy loss.
   train_BxT = valid_BxT  # the tokens the policy loss trains on
-  if top_entropy_quantile is not None:
+  if c.top_entropy_quantile is not None:
     policy_BxT, train_BxT, m = _select_high_entropy(
-        policy_BxT, entropy_BxT, mask_BxT, valid_BxT, top_entropy_quantile)
+        policy_BxT, entropy_BxT, mask_BxT, valid_BxT, c.top_entropy_quantile)
     metrics.update(m)
   if sampler_logp_BxT is not None:
     metrics.update(rc_lib.logp_gap_metrics(old_logp_BxT, sampler_logp_BxT,
                                            mask_BxT))
-  if offpolicy_mask_threshold is not None:
+  if c.offpolicy_mask_threshold is not None:
     behaviour_BxT = (old_logp_BxT if sampler_logp_BxT is None
                      else sampler_logp_BxT)
     policy_BxT, m = _mask_offpolicy(policy_BxT, logp_BxT, behaviour_BxT,
                                     adv_B, mask_BxT, valid_BxT,
-                                    offpolicy_mask_threshold)
+                                    c.offpolicy_mask_threshold)
     metrics.update(m)
-  if rollout_correction is not None:
+  if c.rollout_correction is not None:
     policy_BxT, m = _correct_rollout(
         policy_BxT, old_logp_BxT, sampler_logp_BxT, mask_BxT,
-        rollout_correction, rollout_correction_threshold,
-        rollout_correction_threshold_low)
+        c.rollout_correction, c.rollout_correction_threshold,
+        c.rollout_correction_threshold_low)
     metrics.update(m)
 
   total_BxT = policy_BxT
   if ref_logp_BxT is not None:
     kl_BxT = _token_kl(kl_fn, logp_BxT, ref_logp_BxT, valid_BxT)
     metrics['kl'] = metrics_lib.masked_mean(kl_BxT, valid_BxT)
-    if not _is_python_zero(beta):
-      total_BxT = total_BxT + beta * kl_BxT
-  loss = aggregate(total_BxT, mask_BxT, max_len=max_len)
-  metrics['policy_loss'] = aggregate(policy_BxT, mask_BxT, max_len=max_len)
+    if not _is_python_zero(c.beta):
+      total_BxT = total_BxT + c.beta * kl_BxT
+  loss = aggregate(total_BxT, mask_BxT, max_len=c.max_len)
+  metrics['policy_loss'] = aggregate(policy_BxT, mask_BxT, max_len=c.max_len)
 
   if entropy_BxT is not None:
     metrics['entropy'] = metrics_lib.masked_mean(entropy_BxT, valid_BxT)
-  if not _is_python_zero(entropy_coef):
-    bonus_term, m = _entropy_bonus(entropy_BxT, train_BxT, entropy_coef,
-                                   entropy_target)
+  if not _is_python_zero(c.entropy_coef):
+    bonus_term, m = _entropy_bonus(entropy_BxT, train_BxT, c.entropy_coef,
+                                   c.entropy_target)
     loss = loss - bonus_term
     metrics.update(m)
 

@@ -19,6 +19,11 @@ built on PPO's clipped surrogate: 'clipped_token', 'clipped_sequence', 'gspo'
 and 'gspo_token'. The losses that replace or reshape the clip (cispo, sapo,
 gmpo, clip_cov, kl_cov) are in `policy_losses_extra.py`. The table of all
 names: the docstring of `r1jax.rl`.
+
+Every entry takes `(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low,
+epsilon_high, dual_clip)`; the keyword options beyond those (e.g. 'delta',
+sapo's 'tau_pos') are declared when it is registered (`options=`), and
+`grpo_loss` refuses any other.
 """
 
 from typing import NamedTuple
@@ -155,7 +160,7 @@ def reject_options(name, **given):
       raise ValueError(f'policy loss {name!r} does not take {key}={value!r}.')
 
 
-@POLICY_LOSSES.register('clipped_token')
+@POLICY_LOSSES.register('clipped_token', options=('delta',))
 def clipped_token(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
                   epsilon_high=0.2, dual_clip=None, delta=None):
   """Per-token clipped surrogate: ratio_t = pi(y_t) / pi_old(y_t).
@@ -171,7 +176,7 @@ def clipped_token(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
   return token_output(jnp.exp(log_ratio_BxT), adv_Bx1, valid_BxT, clip)
 
 
-@POLICY_LOSSES.register('clipped_sequence')
+@POLICY_LOSSES.register('clipped_sequence', options=('delta',))
 def clipped_sequence(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *,
                      epsilon_low=0.2, epsilon_high=0.2, dual_clip=None,
                      delta=None):
@@ -188,7 +193,7 @@ def clipped_sequence(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *,
   return sequence_output(log_ratio_B, adv_Bx1, valid_BxT, clip)
 
 
-@POLICY_LOSSES.register('gspo')
+@POLICY_LOSSES.register('gspo', options=('delta',))
 def gspo(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
          epsilon_high=0.2, dual_clip=None, delta=None):
   """GSPO: length-normalised sequence ratio exp(mean_t log-ratio), clipped.
@@ -203,7 +208,7 @@ def gspo(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
   return sequence_output(log_ratio_B, adv_Bx1, valid_BxT, clip)
 
 
-@POLICY_LOSSES.register('gspo_token')
+@POLICY_LOSSES.register('gspo_token', options=('delta',))
 def gspo_token(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
                epsilon_high=0.2, dual_clip=None, delta=None):
   """GSPO-token: s_t = sg[s] * pi(y_t) / sg[pi(y_t)], clipped per token.

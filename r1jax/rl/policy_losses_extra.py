@@ -59,7 +59,7 @@ def cispo(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
   return PolicyLossOutput(loss_BxT, ratio_BxT, no, no, no, metrics)
 
 
-@POLICY_LOSSES.register('sapo')
+@POLICY_LOSSES.register('sapo', options=('tau_pos', 'tau_neg'))
 def sapo(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
          epsilon_high=0.2, dual_clip=None, tau_pos=1.0, tau_neg=1.05):
   """SAPO: loss_t = -(4 / tau) sigmoid(tau (r_t - 1)) A, tau by sign of A.
@@ -151,7 +151,8 @@ def _num_selected(ratio, valid_BxT):
   return jnp.maximum(jnp.floor(ratio * n), 1.0).astype(jnp.int32)
 
 
-@POLICY_LOSSES.register('clip_cov')
+@POLICY_LOSSES.register('clip_cov', options=('clip_cov_ratio', 'clip_cov_lb',
+                                     'clip_cov_ub', 'delta'))
 def clip_cov(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
              epsilon_high=0.2, dual_clip=None, delta=None,
              clip_cov_ratio=2e-4, clip_cov_lb=1.0, clip_cov_ub=5.0):
@@ -187,7 +188,7 @@ def clip_cov(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
                       metrics=metrics)
 
 
-@POLICY_LOSSES.register('kl_cov')
+@POLICY_LOSSES.register('kl_cov', options=('kl_cov_ratio', 'kl_cov_coef'))
 def kl_cov(logp_BxT, old_logp_BxT, adv_B, mask_BxT, *, epsilon_low=0.2,
            epsilon_high=0.2, dual_clip=None, kl_cov_ratio=2e-4,
            kl_cov_coef=1.0):

@@ -26,7 +26,7 @@ data position and the step: a run killed at any moment continues, from its
 last checkpoint, exactly as if it had not been.
 """
 
-import inspect
+import dataclasses
 import pathlib
 import time
 from typing import Any
@@ -56,11 +56,23 @@ from r1jax.run import records as run_records
 
 # =============================================================== config checks
 
-# grpo_loss arguments the trainer fills itself (arrays, or rl.* fields).
-_TRAINER_LOSS_ARGS = ('logp_BxT', 'old_logp_BxT', 'ref_logp_BxT', 'adv_B',
-                      'mask_BxT', 'entropy_BxT', 'policy_loss', 'aggregation',
-                      'kl_estimator', 'beta', 'epsilon_low', 'epsilon_high',
-                      'dual_clip', 'sampler_logp_BxT')
+# rl.LossConfig fields set by rl.* keys of the same name; the others come
+# from rl.loss_options.
+_RL_LOSS_FIELDS = ('policy_loss', 'aggregation', 'kl_estimator', 'beta',
+                   'epsilon_low', 'epsilon_high', 'dual_clip')
+LOSS_OPTIONS = tuple(f.name for f in dataclasses.fields(rl.LossConfig)
+                     if f.name not in _RL_LOSS_FIELDS)
+
+
+def loss_config(rc: ml_collections.ConfigDict) -> rl.LossConfig:
+  """The loss of config.rl: its rl.* fields, then rl.loss_options."""
+  return rl.LossConfig(
+      policy_loss=rc.policy_loss, aggregation=rc.aggregation,
+      kl_estimator=rc.kl_estimator,
+      beta=0 if rc.beta == 0 else float(rc.beta),  # 0: no reference pass
+      epsilon_low=float(rc.epsilon_low), epsilon_high=float(rc.epsilon_high),
+      dual_clip=float(rc.dual_clip) if rc.dual_clip else None,
+      **rc.loss_options.to_dict())
 
 
 def validate_config(config: ml_collections.ConfigDict,
@@ -92,13 +104,18 @@ def validate_config(config: ml_collections.ConfigDict,
     raise errors.ConfigError(
         f'config.rewards.accuracy={config.rewards.accuracy!r} is not a known '
         f'reward; known: {rewards_lib.REWARDS.names()}')
-  loss_params = inspect.signature(rl.grpo_loss).parameters
   for name in rc.loss_options:
-    if name not in loss_params or name in _TRAINER_LOSS_ARGS:
+    if name not in LOSS_OPTIONS:
       raise errors.ConfigError(
           f'config.rl.loss_options.{name} is not a grpo_loss option the config '
-          'may set; known: '
-          f'{sorted(set(loss_params) - set(_TRAINER_LOSS_ARGS))}')
+          f'may set; known: {sorted(LOSS_OPTIONS)}')
+  if rc.advantage in rl.ADVANTAGES:
+    takes = rl.ADVANTAGES.options(rc.advantage)
+    for name in rc.advantage_options:
+      if name not in takes:
+        raise errors.ConfigError(
+            f'config.rl.advantage_options.{name}: the {rc.advantage!r} '
+            f'advantage takes no such option; it takes {list(takes)}')
   checks.check(config, [
       ('rl.group_size', g >= 1, 'must be >= 1'),
       ('rl.group_size', not (g == 1 and rc.advantage in ('grpo', 'rloo')),
@@ -177,21 +194,6 @@ def make_batcher(config, tokenizer, records) -> batching.PromptBatcher:
         f': {e} (raise it, or set config.data.drop_long_prompts=True)') from None
 
 
-# ==================================================================== setup
-
-
-def _loss_kwargs(rc) -> dict[str, Any]:
-  kw = dict(policy_loss=rc.policy_loss, aggregation=rc.aggregation,
-            kl_estimator=rc.kl_estimator, beta=float(rc.beta),
-            epsilon_low=float(rc.epsilon_low),
-            epsilon_high=float(rc.epsilon_high),
-            dual_clip=float(rc.dual_clip) if rc.dual_clip else None)
-  if rc.beta == 0:
-    kw['beta'] = 0  # the Python number 0: no reference pass
-  kw.update(rc.loss_options.to_dict())
-  return kw
-
-
 # =================================================================== train
 
 
@@ -267,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(state['rng'])))
 
   update_fn = grpo_update.make_update_fn(
-      graphdef, optimizer, loss_kwargs=_loss_kwargs(rc),
+      graphdef, optimizer, loss_config=loss_config(rc),
       num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
       grad_accum=rc.grad_accum, mesh=mesh,
       scoring=grpo_update.Scoring.from_config(config.sampling))
@@ -312,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       lengths_B = batch.pop('lengths')
       batch['adv'] = grpo_update.advantages(
           batch.pop('rewards'),
-          lengths_B if grpo_update.estimator_takes(rc.advantage, 'lengths_PxG')
+          lengths_B if 'lengths_PxG' in rl.ADVANTAGES.inputs(rc.advantage)
           else None,
           batch.pop('baseline', None), group_size=rc.group_size,
           estimator=rc.advantage, eps=float(rc.eps),

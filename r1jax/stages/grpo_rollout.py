@@ -16,11 +16,11 @@ import numpy as np
 from r1jax import parallel
 from r1jax import reasoning_stats
 from r1jax import rewards as rewards_lib
+from r1jax import rl
 from r1jax.rl import dynamic_sampling
 from r1jax.run import console
 from r1jax.sampling import FINISH_STOP
 from r1jax.sampling import Sampler
-from r1jax.stages import grpo_update
 
 
 def _decode(tokenizer, tokens_BxL, lengths_B, finish_B) -> list[str]:
@@ -40,8 +40,8 @@ class Rollout:
     self.options = config.rewards.options.to_dict()
     self.accuracy = config.rewards.accuracy
     # ReMax: the baseline is the reward of each prompt's greedy answer.
-    self.greedy_baseline = grpo_update.estimator_takes(
-        config.rl.advantage, 'baseline_P')
+    self.greedy_baseline = 'baseline_P' in rl.ADVANTAGES.inputs(
+        config.rl.advantage)
 
   def _one_round(self, params, key, timer: console.Timer) -> dict[str, Any]:
     sc, g = self.config.sampling, self.config.rl.group_size

@@ -162,7 +162,7 @@ def _combine(name: str, x: jax.Array, w: jax.Array | None = None) -> jax.Array:
 
 
 def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
-                   loss_kwargs: dict[str, Any], num_iterations: int,
+                   loss_config: rl.LossConfig, num_iterations: int,
                    num_minibatches: int, grad_accum: int, mesh: Mesh,
                    scoring: Scoring = Scoring()):
   """jit (state, rollout) -> (state, metrics); the state is donated.
@@ -174,7 +174,7 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
   distribution the rollout was sampled from, which the policy's log-probs
   (and entropy) are taken under.
   """
-  aggregation = loss_kwargs.get('aggregation', 'seq_mean_token_mean')
+  aggregation = loss_config.aggregation
   batch_axes = parallel.batch_spec(mesh)
   row_axis = batch_axes[0] if len(batch_axes) else None
 
@@ -190,7 +190,7 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                                         scoring=scoring)
     loss, metrics = rl.grpo_loss(
         logp, mb['old_logp'], mb.get('ref_logp'), mb['adv'], mb['mask'],
-        entropy_BxT=entropy, **loss_kwargs)
+        entropy_BxT=entropy, config=loss_config)
     w = accumulation.micro_weight(aggregation, mb['mask'], total_units)
     return loss * w, (metrics, w)
 
@@ -250,19 +250,9 @@ def advantages(rewards_B, lengths_B=None, baseline_P=None, *,
   lengths, for opo / reinforce_pp) and `baseline_P` (the greedy answer's
   reward, for remax) are passed when not None.
   """
-  arrays = {}
-  if lengths_B is not None:
-    arrays['lengths_B'] = lengths_B
-  if baseline_P is not None:
-    arrays['baseline_P'] = baseline_P
   return rl.compute_advantages(rewards_B, group_size, estimator, eps=eps,
-                               **dict(options), **arrays)
-
-
-def estimator_takes(estimator: str, name: str) -> bool:
-  """Whether advantage estimator `estimator` has keyword `name`."""
-  import inspect  # pylint: disable=g-import-not-at-top
-  return name in inspect.signature(rl.ADVANTAGES.get(estimator)).parameters
+                               lengths_B=lengths_B, baseline_P=baseline_P,
+                               **dict(options))
 
 
 @jax.jit
