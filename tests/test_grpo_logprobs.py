@@ -20,6 +20,7 @@ import pytest
 
 from experiments import zero
 from r1jax import parallel
+from r1jax import rl
 from r1jax.model import get_config, init
 from r1jax.sampling import Sampler
 from r1jax.stages import grpo
@@ -98,7 +99,7 @@ def test_first_update_sees_ratio_one(case):
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   optimizer = optax.adamw(1e-3)
   update = grpo_update.make_update_fn(
-      graphdef, optimizer, loss_kwargs=dict(beta=0.001), num_iterations=1,
+      graphdef, optimizer, loss_config=rl.LossConfig(beta=0.001), num_iterations=1,
       num_minibatches=1, grad_accum=1, mesh=mesh, scoring=CASES[case][1])
   params = grpo_update.copy_tree(params)  # the state is donated
   state = dict(params=params, opt_state=optimizer.init(params),

@@ -9,6 +9,7 @@ import pytest
 
 from r1jax import memory
 from r1jax import parallel
+from r1jax import rl
 from r1jax.model import config as model_config
 from r1jax.model import functional as fn
 from r1jax.model.transformer import init_cache
@@ -116,7 +117,7 @@ def test_update_and_reference_estimates_near_xla_accounting():
                old_logp=jnp.zeros((b, l)), ref_logp=jnp.zeros((b, l)),
                adv=jnp.zeros((b,)))
   update = grpo_update.make_update_fn(
-      graphdef, opt, loss_kwargs=dict(beta=0.001), num_iterations=1,
+      graphdef, opt, loss_config=rl.LossConfig(beta=0.001), num_iterations=1,
       num_minibatches=1, grad_accum=2, mesh=mesh)
   xla_update = update.lower(state, batch).compile().memory_analysis()
   xla_ref = grpo_update.make_logprobs_fn(graphdef, mesh, num_chunks=2).lower(
