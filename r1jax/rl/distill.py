@@ -45,24 +45,23 @@ def _kl(logp_p_BxTxV, logp_q_BxTxV) -> jax.Array:
   return jnp.sum(jnp.exp(logp_p_BxTxV) * (logp_p_BxTxV - logp_q_BxTxV), axis=-1)
 
 
-@DISTILL_DIVERGENCES.register('forward')
-def forward_kl(student_logits_BxTxV: jax.Array,
-               teacher_logits_BxTxV: jax.Array,
-               temperature: float = 1.0) -> jax.Array:
-  """T**2 * KL(teacher || student) per position, float32 [B, T]."""
-  logp_s, logp_t = _pair(student_logits_BxTxV, teacher_logits_BxTxV,
-                         temperature)
-  return temperature ** 2 * _kl(logp_t, logp_s)
+def _tempered_kl(student_first: bool):
+  """T**2 * KL(p || q) per position, float32 [B, T], with p the student
+  (reverse KL) or the teacher (forward KL)."""
+  def divergence(student_logits_BxTxV: jax.Array,
+                 teacher_logits_BxTxV: jax.Array,
+                 temperature: float = 1.0) -> jax.Array:
+    logp_s, logp_t = _pair(student_logits_BxTxV, teacher_logits_BxTxV,
+                           temperature)
+    p, q = (logp_s, logp_t) if student_first else (logp_t, logp_s)
+    return temperature ** 2 * _kl(p, q)
+  return divergence
 
 
-@DISTILL_DIVERGENCES.register('reverse')
-def reverse_kl(student_logits_BxTxV: jax.Array,
-               teacher_logits_BxTxV: jax.Array,
-               temperature: float = 1.0) -> jax.Array:
-  """T**2 * KL(student || teacher) per position, float32 [B, T]."""
-  logp_s, logp_t = _pair(student_logits_BxTxV, teacher_logits_BxTxV,
-                         temperature)
-  return temperature ** 2 * _kl(logp_s, logp_t)
+# KL(teacher || student): mean-seeking, the usual distillation loss.
+forward_kl = DISTILL_DIVERGENCES.register('forward')(_tempered_kl(False))
+# KL(student || teacher): mode-seeking (MiniLLM, GKD's on-policy variant).
+reverse_kl = DISTILL_DIVERGENCES.register('reverse')(_tempered_kl(True))
 
 
 def distill_kl_sum(student_logits_BxTxV: jax.Array,
