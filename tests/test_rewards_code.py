@@ -4,6 +4,9 @@ Each attack is written so that, if it got through, the program would print
 the expected output and score 1; scoring 0 therefore shows it was contained.
 Where it is safe, the same program is first run without the sandbox to show
 that the attack really works there (so the test can fail).
+
+Every test runs twice: with the warm worker pool (runs forked from a warm
+interpreter, the default) and with a fresh interpreter per run (`pool=False`).
 """
 
 import json
@@ -25,6 +28,17 @@ code_reward = REWARDS.get('code')
 FAST = dict(timeout_s=1.0, memory_mb=256)
 
 
+@pytest.fixture(autouse=True, params=['pool', 'cold'])
+def sandbox_kind(request, monkeypatch):
+  """Runs each test with the warm workers and with fresh interpreters."""
+  monkeypatch.setitem(FAST, 'pool', request.param == 'pool')
+  return request.param
+
+
+def _limits(**kw) -> 'code_sandbox.SandboxLimits':
+  return code_sandbox.SandboxLimits(pool=FAST['pool'], **kw)
+
+
 def _score(program: str, expected: str, stdin: str = '', **options) -> float:
   completion = f'Here is my solution.\n```python\n{program}\n```'
   example = {'tests': [{'input': stdin, 'output': expected}]}
@@ -37,11 +51,13 @@ def _unsandboxed_stdout(program: str) -> str:
 
 
 def _sandbox_processes() -> list[int]:
+  """Sandboxed runs still alive (the idle warm workers do not count)."""
+  workers = set(code_sandbox.worker_pids())
   pids = []
   for pid in filter(str.isdigit, os.listdir('/proc')):
     try:
       with open(f'/proc/{pid}/cmdline', 'rb') as f:
-        if b'_sandbox_boot.py' in f.read():
+        if b'_sandbox_boot.py' in f.read() and int(pid) not in workers:
           pids.append(int(pid))
     except OSError:
       pass
@@ -168,7 +184,7 @@ def test_output_flood_is_capped():
   t0 = time.monotonic()
   r = code_sandbox.run_in_sandbox(
       'while True:\n  print("x" * 10000)',
-      limits=code_sandbox.SandboxLimits(timeout_s=5, max_output_bytes=1 << 20))
+      limits=_limits(timeout_s=5, max_output_bytes=1 << 20))
   assert r.returncode != 0 and len(r.stdout) <= 1 << 20
   assert time.monotonic() - t0 < 5
 
@@ -235,12 +251,13 @@ def test_writing_outside_the_working_directory_fails(tmp_path):
 _ENV_PROBE = r"""
 import json, os, subprocess, sys
 from r1jax.rewards import REWARDS
-program, secret = sys.argv[1], sys.argv[2]
+program, secret, pool = sys.argv[1], sys.argv[2], sys.argv[3] == 'pool'
 outside = subprocess.run([sys.executable, '-c', program], capture_output=True,
                          text=True, check=False).stdout.strip()
 score = REWARDS.get('code')(
     ['```python\n' + program + '\n```'],
-    [{'tests': [{'input': '', 'output': secret}]}], timeout_s=2.0)[0]
+    [{'tests': [{'input': '', 'output': secret}]}], timeout_s=2.0,
+    pool=pool)[0]
 print(json.dumps({'outside': outside, 'score': float(score)}))
 """
 
@@ -253,14 +270,15 @@ print(json.dumps({'outside': outside, 'score': float(score)}))
     'print([v for v in env if v.startswith(b"R1JAX_TEST_SECRET=")][0][18:]'
     '.decode())',
 ], ids=['os.environ', 'proc-environ'])
-def test_parent_environment_is_not_visible(program):
+def test_parent_environment_is_not_visible(program, sandbox_kind):
   """A parent started with a secret in its environment runs the sandbox."""
   secret = 'r1jax-test-secret-4f1c'
   root = pathlib.Path(__file__).resolve().parents[1]
   env = {**os.environ, 'R1JAX_TEST_SECRET': secret,
          'PYTHONPATH': str(root)}
   out = subprocess.run(
-      [sys.executable, '-c', _ENV_PROBE, program, secret], env=env,
+      [sys.executable, '-c', _ENV_PROBE, program, secret, sandbox_kind],
+      env=env,
       capture_output=True, text=True, timeout=60, check=True).stdout
   result = json.loads(out.strip().splitlines()[-1])
   assert result['outside'] == secret  # the attack works without the sandbox
@@ -307,7 +325,7 @@ def test_adversarial_batch_cannot_hang_the_caller():
 def test_kernel_layers_hold_without_the_audit_hook(tmp_path, local_server):
   """As root, the mount and network namespaces stop writes and connections
   even with the audit hook off (if the kernel allows unshare here)."""
-  limits = code_sandbox.SandboxLimits(timeout_s=2, audit_hook=False)
+  limits = _limits(timeout_s=2, audit_hook=False)
   probe = code_sandbox.run_in_sandbox(
       'open("/proc/self/mountinfo").read()\nprint("ok")', limits=limits)
   assert probe.stdout.strip() == 'ok'

@@ -12,7 +12,9 @@ where `examples[i]` is the dataset record completion i answers. Registered:
   'format'        -                   1 for exactly <think>..</think><answer>..
   'format_lenient' -                  1 if a think block precedes an answer
   'language'      (target_language)   share of CoT words in the target language
-  'code'          tests               1 if all tests pass (or the fraction)
+  'code'          tests (code_prefix) 1 if all tests pass (or the fraction)
+  'code_format'   -                   1 if the answer is a ```python block
+                                      that parses
   'countdown'     numbers, target     1 for a valid equation equal to target
   'arithmetic'    answer              1 for the exact integer
   'overlong'      - (token lengths)   DAPO soft length penalty in [-1, 0]

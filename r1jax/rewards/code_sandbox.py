@@ -1,58 +1,27 @@
 """Code reward: run a completion's Python program against tests in a sandbox.
 
 The program is the last ```python fenced block of the completion (inside the
-`<answer>` block when there is one), else the whole answer/completion text.
+`<answer>` block when there is one; `code_block`); a completion without one
+scores 0. An example's `code_prefix` (HumanEval's prompt) goes before it.
 Tests come from the example's `tests` field: a list whose items are either
 `{"input": stdin, "output": expected stdout}` or a string of assert-style test
 code (run after the program, in the same module), or a single such string;
-APPS-style `{"inputs": [...], "outputs": [...]}` is accepted too.
+APPS-style `{"inputs": [...], "outputs": [...]}` is accepted too. Bad input
+(no block, a syntax error, a missing module, a time-out, an output flood...)
+scores 0, with its reason counted in the metrics (`REASONS`).
 
-Each test runs in a fresh `python -I -S _sandbox_boot.py` process:
-  * its own session / process group, killed as a whole (SIGKILL) after
-    `timeout_s` of wall-clock time and always after the run;
-  * an explicit minimal environment (no variable of the caller is inherited);
-  * a private temporary working directory, deleted afterwards; stdin and
-    stdout are files there (so output size is capped by RLIMIT_FSIZE, and a
-    flood of output cannot fill the caller's memory);
-  * rlimits: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE,
-    RLIMIT_NPROC, no core dumps;
-  * when running as root (CI), new network and mount namespaces: no network
-    interface, and every filesystem but the working directory read-only;
-  * an audit hook refusing process creation, signals to other processes,
-    sockets, ctypes, raising rlimits, writes outside the working directory and
-    reads of other processes' /proc entries (see `_sandbox_boot.py`).
-
-Honest limits. The program runs as the caller's user (root on CI). The audit
-hook and the patched modules live inside the program's own interpreter: they
-stop accidents and the ordinary ways to misbehave (what an RL policy stumbles
-on), not an attacker who targets this bootstrap -- e.g. by walking frames to
-the hook's closure or to the token that proves assert tests finished. As root,
-writes and network are also stopped by the kernel (read-only mounts, empty
-network namespace), but other processes' /proc entries (the caller's
-environment) are guarded by the hook alone. Without root the namespaces are
-skipped, so the hook is the only guard, and RLIMIT_NPROC counts all the
-caller's processes and threads (root ignores it; hence the hook against fork
-bombs). Reading files the user may read is allowed. Threads are allowed
-(bounded by RLIMIT_AS and the timeout). The program sees only the standard
-library (`-I -S`). For untrusted code at scale, add a container or
-gVisor/nsjail around the trainer's reward workers.
+Each run is a sandboxed process (`r1jax.rewards.sandbox`: forked from a warm
+worker, its own session, minimal environment, private directory, rlimits,
+namespaces as root, an audit hook; its docstring lists the honest limits).
+The `code_format` reward checks the block without running it.
 """
 
+import ast
 import concurrent.futures
 import dataclasses
-import marshal
-import math
 import os
-import pathlib
 import re
-import secrets
-import select
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -61,173 +30,17 @@ from r1jax.rewards import math_answer
 from r1jax.rewards.registry import check_batch
 from r1jax.rewards.registry import REWARDS
 from r1jax.rewards.registry import score_each
+from r1jax.rewards.sandbox import run_in_sandbox
+from r1jax.rewards.sandbox import RunResult
+from r1jax.rewards.sandbox import SandboxLimits
+from r1jax.rewards.sandbox import worker_pids
 
-_BOOT = pathlib.Path(__file__).with_name('_sandbox_boot.py')
 # The fenced blocks `fenced_blocks` finds, as a regex (its reference
 # semantics: `findall` with it backtracks over the info line and rescans the
 # rest of the text, quadratic on adversarial text).
 _FENCE_RE = re.compile(r'```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```', re.DOTALL)
 _FENCE_LANG_RE = re.compile(r'[ \t]*([A-Za-z0-9_+-]*)')
-
-
-@dataclasses.dataclass(frozen=True)
-class SandboxLimits:
-  """Resource limits for one sandboxed run."""
-
-  timeout_s: float = 4.0  # wall clock; RLIMIT_CPU is ceil(timeout_s)
-  memory_mb: int = 1024  # RLIMIT_AS
-  max_output_bytes: int = 16 << 20  # RLIMIT_FSIZE: any file, stdout included
-  open_files: int = 64  # RLIMIT_NOFILE
-  processes: int = 512  # RLIMIT_NPROC (per user; not enforced for root)
-  isolate: bool = True  # network + read-only mount namespaces when root
-  audit_hook: bool = True  # turn off only to test the other layers
-
-
-@dataclasses.dataclass
-class RunResult:
-  """What one sandboxed run did."""
-
-  returncode: int | None  # negative: killed by that signal
-  stdout: str
-  stderr: str
-  timed_out: bool
-  seconds: float
-  token_ok: bool = False  # assert tests ran to the end
-
-
-def _clean_env(workdir: str) -> dict[str, str]:
-  # Explicit, minimal: nothing of the caller's environment (tokens, keys).
-  return {
-      'PATH': '/usr/local/bin:/usr/bin:/bin',
-      'HOME': workdir,
-      'TMPDIR': workdir,
-      'LANG': 'C.UTF-8',
-      'LC_ALL': 'C.UTF-8',
-      'OMP_NUM_THREADS': '1',
-  }
-
-
-def _wait_and_kill_group(proc: subprocess.Popen, timeout_s: float) -> bool:
-  """Waits up to `timeout_s`, then SIGKILLs the whole process group.
-
-  The group is killed before the leader is reaped, so its id cannot have been
-  reused by an unrelated process. Returns whether the timeout was hit.
-  """
-  deadline = time.monotonic() + timeout_s
-  timed_out = False
-  try:
-    pidfd = os.pidfd_open(proc.pid)
-  except (AttributeError, OSError):
-    pidfd = None
-  try:
-    while True:
-      remaining = deadline - time.monotonic()
-      if remaining <= 0:
-        timed_out = True
-        break
-      if pidfd is not None:
-        # poll, not select: a busy trainer may hold fds above FD_SETSIZE.
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        if poller.poll(remaining * 1000):
-          break
-      else:
-        info = os.waitid(os.P_PID, proc.pid,
-                         os.WEXITED | os.WNOWAIT | os.WNOHANG)
-        if info is not None:
-          break
-        time.sleep(min(0.005, remaining))
-  finally:
-    if pidfd is not None:
-      os.close(pidfd)
-    try:
-      os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-      pass
-    proc.wait()
-  return timed_out
-
-
-def _read_capped(path: pathlib.Path, limit: int) -> str:
-  try:
-    with open(path, 'rb') as f:
-      return f.read(limit).decode('utf-8', errors='replace')
-  except OSError:
-    return ''
-
-
-def run_in_sandbox(
-    program: str,
-    stdin: str = '',
-    *,
-    test_code: str | None = None,
-    limits: SandboxLimits = SandboxLimits(),
-) -> RunResult:
-  """Runs `program` (then `test_code`, if given) in a fresh sandboxed process.
-
-  Never raises for anything the program does; the result says how it ended.
-  """
-  workdir = tempfile.mkdtemp(prefix='r1jax_sandbox_')
-  root = pathlib.Path(workdir)
-  t0 = time.monotonic()
-  token = secrets.token_hex(16) if test_code is not None else ''
-  read_fd = write_fd = None
-  try:
-    (root / 'main.py').write_text(program, encoding='utf-8')
-    (root / 'stdin.txt').write_text(stdin, encoding='utf-8')
-    cfg: dict[str, Any] = {
-        'root': workdir,
-        'program': str(root / 'main.py'),
-        'isolate': limits.isolate,
-        'audit': limits.audit_hook,
-        'limits': {
-            'memory_bytes': int(limits.memory_mb) << 20,
-            'cpu_seconds': max(1, math.ceil(limits.timeout_s)),
-            'file_bytes': int(limits.max_output_bytes),
-            'open_files': int(limits.open_files),
-            'processes': int(limits.processes),
-        },
-    }
-    if test_code is not None:
-      (root / 'tests.py').write_text(test_code, encoding='utf-8')
-      cfg['test_code'] = str(root / 'tests.py')
-      read_fd, write_fd = os.pipe()
-      os.write(write_fd, token.encode())
-      os.close(write_fd)
-      write_fd = None
-      cfg['token_fd'] = read_fd
-    with open(root / 'stdin.txt', 'rb') as fin, \
-        open(root / 'stdout.txt', 'wb') as fout, \
-        open(root / 'stderr.txt', 'wb') as ferr:
-      proc = subprocess.Popen(
-          [sys.executable, '-I', '-S', str(_BOOT), marshal.dumps(cfg).hex()],
-          stdin=fin, stdout=fout, stderr=ferr,
-          cwd=workdir,
-          env=_clean_env(workdir),
-          start_new_session=True,
-          close_fds=True,
-          pass_fds=(read_fd,) if read_fd is not None else (),
-      )
-      if read_fd is not None:
-        os.close(read_fd)
-        read_fd = None
-      timed_out = _wait_and_kill_group(proc, limits.timeout_s)
-    stdout = _read_capped(root / 'stdout.txt', limits.max_output_bytes)
-    stderr = _read_capped(root / 'stderr.txt', 1 << 16)
-    token_ok = False
-    if test_code is not None:
-      tail = stdout.rstrip('\n').rsplit('\n', 1)[-1]
-      token_ok = tail == token
-    return RunResult(proc.returncode, stdout, stderr, timed_out,
-                     time.monotonic() - t0, token_ok)
-  except OSError as e:  # e.g. no space for the temp dir: a failed run
-    return RunResult(None, '', f'sandbox error: {e}', False,
-                     time.monotonic() - t0)
-  finally:
-    for fd in (read_fd, write_fd):
-      if fd is not None:
-        os.close(fd)
-    shutil.rmtree(workdir, ignore_errors=True)
+_PYTHON_LANGS = ('python', 'py', 'python3')
 
 
 # ----------------------------------------------------------------------------
@@ -317,25 +130,64 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
   return blocks
 
 
-def extract_code(completion: str) -> str:
-  """The program in a completion: last ```python block, else the text.
-
-  When there is an `<answer>` block, only its text is looked at (code in the
-  chain of thought is a draft). Fences labelled with another language are
-  skipped; an unlabelled fence is used when no python fence exists.
-  """
+def _code_blocks(completion: str) -> tuple[str, list[tuple[str, str]]]:
   text = math_answer.answer_block(completion)
   if text is None:
     text = completion
-  blocks = fenced_blocks(text)
-  python = [b for lang, b in blocks
-            if lang.lower() in ('python', 'py', 'python3')]
+  return text, fenced_blocks(text)
+
+
+def code_block(completion: str) -> str | None:
+  """The program of a completion: its last ```python fenced block (an
+  unlabelled fence when there is no python one), or None when it has none.
+
+  When there is an `<answer>` block, only its text is looked at (code in the
+  chain of thought is a draft). Fences labelled with another language are
+  skipped.
+  """
+  _, blocks = _code_blocks(completion)
+  python = [b for lang, b in blocks if lang.lower() in _PYTHON_LANGS]
   if python:
     return python[-1]
   plain = [b for lang, b in blocks if not lang]
-  if plain:
-    return plain[-1]
-  return text
+  return plain[-1] if plain else None
+
+
+def extract_code(completion: str) -> str:
+  """`code_block`, falling back to the whole answer (or completion) text."""
+  block = code_block(completion)
+  return _code_blocks(completion)[0] if block is None else block
+
+
+# Why a completion scored 0 (the first failing run's reason), as counted in
+# the code reward's metrics under 'fail_<reason>'.
+REASONS = ('no_code_block', 'syntax_error', 'timeout', 'output_limit',
+           'memory', 'missing_module', 'wrong_answer', 'runtime_error',
+           'exited_early', 'sandbox_error')
+_EXCEPTION_REASONS = {
+    'SyntaxError': 'syntax_error', 'IndentationError': 'syntax_error',
+    'TabError': 'syntax_error', 'ModuleNotFoundError': 'missing_module',
+    'ImportError': 'missing_module', 'MemoryError': 'memory',
+    'AssertionError': 'wrong_answer',
+}
+
+
+def failure_reason(r: RunResult, assert_test: bool = True) -> str:
+  """Why run `r` failed (one of REASONS), from how it ended and the
+  exception named on the last line of its stderr."""
+  if r.returncode is None:
+    return 'sandbox_error'
+  if r.timed_out or r.returncode == -signal.SIGXCPU:
+    return 'timeout'
+  if r.output_capped or r.returncode == -signal.SIGXFSZ:
+    return 'output_limit'
+  lines = r.stderr.rstrip().rsplit('\n', 1)
+  name = lines[-1].split(':', 1)[0].strip()
+  if name in _EXCEPTION_REASONS:
+    return _EXCEPTION_REASONS[name]
+  if r.returncode == 0:
+    return 'exited_early' if assert_test else 'wrong_answer'
+  return 'runtime_error'
 
 
 def run_tests(
@@ -345,9 +197,23 @@ def run_tests(
     *,
     stop_at_first_failure: bool = True,
     float_tol: float | None = None,
-) -> tuple[int, list[RunResult]]:
-  """Runs each test in its own sandbox; returns (number passed, results)."""
-  passed, results = 0, []
+    combine: bool = False,
+) -> tuple[int, list[RunResult], str | None]:
+  """Runs the tests; returns (number passed, results, failure reason).
+
+  Each test runs in its own sandbox, except with `combine` (and
+  `stop_at_first_failure`) when every test is assert code: then one run
+  executes the program once and the tests one after the other, which passes
+  exactly when each would (the first failing assert ends it); its time limit
+  is that of one run. The reason (`failure_reason`) is the first failing
+  run's, None when all passed.
+  """
+  if (combine and stop_at_first_failure and len(tests) > 1
+      and all(t.code is not None for t in tests)):
+    one = [TestCase(code='\n'.join(t.code for t in tests))]
+    passed, results, reason = run_tests(program, one, limits)
+    return (len(tests) if passed else 0), results, reason
+  passed, results, reason = 0, [], None
   for t in tests:
     if t.code is not None:
       r = run_in_sandbox(program, t.input, test_code=t.code, limits=limits)
@@ -358,9 +224,11 @@ def run_tests(
             and outputs_match(r.stdout, t.output, float_tol))
     results.append(r)
     passed += ok
+    if not ok and reason is None:
+      reason = failure_reason(r, t.code is not None)
     if not ok and stop_at_first_failure:
       break
-  return passed, results
+  return passed, results, reason
 
 
 def default_max_workers() -> int:
@@ -379,21 +247,35 @@ def code_reward(
     max_workers: int | None = None,
     float_tol: float | None = None,
     tests_key: str = 'tests',
+    require_block: bool = True,
+    pool: bool = True,
+    combine: bool = True,
     metrics: dict[str, float] | None = None,
 ) -> np.ndarray:
-  """Scores programs by their tests, each test in a fresh sandbox.
+  """Scores programs by the example's tests, run in the sandbox.
+
+  The program is the completion's fenced block (`code_block`) after the
+  example's `code_prefix` (HumanEval's prompt: its imports and helpers).
 
   Options:
     mode: 'all' -> 1.0 when every test passes (stops at the first failure),
       'fraction' -> the fraction of tests passed.
-    timeout_s, memory_mb, max_output_bytes: per-test limits (`SandboxLimits`).
+    timeout_s, memory_mb, max_output_bytes: per-run limits (`SandboxLimits`).
     max_workers: completions checked in parallel (threads that wait on
       processes; default min(8, CPUs)).
     float_tol: tolerance for numeric output tokens (default exact tokens).
     tests_key: the example field with the tests.
-    metrics: filled with `timeouts`, `runs`, `no_tests` and `errors`
-      (completions that could not be run, e.g. a malformed `tests` field or a
-      program that cannot be written out; they score 0).
+    require_block: a completion without a fenced block scores 0 (reason
+      'no_code_block'); False runs the whole answer text instead.
+    pool: fork each run from a warm worker (`sandbox_pool`); False starts a
+      fresh interpreter per run (about 10x slower; the original path).
+    combine: in 'all' mode, run a completion's assert tests in one process
+      (`run_tests`), so its time limit covers all of them.
+    metrics: filled with `runs`, `timeouts` (runs), `no_tests`, `errors`
+      (completions that could not be run, e.g. a malformed `tests` field or
+      text that is no valid UTF-8; they score 0), `passed` and
+      `fail_<reason>` for each of REASONS (completions scoring below 1, by
+      their first failing run).
   A completion whose example has no tests scores 0.
   """
   check_batch(completions, examples)
@@ -401,25 +283,32 @@ def code_reward(
     raise ValueError(
         f"code reward mode must be 'all' or 'fraction', not {mode!r}")
   limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb,
-                         max_output_bytes=max_output_bytes)
+                         max_output_bytes=max_output_bytes, pool=pool)
 
-  def score(i: int) -> tuple[float, int, int] | Exception:
+  def score(i: int) -> tuple[float, int, int, str | None] | Exception:
     try:
       tests = normalize_tests(examples[i].get(tests_key))
       if not tests:
-        return 0.0, 0, 0
-      passed, results = run_tests(
-          extract_code(completions[i]), tests, limits,
-          stop_at_first_failure=(mode == 'all'), float_tol=float_tol)
+        return 0.0, 0, 0, None
+      program = (code_block(completions[i]) if require_block
+                 else extract_code(completions[i]))
+      if program is None:
+        return 0.0, 0, 0, 'no_code_block'
+      prefix = examples[i].get('code_prefix') or ''
+      if prefix:
+        program = f'{prefix}\n{program}'
+      passed, results, reason = run_tests(
+          program, tests, limits, stop_at_first_failure=(mode == 'all'),
+          float_tol=float_tol, combine=combine)
       value = passed / len(tests) if mode == 'fraction' else float(
           passed == len(tests))
-      return value, len(results), sum(r.timed_out for r in results)
+      return value, len(results), sum(r.timed_out for r in results), reason
     except Exception as e:  # pylint: disable=broad-except
       return e  # scored 0 and counted by `score_each` below
 
   workers = max_workers or default_max_workers()
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    scored = list(pool.map(score, range(len(completions))))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool_:
+    scored = list(pool_.map(score, range(len(completions))))
   ok = [s for s in scored if not isinstance(s, Exception)]
 
   def value(i: int) -> float:
@@ -431,5 +320,41 @@ def code_reward(
   if metrics is not None:
     metrics['runs'] = float(sum(s[1] for s in ok))
     metrics['timeouts'] = float(sum(s[2] for s in ok))
-    metrics['no_tests'] = float(sum(s[1] == 0 for s in ok))
+    metrics['no_tests'] = float(sum(s[1] == 0 and s[3] is None for s in ok))
+    metrics['passed'] = float(sum(s[0] == 1.0 for s in ok))
+    for reason in REASONS:
+      metrics[f'fail_{reason}'] = float(sum(s[3] == reason for s in ok))
   return out
+
+
+def code_format_ok(completion: str, max_chars: int = 100_000) -> bool:
+  """The answer holds a fenced Python block (`code_block`) that parses."""
+  block = code_block(completion)
+  if block is None or len(block) > max_chars:
+    return False
+  try:
+    ast.parse(block)
+  except (SyntaxError, ValueError, MemoryError, RecursionError):
+    return False
+  return True
+
+
+@REWARDS.register('code_format', inputs=('metrics',))
+def code_format_reward(
+    completions: Sequence[str],
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    max_chars: int = 100_000,
+    metrics: dict[str, float] | None = None,
+) -> np.ndarray:
+  """1.0 when the completion's answer is a fenced Python block that parses
+  (`code_format_ok`; nothing is run), else 0. Combine it with 'format' for
+  the R1 think/answer structure.
+
+  Options:
+    max_chars: a longer block scores 0 without being parsed.
+    metrics: filled with `errors` (completions that could not be checked).
+  """
+  check_batch(completions, examples)
+  return score_each(lambda i: code_format_ok(completions[i], max_chars),
+                    len(completions), reward='code_format', metrics=metrics)
