@@ -44,9 +44,11 @@ from r1jax import memory
 from r1jax import parallel
 from r1jax import rl
 from r1jax.model import config as model_config
+from r1jax.sampling import SampleOutput
 from r1jax.sampling import Sampler
 from r1jax.run import console
 from r1jax.run import train_state
+from r1jax.stages import grpo_rollout
 from r1jax.stages import grpo_update
 
 
@@ -64,9 +66,9 @@ def model_cfg(args):
       **{names[k]: v for k, v in over.items()})
 
 
-def rl_config():
+def rl_config(group_size: int):
   c = ml_collections.ConfigDict()
-  c.rl = dict(mask_truncated=False)
+  c.rl = bench_common.grpo_rl_section(group_size)
   return c
 
 
@@ -159,7 +161,7 @@ def main(argv=None):
   ids, mask = bench_common.random_prompts(args.prompts, args.prompt_len,
                                           cfg.vocab_size)
   rng = np.random.default_rng(0)
-  config = rl_config()
+  config = rl_config(args.group)
   timer = console.Timer()
   steps = []
   for step in range(args.warmup + args.steps):
@@ -168,16 +170,17 @@ def main(argv=None):
       out = sampler.generate(state['params'], (ids, mask),
                              max_new_tokens=args.new_tokens, n=args.group,
                              temperature=1.0, seed=step)
-      host = {k: parallel.host_rows(v) for k, v in out._asdict().items()}
+      sample = SampleOutput(*(parallel.host_rows(v) for v in out))
     with timer('reward'):  # random rewards: the host side is not measured
-      host['rewards'] = rng.normal(size=rows).astype(np.float32)
-    state, m, _ = bench_common.grpo_device_step(
-        host, config, mesh, args.group, state, update_fn, logprobs_fn,
-        ref_params, timer)
+      host = grpo_rollout.HostRollout(
+          sample=sample, rewards=rng.normal(size=rows).astype(np.float32),
+          per_reward={}, reward_metrics={}, texts=[], examples=[])
+    state, m = bench_common.grpo_device_step(
+        host, config, mesh, state, update_fn, logprobs_fn, ref_params, timer)
     times = timer.pop()
     times['step'] = time.perf_counter() - t0
-    times['tokens'] = float(host['prompt_mask'].sum() + host['lengths'].sum())
-    assert int(host['lengths'].min()) == args.new_tokens
+    times['tokens'] = float(sample.prompt_mask.sum() + sample.lengths.sum())
+    assert int(sample.lengths.min()) == args.new_tokens
     print(f'step {step}{" (warm-up)" if step < args.warmup else ""}: '
           + ', '.join(f'{k} {v:.2f} s' for k, v in times.items()
                       if k != 'tokens') + f'; loss {float(m["loss"]):.4f}')

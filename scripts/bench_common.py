@@ -198,24 +198,27 @@ def random_prompts(rows: int, width: int, vocab: int, seed: int = 0):
   return ids, np.ones((rows, width), bool)
 
 
-def grpo_device_step(host: dict, config, mesh, group_size: int, state,
-                     update_fn, logprobs_fn, ref_params, timer):
-  """The device side of a GRPO step as stages/grpo.py runs it (rollout to
-  the mesh, group advantages, reference log-probs, the update), timed into
-  `timer`'s 'reference' and 'update' spans.
+def grpo_device_step(host, config, mesh, state, update_fn, logprobs_fn,
+                     ref_params, timer):
+  """The device side of a GRPO step as stages/grpo.py runs it (the
+  `grpo_rollout.HostRollout` to a batch on the mesh with its reference
+  log-probs and advantages, then the update), timed into `timer`'s
+  'reference' and 'update' spans. `config` needs the rl fields
+  `grpo_update.make_batch` reads (`grpo_rl_section`).
 
-  Returns (state, metrics on the host, lengths_B).
+  Returns (state, metrics on the host).
   """
-  from r1jax.stages import grpo_rollout, grpo_update  # pylint: disable=g-import-not-at-top
-  batch = grpo_rollout.to_device(host, config, mesh)
-  lengths_B = batch.pop('lengths')
-  batch['adv'] = grpo_update.advantages(
-      batch.pop('rewards'), group_size=group_size, estimator='grpo', eps=1e-6)
-  if ref_params is not None:
-    with timer('reference'):
-      batch['ref_logp'] = logprobs_fn(ref_params, batch)
-      batch['ref_logp'].block_until_ready()
+  from r1jax.stages import grpo_update  # pylint: disable=g-import-not-at-top
+  batch = grpo_update.make_batch(host, config, mesh, ref_params=ref_params,
+                                 logprobs_fn=logprobs_fn, timer=timer)
   with timer('update'):
     state, m = update_fn(state, batch)
     m = jax.device_get(m)
-  return state, m, lengths_B
+  return state, m
+
+
+def grpo_rl_section(group_size: int, **more) -> dict:
+  """The config.rl fields `grpo_device_step` reads: the GRPO advantage,
+  nothing masked."""
+  return dict(group_size=group_size, advantage='grpo', eps=1e-6,
+              advantage_options={}, mask_truncated=False, **more)

@@ -98,12 +98,15 @@ def grpo_batch(args, cfg):
   rng = np.random.default_rng(1)
   b, p, l = args.prompts * args.group, args.prompt_len, args.new_tokens
   ones = lambda *s: jnp.ones(s, bool)
-  return dict(
-      prompt_tokens=jnp.asarray(rng.integers(2, cfg.vocab_size, (b, p)),
-                                jnp.int32),
-      prompt_mask=ones(b, p),
-      tokens=jnp.asarray(rng.integers(2, cfg.vocab_size, (b, l)), jnp.int32),
-      sample_mask=ones(b, l), mask=ones(b, l),
+  return grpo_update.Batch(
+      completions=grpo_update.Completions(
+          prompt_tokens=jnp.asarray(rng.integers(2, cfg.vocab_size, (b, p)),
+                                    jnp.int32),
+          prompt_mask=ones(b, p),
+          tokens=jnp.asarray(rng.integers(2, cfg.vocab_size, (b, l)),
+                             jnp.int32),
+          mask=ones(b, l)),
+      loss_mask=ones(b, l),
       old_logp=jnp.asarray(rng.normal(-3, 0.1, (b, l)), jnp.float32),
       ref_logp=jnp.asarray(rng.normal(-3, 0.1, (b, l)), jnp.float32),
       adv=jnp.asarray(rng.normal(0, 1, (b,)), jnp.float32))
@@ -125,10 +128,12 @@ def bench_grpo(args, cfg, graphdef, params, peak):
                      args.repeats)
   logp = grpo_update.make_logprobs_fn(graphdef)
   t_fwd = bench_common.median(bench_common.time_calls(
-      lambda: logp(params, batch), args.repeats)) * args.iterations
+      lambda: logp(params, batch.completions), args.repeats)
+  ) * args.iterations
   grad = jax.jit(jax.grad(lambda p, b: jnp.sum(
-      grpo_update.completion_logprobs(graphdef, p, b, with_entropy=True)[0] *
-      b['adv'][:, None])))
+      grpo_update.completion_logprobs(graphdef, p, b.completions,
+                                      with_entropy=True)[0] *
+      b.adv[:, None])))
   t_grad = bench_common.median(bench_common.time_calls(
       lambda: grad(params, batch), args.repeats)) * args.iterations
   report(f'GRPO update ({rows} rows = {args.prompts} x {args.group}, prompt '

@@ -115,9 +115,9 @@ def r1jax_config(args):
   c = ml_collections.ConfigDict()
   c.sampling = dict(max_new_tokens=args.new_tokens, temperature=1.0,
                     top_p=1.0, top_k=0)
-  c.rl = dict(group_size=args.group, prompts_per_step=args.prompts,
-              advantage='grpo', dynamic_sampling=False, mask_truncated=False,
-              max_sampling_rounds=1)
+  c.rl = bench_common.grpo_rl_section(
+      args.group, prompts_per_step=args.prompts, dynamic_sampling=False,
+      max_sampling_rounds=1)
   c.rewards = dict(weights=REWARD_WEIGHTS, options={}, accuracy='arithmetic')
   return c
 
@@ -154,15 +154,14 @@ def bench_r1jax(args, model_dir, records):
     t0 = time.perf_counter()
     # ---- the GRPO stage's loop body (stages/grpo.py), minus logging
     host = rollout(state['params'], jax.random.fold_in(key, step), timer)
-    state, m, lengths = bench_common.grpo_device_step(
-        host, config, mesh, args.group, state, update_fn, logprobs_fn,
-        ref_params, timer)
+    state, m = bench_common.grpo_device_step(
+        host, config, mesh, state, update_fn, logprobs_fn, ref_params, timer)
     times = timer.pop()
     times['step'] = time.perf_counter() - t0
     times['other'] = times['step'] - sum(
         v for k, v in times.items() if k != 'step')
     assert float(m['loss_finite']) == 1.0
-    assert int(np.asarray(lengths).min()) == args.new_tokens  # no early stop
+    assert int(host.sample.lengths.min()) == args.new_tokens  # no early stop
     steps.append(times)
   return steps[args.warmup:], dict(width=width, first=steps[0]['step'],
                                    cfg=cfg)

@@ -85,7 +85,7 @@ def inject_nan(monkeypatch, at_step: int) -> None:
 
     def poisoned(state, batch):
       if int(state['step']) + 1 == at_step:
-        batch = {**batch, 'adv': batch['adv'] * np.float32(np.nan)}
+        batch = batch.replace(adv=batch.adv * np.float32(np.nan))
       return update(state, batch)
     return poisoned
 

@@ -435,11 +435,10 @@ def test_reference_pass_in_chunks_equals_one_pass():
   rng = np.random.default_rng(0)
   b, p, l = 32, 6, 5
   sample_mask = np.arange(l)[None] < rng.integers(1, l + 1, (b, 1))
-  batch = parallel.host_local_to_global(dict(
+  batch = parallel.host_local_to_global(grpo.grpo_update.Completions(
       prompt_tokens=rng.integers(1, 64, (b, p)).astype(np.int32),
       prompt_mask=np.arange(p)[None] >= rng.integers(0, 3, (b, 1)),
-      tokens=rng.integers(1, 64, (b, l)).astype(np.int32),
-      sample_mask=sample_mask, adv=rng.normal(size=(b,)).astype(np.float32)),
+      tokens=rng.integers(1, 64, (b, l)).astype(np.int32), mask=sample_mask),
       mesh)
   whole = grpo.grpo_update.make_logprobs_fn(graphdef)(params, batch)
   chunked = grpo.grpo_update.make_logprobs_fn(graphdef, mesh, num_chunks=4)(

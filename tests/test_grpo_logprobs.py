@@ -57,10 +57,12 @@ def _rollout(case: str):
   sampler = Sampler(graphdef, cfg, pad_id=0, eos_ids=[1])
   out = jax.device_get(sampler.generate(params, PROMPTS, max_new_tokens=NEW,
                                         n=N, seed=2, **CASES[case][0]))
-  batch = dict(prompt_tokens=out.prompt_tokens, prompt_mask=out.prompt_mask,
-               tokens=out.tokens, sample_mask=out.mask, mask=out.mask,
-               old_logp=out.logprobs, ref_logp=out.logprobs,
-               adv=np.linspace(-1, 1, len(out.tokens)).astype(np.float32))
+  batch = grpo_update.Batch(
+      completions=grpo_update.Completions(
+          prompt_tokens=out.prompt_tokens, prompt_mask=out.prompt_mask,
+          tokens=out.tokens, mask=out.mask),
+      loss_mask=out.mask, old_logp=out.logprobs, ref_logp=out.logprobs,
+      adv=np.linspace(-1, 1, len(out.tokens)).astype(np.float32))
   return out, batch
 
 
@@ -73,7 +75,8 @@ def test_reference_pass_equals_sampler_logprobs(case):
   _, graphdef, params = _model()
   out, batch = _rollout(case)
   scoring = CASES[case][1]
-  got = grpo_update.make_logprobs_fn(graphdef, scoring=scoring)(params, batch)
+  got = grpo_update.make_logprobs_fn(graphdef, scoring=scoring)(
+      params, batch.completions)
   diff = _max_diff(got, out.logprobs, out.mask)
   print(f'{case}: max |trainer - sampler| log-prob = {diff:.3g}')
   assert diff <= 1e-5
@@ -81,11 +84,11 @@ def test_reference_pass_equals_sampler_logprobs(case):
   if case != 't1':
     # Control: temperature-1, full-vocabulary scoring (the trainer before
     # it scored the sampled distribution) is far off.
-    plain = grpo_update.make_logprobs_fn(graphdef)(params, batch)
+    plain = grpo_update.make_logprobs_fn(graphdef)(params, batch.completions)
     assert _max_diff(plain, out.logprobs, out.mask) > 1e-2
   if scoring.nucleus:  # and so is the tempered full-vocabulary one
     tempered = grpo_update.make_logprobs_fn(
-        graphdef, scoring=Scoring(temperature=0.7))(params, batch)
+        graphdef, scoring=Scoring(temperature=0.7))(params, batch.completions)
     assert _max_diff(tempered, out.logprobs, out.mask) > 1e-2
 
 
@@ -99,8 +102,8 @@ def test_first_update_sees_ratio_one(case):
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   optimizer = optax.adamw(1e-3)
   update = grpo_update.make_update_fn(
-      graphdef, optimizer, loss_config=rl.LossConfig(beta=0.001), num_iterations=1,
-      num_minibatches=1, grad_accum=1, mesh=mesh, scoring=CASES[case][1])
+      graphdef, optimizer, loss_config=rl.LossConfig(beta=0.001),
+      num_iterations=1, num_minibatches=1, grad_accum=1, mesh=mesh, scoring=CASES[case][1])
   params = grpo_update.copy_tree(params)  # the state is donated
   state = dict(params=params, opt_state=optimizer.init(params),
                step=jnp.zeros((), jnp.int32))

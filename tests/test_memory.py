@@ -111,17 +111,18 @@ def test_update_and_reference_estimates_near_xla_accounting():
                rng=jax.random.key_data(jax.random.key(0)))
   b, p, l = 16, 32, 64
   ones = lambda *s: jnp.ones(s, bool)
-  batch = dict(prompt_tokens=jnp.zeros((b, p), jnp.int32),
-               prompt_mask=ones(b, p), tokens=jnp.zeros((b, l), jnp.int32),
-               sample_mask=ones(b, l), mask=ones(b, l),
-               old_logp=jnp.zeros((b, l)), ref_logp=jnp.zeros((b, l)),
-               adv=jnp.zeros((b,)))
+  batch = grpo_update.Batch(
+      completions=grpo_update.Completions(
+          prompt_tokens=jnp.zeros((b, p), jnp.int32), prompt_mask=ones(b, p),
+          tokens=jnp.zeros((b, l), jnp.int32), mask=ones(b, l)),
+      loss_mask=ones(b, l), old_logp=jnp.zeros((b, l)),
+      ref_logp=jnp.zeros((b, l)), adv=jnp.zeros((b,)))
   update = grpo_update.make_update_fn(
       graphdef, opt, loss_config=rl.LossConfig(beta=0.001), num_iterations=1,
       num_minibatches=1, grad_accum=2, mesh=mesh)
   xla_update = update.lower(state, batch).compile().memory_analysis()
   xla_ref = grpo_update.make_logprobs_fn(graphdef, mesh, num_chunks=2).lower(
-      params, batch).compile().memory_analysis()
+      params, batch.completions).compile().memory_analysis()
   est = memory.grpo_estimate(
       cfg, prompts_per_step=4, group_size=4, prompt_tokens=p,
       max_new_tokens=l, num_minibatches=1, grad_accum=2, use_reference=True)

@@ -2,17 +2,18 @@ r"""GRPO: R1-Zero's reinforcement learning from rule-based rewards.
 
     python -m r1jax.train --config=experiments/zero.py --workdir=runs/zero
 
-One step, top to bottom (`grpo_rollout.Rollout`, then `train_and_evaluate`'s
-loop):
+One step, top to bottom (`grpo_rollout.Rollout`, a `HostRollout`; then
+`grpo_update.make_batch`, a `Batch`; then `train_and_evaluate`'s loop):
   prompts   P prompts from the resumable PromptBatcher (this host's shard)
   sample    G completions each with `sampling.Sampler`; its log-probs are the
             old-policy values (no second forward pass for them)
   reward    `rewards.compute_rewards` on the host (math-verify pool, sandbox)
   (DAPO)    with rl.dynamic_sampling, groups of equal rewards are dropped and
             more prompts sampled until P informative groups are in
-  advantage `rl.compute_advantages` over the global batch
   reference log-probs of the frozen reference tree (skipped when beta = 0;
             replaced by the policy every rl.ref_reset_every steps)
+  advantage `rl.compute_advantages` over the global batch, in one place
+            (`grpo_update.rollout_advantages`)
   update    rl.num_iterations x rl.num_minibatches optimizer steps of
             `rl.grpo_loss`, gradients accumulated over rl.grad_accum
             micro-batches (`grpo_update.make_update_fn`)
@@ -310,19 +311,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       t_step = time.perf_counter()
       key = jax.random.fold_in(base_key, step)
       host = rollout(state['params'], key, timer)           # sample + reward
-      batch = grpo_rollout.to_device(host, config, mesh)
-      lengths_B = batch.pop('lengths')
-      batch['adv'] = grpo_update.advantages(
-          batch.pop('rewards'),
-          lengths_B if 'lengths_PxG' in rl.ADVANTAGES.inputs(rc.advantage)
-          else None,
-          batch.pop('baseline', None), group_size=rc.group_size,
-          estimator=rc.advantage, eps=float(rc.eps),
-          options=tuple(sorted(rc.advantage_options.to_dict().items())))
-      if use_ref:
-        with timer('reference'):
-          batch['ref_logp'] = logprobs_fn(ref_params, batch)
-          batch['ref_logp'].block_until_ready()
+      batch = grpo_update.make_batch(                       # ref, advantages
+          host, config, mesh, ref_params=ref_params, logprobs_fn=logprobs_fn,
+          timer=timer)
       with timer('update'):
         state, m = update_fn(state, batch)
         m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -341,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       m.update(grpo_rollout.rollout_metrics(host, config))
       times = timer.pop()
       times['step'] = time.perf_counter() - t_step
-      tokens = float(host['prompt_mask'].sum() + host['lengths'].sum())
+      tokens = float(host.sample.prompt_mask.sum() + host.sample.lengths.sum())
       m['tokens_per_s'] = tokens * jax.process_count() / times['step']
       m['tokens_per_s_per_device'] = m['tokens_per_s'] / jax.device_count()
       m['compiles'] = float(console.CompileCounter.count())

@@ -1,6 +1,9 @@
-"""The device side of a GRPO step: teacher-forced log-probs and the update.
+"""The device side of a GRPO step: the batch, log-probs and the update.
 
-Two jitted programs, both over one rollout of fixed shape:
+`make_batch` turns this host's `grpo_rollout.HostRollout` into the `Batch`
+the update trains on: the rows on the mesh, the reference log-probs and the
+advantages (`rollout_advantages`, the one place they are computed). Two
+jitted programs, both over one rollout of fixed shape:
 
   * `make_logprobs_fn`: log pi(y_t) of the sampled completion tokens under a
     parameter tree (the frozen reference; the same function with gradients
@@ -11,11 +14,9 @@ Two jitted programs, both over one rollout of fixed shape:
     time). The loss is `rl.grpo_loss`; micro-batch losses are weighted so the
     accumulated gradient equals the mini-batch's (`rl.accumulation`).
 
-A rollout is a dict of batch-major arrays (B = prompts x group size):
-  prompt_tokens int32[B, P], prompt_mask bool[B, P] (left-padded prompts),
-  tokens int32[B, L], mask bool[B, L] (completions as sampled; mask marks the
-  tokens the loss sees), old_logp float32[B, L] (the sampler's log-probs),
-  adv float32[B], and ref_logp float32[B, L] when the KL term is on.
+The log-prob passes read `Completions` (B = prompts x group size rows of
+prompt and completion tokens); the update a `Batch` (the completions, the
+loss mask, old-policy and reference log-probs, the advantages).
 
 Policy, old-policy and reference log-probs are all of one distribution, the
 one the rollout was sampled from (`Scoring`): the policy at the sampling
@@ -30,15 +31,50 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax import parallel
 from r1jax import rl
 from r1jax.model.functional import causal_mask, positions_from_mask, token_logprobs
 from r1jax.rl import accumulation
+from r1jax.run import console
 from r1jax.sampling import controls
+from r1jax.stages import grpo_rollout
+
+
+@struct.dataclass
+class Completions:
+  """The sampled rows as a log-prob pass reads them: global arrays, the
+  `sampling.SampleOutput` fields of the same names."""
+  prompt_tokens: jax.Array  # int32[B, P], left-padded
+  prompt_mask: jax.Array    # bool[B, P], True on real prompt tokens
+  tokens: jax.Array         # int32[B, L], the completions as sampled
+  mask: jax.Array           # bool[B, L], True on the sampled tokens
+
+
+@struct.dataclass
+class Batch:
+  """What one GRPO update trains on (global arrays, B rows).
+
+  Attributes:
+    completions: the sampled rows.
+    loss_mask: bool[B, L], the tokens the loss sees: the sampled ones, less
+      those of truncated completions with rl.mask_truncated (DAPO's overlong
+      filtering).
+    old_logp: float32[B, L], log-probs of the policy that sampled (pi_old):
+      the sampler's own.
+    adv: float32[B], one advantage per completion.
+    ref_logp: float32[B, L] under the reference when rl.beta > 0, else None.
+  """
+  completions: Completions
+  loss_mask: jax.Array
+  old_logp: jax.Array
+  adv: jax.Array
+  ref_logp: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +104,8 @@ class Scoring:
                                        self.nucleus)
 
 
-def completion_logprobs(graphdef, params, batch, *, with_entropy: bool = False,
+def completion_logprobs(graphdef, params, completions: Completions, *,
+                        with_entropy: bool = False,
                         scoring: Scoring = Scoring()):
   """(logp_BxL, entropy_BxL or None) of the completion tokens.
 
@@ -79,11 +116,11 @@ def completion_logprobs(graphdef, params, batch, *, with_entropy: bool = False,
   distribution.
   """
   model = nnx.merge(graphdef, params)
-  prompt_BxP, comp_BxL = batch['prompt_tokens'], batch['tokens']
+  prompt_BxP, comp_BxL = completions.prompt_tokens, completions.tokens
   p = prompt_BxP.shape[1]
   tokens_BxS = jnp.concatenate([prompt_BxP, comp_BxL[:, :-1]], axis=1)
   mask_BxS = jnp.concatenate(
-      [batch['prompt_mask'], batch['sample_mask'][:, :-1]], axis=1)
+      [completions.prompt_mask, completions.mask[:, :-1]], axis=1)
   hidden_BxSxD, _ = model.hidden_states(
       tokens_BxS, positions_from_mask(mask_BxS), causal_mask(mask_BxS))
   logits_BxLxV = model.logits(hidden_BxSxD[:, p - 1:])
@@ -106,12 +143,9 @@ def completion_logprobs(graphdef, params, batch, *, with_entropy: bool = False,
   return logp_BxL, entropy_BxL
 
 
-_LOGPROB_FIELDS = ('prompt_tokens', 'prompt_mask', 'tokens', 'sample_mask')
-
-
 def make_logprobs_fn(graphdef, mesh=None, num_chunks: int = 1, *,
                      scoring: Scoring = Scoring()):
-  """jit (params, rollout) -> logp_BxL, zero outside the sampled tokens.
+  """jit (params, Completions) -> logp_BxL, zero outside the sampled tokens.
 
   `scoring`: the distribution the rollout was sampled from (`Scoring`).
 
@@ -126,20 +160,19 @@ def make_logprobs_fn(graphdef, mesh=None, num_chunks: int = 1, *,
 
   def one(params, part):
     logp, _ = completion_logprobs(graphdef, params, part, scoring=scoring)
-    return jnp.where(part['sample_mask'], logp, 0.0)
+    return jnp.where(part.mask, logp, 0.0)
 
   @jax.jit
-  def logprobs(params, batch):
-    batch = {k: batch[k] for k in _LOGPROB_FIELDS}
+  def logprobs(params, completions: Completions):
     if num_chunks == 1:
-      return one(params, batch)
+      return one(params, completions)
     def split(x):
       x = accumulation.split_rows(x, num_chunks)
       if mesh is None:
         return x
       spec = P(None, row_axis, *([None] * (x.ndim - 2)))
       return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-    parts = jax.tree.map(split, batch)
+    parts = jax.tree.map(split, completions)
     logp_NxCxL = jax.lax.map(lambda part: one(params, part), parts)
     # Undo the strided split: part i holds rows i, i + n, i + 2n, ...
     logp_CxNxL = jnp.moveaxis(logp_NxCxL, 0, 1)
@@ -165,7 +198,7 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                    loss_config: rl.LossConfig, num_iterations: int,
                    num_minibatches: int, grad_accum: int, mesh: Mesh,
                    scoring: Scoring = Scoring()):
-  """jit (state, rollout) -> (state, metrics); the state is donated.
+  """jit (state, Batch) -> (state, metrics); the state is donated.
 
   `state` holds 'params', 'opt_state' and 'step' (GRPO steps done). Metrics
   are grpo_loss's, averaged over all optimizer steps of the update, plus
@@ -186,19 +219,19 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
     return jax.tree.map(one, tree)
 
   def micro_loss(params, mb, total_units):
-    logp, entropy = completion_logprobs(graphdef, params, mb, with_entropy=True,
-                                        scoring=scoring)
+    logp, entropy = completion_logprobs(graphdef, params, mb.completions,
+                                        with_entropy=True, scoring=scoring)
     loss, metrics = rl.grpo_loss(
-        logp, mb['old_logp'], mb.get('ref_logp'), mb['adv'], mb['mask'],
+        logp, mb.old_logp, mb.ref_logp, mb.adv, mb.loss_mask,
         entropy_BxT=entropy, config=loss_config)
-    w = accumulation.micro_weight(aggregation, mb['mask'], total_units)
+    w = accumulation.micro_weight(aggregation, mb.loss_mask, total_units)
     return loss * w, (metrics, w)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
   def minibatch_step(carry, mb):
     params, opt_state = carry
-    total_units = accumulation.aggregation_units(aggregation, mb['mask'])
+    total_units = accumulation.aggregation_units(aggregation, mb.loss_mask)
     micro = split(mb, grad_accum)
 
     def body(g_acc, x):
@@ -219,8 +252,8 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
     params = optax.apply_updates(params, updates)
     return (params, opt_state), metrics
 
-  def update(state, rollout):
-    minibatches = split(rollout, num_minibatches)
+  def update(state, batch: Batch):
+    minibatches = split(batch, num_minibatches)
 
     def one_pass(carry, _):
       return jax.lax.scan(minibatch_step, carry, minibatches)
@@ -253,6 +286,48 @@ def advantages(rewards_B, lengths_B=None, baseline_P=None, *,
   return rl.compute_advantages(rewards_B, group_size, estimator, eps=eps,
                                lengths_B=lengths_B, baseline_P=baseline_P,
                                **dict(options))
+
+
+def rollout_advantages(host: grpo_rollout.HostRollout, config,
+                       mesh) -> jax.Array:
+  """adv_B of this host's rollout (a global array): config.rl.advantage over
+  the groups' total rewards, with the inputs the estimator declares."""
+  rc = config.rl
+  inputs = rl.ADVANTAGES.inputs(rc.advantage)
+  put = lambda x: parallel.host_local_to_global(x, mesh)
+  lengths_B = baseline_P = None
+  if 'lengths_PxG' in inputs:
+    lengths_B = put(host.sample.lengths.astype(np.float32))
+  if 'baseline_P' in inputs:
+    baseline_P = put(host.baseline)
+  return advantages(
+      put(host.rewards.astype(np.float32)), lengths_B, baseline_P,
+      group_size=rc.group_size, estimator=rc.advantage, eps=float(rc.eps),
+      options=tuple(sorted(rc.advantage_options.to_dict().items())))
+
+
+def make_batch(host: grpo_rollout.HostRollout, config, mesh, *, ref_params,
+               logprobs_fn, timer: console.Timer) -> Batch:
+  """The update's batch from this host's rollout: its rows on the mesh, the
+  reference log-probs (when `ref_params` is not None; timed as 'reference')
+  and the advantages."""
+  s = host.sample
+  put = lambda x: parallel.host_local_to_global(x, mesh)
+  completions = put(Completions(
+      prompt_tokens=s.prompt_tokens.astype(np.int32),
+      prompt_mask=s.prompt_mask.astype(bool),
+      tokens=s.tokens.astype(np.int32), mask=s.mask.astype(bool)))
+  loss_mask = s.mask.astype(bool)
+  if config.rl.mask_truncated:  # DAPO overlong filtering
+    loss_mask = loss_mask & (s.finish_reason == 0)[:, None]
+  ref_logp = None
+  if ref_params is not None:
+    with timer('reference'):
+      ref_logp = logprobs_fn(ref_params, completions)
+      ref_logp.block_until_ready()
+  return Batch(completions=completions, loss_mask=put(loss_mask),
+               old_logp=put(s.logprobs.astype(np.float32)),
+               adv=rollout_advantages(host, config, mesh), ref_logp=ref_logp)
 
 
 @jax.jit
