@@ -8,6 +8,7 @@ dependencies).
 
 import importlib
 import pathlib
+import re
 import sys
 
 import pytest
@@ -114,3 +115,16 @@ def test_bench_accelerator_default_is_qwen_half_b():
                              num_minibatches=16, grad_accum=1,
                              use_reference=True)
   assert est.reference_pass < 16 * 2**30, est.reference_pass
+
+
+def test_bench_rewards_code_tiny(shared_data, capsys):
+  if not (shared_data / 'code' / 'mbpp.jsonl').is_file():
+    pytest.skip('no MBPP copy in the shared data')
+  _script('bench_rewards').main(
+      ['--rewards=code', f'--data_dir={shared_data}', '--code_completions=8',
+       '--repeats=1'])
+  out = capsys.readouterr().out
+  assert re.search(r'^code: [\d,.]+ completions/s \(8 in ', out, re.M), out
+  assert '4 pass' in out  # the 4 references pass, the 4 stubs fail
+  assert 'a fresh interpreter per test' in out
+  assert 'scores differ' not in out
