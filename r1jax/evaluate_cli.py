@@ -1,7 +1,8 @@
-r"""`python -m r1jax.evaluate`: a checkpoint's scores on the math sets.
+r"""`python -m r1jax.evaluate`: a checkpoint's scores on the math and code sets.
 
     python -m r1jax.evaluate --checkpoint=runs/zero \
         --datasets=gsm8k,math500,aime24,amc23,synthetic
+    python -m r1jax.evaluate --checkpoint=runs/zero --datasets=mbpp,humaneval
 
     # SmolLM2-135M-Instruct, 50 GSM8K problems, greedy, chat + \boxed{}
     # instruction: pass@1 0.000 (0/50), mean length 233 tokens; 5 min 54 s
@@ -28,6 +29,10 @@ to it (`.md`) and on stdout; a progress bar goes to stderr.
 
 The math sets are the `r1jax.data.builders` test splits, read from --data_dir
 (raw jsonl, default $R1JAX_DATA_DIR) and scored with the 'math' reward;
+the code sets (MBPP's test split, task_id 11-510, and HumanEval) are scored
+with the 'code' reward: each completion's fenced Python block runs against
+the problem's tests in the sandbox, so pass@1 over k samples and the unbiased
+pass@k are the code-generation figures (no cons@k for code);
 `synthetic` is the synthetic tasks' test split (--synthetic_tasks,
 --synthetic_problems), each task scored by its own reward. Sampling is the
 one `r1jax.sampling.Sampler`; scoring is `r1jax.evaluate.evaluate_problems`.
@@ -54,7 +59,8 @@ from r1jax.run import console
 from r1jax.run import loading
 
 MATH_SETS = ('gsm8k', 'math500', 'aime24', 'amc23')  # test splits
-KNOWN_DATASETS = MATH_SETS + ('synthetic',)
+CODE_SETS = ('mbpp', 'humaneval')  # test splits; records of task 'code'
+KNOWN_DATASETS = MATH_SETS + CODE_SETS + ('synthetic',)
 SYNTHETIC_SEED = 1234  # the held-out seed of the experiment configs
 _DTYPES = ('float32', 'bfloat16', 'float16')
 

@@ -155,3 +155,37 @@ def test_language_consistency_uses_each_record_target():
   stats = evaluate.evaluate_problems(_ScriptedSampler(tok, texts), None, tok,
                                      records, template='r1_zero')
   assert stats['language_consistency'] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_code_records_are_scored_in_the_sandbox():
+  """Code records (task 'code') go through the code reward: pass@1 over k,
+  unbiased pass@k, no cons@k; evaluate_model groups them by task."""
+  from r1jax.tokenizer import train_bpe
+  right = ('<think> add one </think> <answer>```python\ndef inc(x):\n'
+           '    return x + 1\n```</answer>')
+  wrong = ('<think> add one </think> <answer>```python\ndef inc(x):\n'
+           '    return x\n```</answer>')
+  texts = [right, wrong, wrong, wrong]
+  tok = train_bpe(texts * 20, 400, config={'eos_token': '<|endoftext|>',
+                                           'pad_token': '<|pad|>'})
+  records = [{'problem': 'Write inc.', 'task': 'code',
+              'tests': ['assert inc(1) == 2', 'assert inc(-1) == 0']}]
+  sampler = _ScriptedSampler(tok, texts)
+  stats = evaluate.evaluate_problems(sampler, None, tok, records,
+                                     template='r1_zero', num_samples=4,
+                                     ks=(1, 2, 4))
+  assert stats['pass@1'] == pytest.approx(0.25)
+  assert stats['pass@2'] == pytest.approx(evaluate.pass_at_k(4, 1, 2))
+  assert stats['pass@4'] == pytest.approx(1.0)
+  assert 'cons@4' not in stats
+  assert stats['format_rate'] == 1.0
+  # Mixed with math records, each task is scored by its own reward.
+  math_records = [{'problem': 'Compute 1 + 2', 'answer': '3', 'task': 'math'}]
+  mixed = evaluate.evaluate_model(
+      sampler, None, tok, records + math_records, template='r1_zero',
+      num_samples=4, temperature=0.6, top_p=0.95, max_new_tokens=8,
+      ks=(4,))
+  assert set(mixed['by_task']) == {'code', 'math'}
+  assert mixed['code/pass@1'] == pytest.approx(0.25)
+  assert mixed['math/pass@1'] == 0.0  # code is no answer to 1 + 2
+  assert 'code/cons@4' not in mixed and 'math/cons@4' in mixed

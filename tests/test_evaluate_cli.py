@@ -205,6 +205,44 @@ def test_output_paths(three_kinds, data, tmp_path, capsys):
       '| data set | problems | pass@1 | format | language | length |')
 
 
+def _code_raw_dir(root: pathlib.Path) -> pathlib.Path:
+  """MBPP (a task in each split) and HumanEval, two problems each in test."""
+  rows = [{'task_id': i, 'text': f'Write a function to add {i}.',
+           'code': f'def add_{i}(x):\r\n  return x + {i}',
+           'test_list': [f'assert add_{i}(0) == {i}', f'assert add_{i}(1) == {i + 1}'],
+           'test_setup_code': '', 'challenge_test_list': []}
+          for i in (1, 11, 12, 511, 601)]
+  he = [{'task_id': f'HumanEval/{i}', 'entry_point': f'f{i}',
+         'prompt': f'def f{i}(x):\n    """Returns x + {i}."""\n',
+         'canonical_solution': f'    return x + {i}\n',
+         'test': f'def check(c):\n    assert c(0) == {i}\n'} for i in (0, 1)]
+  for name, recs in (('mbpp', rows), ('humaneval', he)):
+    (root / 'code').mkdir(parents=True, exist_ok=True)
+    (root / 'code' / f'{name}.jsonl').write_text(
+        ''.join(json.dumps(r) + '\n' for r in recs))
+  return root
+
+
+def test_code_sets_through_the_sandbox(three_kinds, tmp_path, capsys):
+  """--datasets=mbpp,humaneval: the test splits, scored by the code reward
+  (pass@1 over k, pass@k, no cons@k)."""
+  _, paths = three_kinds
+  raw = _code_raw_dir(tmp_path / 'raw')
+  out = tmp_path / 'code.json'
+  rc = cli.main([f'--checkpoint={paths["hf"]}', '--datasets=mbpp,humaneval',
+                 '--k=2', '--max_new_tokens=6', '--batch_size=8',
+                 '--no-greedy', f'--data_dir={raw}',
+                 f'--tfds_dir={tmp_path / "tfds"}', f'--output={out}'])
+  assert rc == 0, capsys.readouterr().err
+  report = json.loads(out.read_text())
+  for name in ('mbpp', 'humaneval'):
+    r = report['results'][name]
+    assert r['num_problems'] == 2 and r['num_samples'] == 2
+    assert 0 <= r['pass@1'] <= r['pass@2'] <= 1
+    assert 'cons@2' not in r and 'by_task' not in r
+  assert '| mbpp | 2 |' in capsys.readouterr().out
+
+
 def _error(argv, capsys) -> str:
   rc = cli.main(argv)
   err = capsys.readouterr().err
@@ -220,7 +258,8 @@ def test_bad_input_fails_with_one_line(three_kinds, base_dir, tmp_path,
   hf_dir = f'--checkpoint={paths["hf"]}'
   line = _error([hf_dir, '--datasets=gsm8k,gsm9k'], capsys)
   assert 'unknown data set gsm9k' in line
-  assert 'known: gsm8k, math500, aime24, amc23, synthetic' in line
+  assert ('known: gsm8k, math500, aime24, amc23, mbpp, humaneval, synthetic'
+          in line)
   line = _error([f'--checkpoint={tmp_path / "absent"}'], capsys)
   assert 'no such file or directory' in line
   (tmp_path / 'model.bin').write_bytes(b'x')

@@ -10,6 +10,10 @@ The vote pools equivalent answers (`r1jax.rewards.answers_equal`: '1/2' and
 `records` are dataset records with an `answer` (and task fields such as
 `numbers` / `target`); correctness is decided by a reward function from the
 reward library (`accuracy_reward`, e.g. 'math', 'arithmetic', 'countdown').
+Code records (MBPP, HumanEval: task 'code') are scored by the 'code' reward,
+which runs each completion's program against the record's tests in the
+sandbox; pass@1 and pass@k are then the usual code metrics, and there is no
+cons@k (a program has no final answer to vote on).
 
 `evaluate_model` is the one held-out evaluation every caller shares (the
 training stages' evals, the ability check of the tiny base, and the command
@@ -31,6 +35,10 @@ from r1jax import rewards as rw
 from r1jax.data.templates import prompt_ids
 from r1jax.rewards.math_answer import answers_equal
 from r1jax.sampling import FINISH_STOP
+
+
+# Rewards whose completions have no final answer to take a majority vote on.
+VOTELESS_REWARDS = frozenset({'code'})
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -123,7 +131,7 @@ def evaluate_problems(
   Returns pass@1 (mean correctness over all samples), pass@k for each k in
   `ks` (k <= num_samples), cons@{num_samples} when num_samples > 1 (the
   `majority_vote` over extracted answers, equivalent answers pooled, scored by
-  the accuracy reward), the strict-format rate, the language consistency of
+  the accuracy reward; not for `VOTELESS_REWARDS`), the strict-format rate, the language consistency of
   the chain of thought (share of its words in the record's
   `target_language`, else `target_language`), the mean completion length in
   tokens, the reflection figures of `r1jax.reasoning_stats` (reflection_rate,
@@ -189,8 +197,9 @@ def evaluate_problems(
       c = correct.sum(axis=1).astype(int)
       stats[f'pass@{k}'] = float(np.mean(
           [pass_at_k(num_samples, int(ci), k) for ci in c]))
-  if num_samples > 1:
-    reward_name = accuracy_reward or records[0].get('task') or 'math'
+  reward_name = accuracy_reward or (records[0].get('task') if len(records)
+                                    else None) or 'math'
+  if num_samples > 1 and reward_name not in VOTELESS_REWARDS:
     votes = [majority_vote(a) for a in answers]
     voted = [f'<answer>{v}</answer>' if v is not None else '' for v in votes]
     cons = rw.REWARDS.get(reward_name)(voted, list(records))
