@@ -127,9 +127,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.rl.dynamic_sampling = False      # DAPO: drop zero-spread groups, resample
   c.rl.max_sampling_rounds = 3       # rounds of resampling per step at most
   c.rl.mask_truncated = False        # DAPO overlong filtering (no loss on them)
-  # Extra keyword arguments of rl.grpo_loss, e.g. {'delta': 4.0}
+  # More options of the loss (rl.LossConfig), e.g. {'delta': 4.0}
   # (INTELLECT-2), {'top_entropy_quantile': 0.2} (80/20 forking tokens),
-  # {'entropy_coef': 1e-3}, {'policy_options': {'tau_pos': 1.0}} (sapo).
+  # {'entropy_coef': 1e-3}, {'policy_options': {'tau_pos': 1.0}} (sapo),
+  # {'rollout_correction': 'tis_token'} (TIS: the trainer recomputes pi_old
+  # before the update, one more forward pass; the sampler's log-probs are
+  # the behaviour policy).
   c.rl.loss_options = ml_collections.ConfigDict()
 
   # Sampling (the rollout policy)

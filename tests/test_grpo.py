@@ -171,6 +171,31 @@ def test_unknown_loss_option_fails_naming_it(base_dir, tmp_path):
     grpo.train_and_evaluate(c, str(tmp_path))
 
 
+def test_rollout_correction_recomputes_the_old_policy(base_dir, tmp_path):
+  """rl.loss_options.rollout_correction: the trainer's own pass is pi_old,
+  the sampler's log-probs the behaviour policy. Both score the same params
+  the same way, so TIS weighs every token ~1; MIS with the window [2, 3],
+  which excludes 1, masks every token: no policy loss, no gradient."""
+  c = H.grpo_config(base_dir, rl__beta=0.0, eval__num_problems=0)
+  c.rl.loss_options = {'rollout_correction': 'tis_token'}
+  grpo.train_and_evaluate(c, str(tmp_path / 'tis'))
+  rows = H.read_rows(tmp_path / 'tis')
+  for s in (1, 2):
+    assert rows[s]['train/rollout_logp_gap_max'] < 1e-4, rows[s]
+    assert abs(rows[s]['train/rollout_is_weight_mean'] - 1) < 1e-5
+    assert rows[s]['train/rollout_is_masked_frac'] == 0.0
+    assert rows[s]['time/old_logp'] > 0 and rows[s]['train/grad_norm'] > 0
+  c = H.grpo_config(base_dir, rl__beta=0.0, eval__num_problems=0,
+                    train__steps=1)
+  c.rl.loss_options = {'rollout_correction': 'mis_token',
+                       'rollout_correction_threshold': 3.0,
+                       'rollout_correction_threshold_low': 2.0}
+  grpo.train_and_evaluate(c, str(tmp_path / 'mis'))
+  row = H.read_rows(tmp_path / 'mis')[1]
+  assert row['train/rollout_is_masked_frac'] == 1.0
+  assert row['train/policy_loss'] == 0.0 and row['train/grad_norm'] == 0.0
+
+
 def test_unknown_advantage_option_fails_naming_it(base_dir, tmp_path):
   c = H.grpo_config(base_dir)
   c.rl.advantage_options = {'scal': 'batch'}

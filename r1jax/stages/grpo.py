@@ -269,8 +269,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # A host copy: state's buffers are donated to the update.
   base_key = jax.random.wrap_key_data(np.asarray(jax.device_get(state['rng'])))
 
+  loss = loss_config(rc)
+  # A rollout correction weighs by pi_old / pi_sampler: pi_old is then the
+  # trainer's own pass over the rollout, before the update.
+  recompute_old_logp = loss.rollout_correction is not None
   update_fn = grpo_update.make_update_fn(
-      graphdef, optimizer, loss_config=loss_config(rc),
+      graphdef, optimizer, loss_config=loss,
       num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
       grad_accum=rc.grad_accum, mesh=mesh,
       scoring=grpo_update.Scoring.from_config(config.sampling))
@@ -312,8 +316,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       key = jax.random.fold_in(base_key, step)
       host = rollout(state['params'], key, timer)           # sample + reward
       batch = grpo_update.make_batch(                       # ref, advantages
-          host, config, mesh, ref_params=ref_params, logprobs_fn=logprobs_fn,
-          timer=timer)
+          host, config, mesh, logprobs_fn=logprobs_fn, timer=timer,
+          ref_params=ref_params,
+          old_params=state['params'] if recompute_old_logp else None)
       with timer('update'):
         state, m = update_fn(state, batch)
         m = {k: float(v) for k, v in jax.device_get(m).items()}

@@ -66,15 +66,19 @@ class Batch:
       those of truncated completions with rl.mask_truncated (DAPO's overlong
       filtering).
     old_logp: float32[B, L], log-probs of the policy that sampled (pi_old):
-      the sampler's own.
+      the sampler's own, or with a rollout correction the trainer's pass
+      over the rollout with the same params.
     adv: float32[B], one advantage per completion.
     ref_logp: float32[B, L] under the reference when rl.beta > 0, else None.
+    sampler_logp: float32[B, L], the sampler's log-probs when old_logp is the
+      trainer's (the behaviour policy of the rollout correction), else None.
   """
   completions: Completions
   loss_mask: jax.Array
   old_logp: jax.Array
   adv: jax.Array
   ref_logp: jax.Array | None = None
+  sampler_logp: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +227,8 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                                         with_entropy=True, scoring=scoring)
     loss, metrics = rl.grpo_loss(
         logp, mb.old_logp, mb.ref_logp, mb.adv, mb.loss_mask,
-        entropy_BxT=entropy, config=loss_config)
+        entropy_BxT=entropy, sampler_logp_BxT=mb.sampler_logp,
+        config=loss_config)
     w = accumulation.micro_weight(aggregation, mb.loss_mask, total_units)
     return loss * w, (metrics, w)
 
@@ -306,11 +311,14 @@ def rollout_advantages(host: grpo_rollout.HostRollout, config,
       options=tuple(sorted(rc.advantage_options.to_dict().items())))
 
 
-def make_batch(host: grpo_rollout.HostRollout, config, mesh, *, ref_params,
-               logprobs_fn, timer: console.Timer) -> Batch:
+def make_batch(host: grpo_rollout.HostRollout, config, mesh, *, logprobs_fn,
+               timer: console.Timer, ref_params=None,
+               old_params=None) -> Batch:
   """The update's batch from this host's rollout: its rows on the mesh, the
   reference log-probs (when `ref_params` is not None; timed as 'reference')
-  and the advantages."""
+  and the advantages. With `old_params` (the policy that sampled), old_logp
+  is recomputed under them (timed as 'old_logp') and the sampler's own
+  log-probs become sampler_logp, for a rollout correction."""
   s = host.sample
   put = lambda x: parallel.host_local_to_global(x, mesh)
   completions = put(Completions(
@@ -325,9 +333,14 @@ def make_batch(host: grpo_rollout.HostRollout, config, mesh, *, ref_params,
     with timer('reference'):
       ref_logp = logprobs_fn(ref_params, completions)
       ref_logp.block_until_ready()
+  old_logp, sampler_logp = put(s.logprobs.astype(np.float32)), None
+  if old_params is not None:
+    with timer('old_logp'):
+      old_logp, sampler_logp = logprobs_fn(old_params, completions), old_logp
+      old_logp.block_until_ready()
   return Batch(completions=completions, loss_mask=put(loss_mask),
-               old_logp=put(s.logprobs.astype(np.float32)),
-               adv=rollout_advantages(host, config, mesh), ref_logp=ref_logp)
+               old_logp=old_logp, adv=rollout_advantages(host, config, mesh),
+               ref_logp=ref_logp, sampler_logp=sampler_logp)
 
 
 @jax.jit
