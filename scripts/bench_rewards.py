@@ -128,7 +128,8 @@ def mbpp_completions(data_dir: str, n: int) -> tuple[list[str], list[dict]]:
   records = [r for _, r in raw.mbpp_records(path, 'train')]
   half = [records[i % len(records)] for i in range(n - n // 2)]
   wrong = half[:n // 2]
-  fence = lambda code: f'<think>x</think> <answer>```python\n{code}\n```</answer>'
+  fence = lambda code: (f'<think>x</think> <answer>```python\n{code}\n```'
+                        '</answer>')
   completions = [fence(r['solution']) for r in half]
   completions += [fence(f"{r['solution']}\n\n{r['entry_point']} = "
                         'lambda *args, **kwargs: None') for r in wrong]

@@ -209,7 +209,8 @@ def _code_raw_dir(root: pathlib.Path) -> pathlib.Path:
   """MBPP (a task in each split) and HumanEval, two problems each in test."""
   rows = [{'task_id': i, 'text': f'Write a function to add {i}.',
            'code': f'def add_{i}(x):\r\n  return x + {i}',
-           'test_list': [f'assert add_{i}(0) == {i}', f'assert add_{i}(1) == {i + 1}'],
+           'test_list': [f'assert add_{i}(0) == {i}',
+                         f'assert add_{i}(1) == {i + 1}'],
            'test_setup_code': '', 'challenge_test_list': []}
           for i in (1, 11, 12, 511, 601)]
   he = [{'task_id': f'HumanEval/{i}', 'entry_point': f'f{i}',

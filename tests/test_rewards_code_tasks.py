@@ -40,7 +40,8 @@ def _fenced(program: str) -> str:
 def test_code_block():
   assert code_sandbox.code_block('```python\na=1\n```\n```py\nb=2\n```') == (
       'b=2\n')
-  assert code_sandbox.code_block('```cpp\nint x;\n```\n```\nc=3\n```') == 'c=3\n'
+  assert code_sandbox.code_block('```cpp\nint x;\n```\n```\nc=3\n```') == (
+      'c=3\n')
   assert code_sandbox.code_block('print(1)') is None
   assert code_sandbox.code_block('```cpp\nint x;\n```') is None
   # Only the answer block counts when there is one.
@@ -48,6 +49,22 @@ def test_code_block():
       '<think>```python\nx=0\n```</think><answer>print(2)</answer>') is None
   assert code_sandbox.code_block(_fenced('y = 1')) == 'y = 1\n'
   assert code_sandbox.extract_code('print(1)') == 'print(1)'  # the fallback
+
+
+def test_the_block_defining_the_entry_point_wins():
+  """A usage example after the solution is not taken for the program when
+  the record names its entry point (chat models often add one)."""
+  usage = ('```python\ndef inc(x):\n  return x + 1\n```\nExample:\n'
+           '```python\nprint(inc(1))\n```')
+  assert code_sandbox.code_block(usage) == 'print(inc(1))\n'
+  assert code_sandbox.code_block(usage, 'inc') == (
+      'def inc(x):\n  return x + 1\n')
+  assert code_sandbox.code_block(usage, 'other') == 'print(inc(1))\n'
+  assert code_sandbox.code_block(usage, 'in') == 'print(inc(1))\n'
+  tests = ['assert inc(1) == 2']
+  r = code_reward([usage] * 2, [{'tests': tests, 'entry_point': 'inc'},
+                                {'tests': tests}], **FAST)
+  np.testing.assert_array_equal(r, [1, 0])
 
 
 def test_no_block_scores_zero_unless_the_text_may_be_the_program():
@@ -160,10 +177,9 @@ def test_bad_input_scores_zero_with_its_reason():
 
 
 def test_failure_reason_from_how_a_run_ended():
-  run = lambda rc, stderr='', **kw: sandbox.RunResult(rc, '', stderr,
-                                                      kw.get('timed_out', False),
-                                                      0.0, False,
-                                                      kw.get('capped', False))
+  def run(rc, stderr='', timed_out=False, capped=False):
+    return sandbox.RunResult(rc, '', stderr, timed_out, 0.0, False, capped)
+
   reason = code_sandbox.failure_reason
   assert reason(run(None)) == 'sandbox_error'
   assert reason(run(-9, timed_out=True)) == 'timeout'
@@ -221,7 +237,8 @@ def test_reference_solutions_pass_as_when_run_directly(shared_data):
   for i in _HUMANEVAL_IDS:
     r = he_rows[i]
     direct.append(_direct_pass(r['prompt'] + r['canonical_solution'] + '\n'
-                               + r['test'] + '\n' + f'check({r["entry_point"]})'))
+                               + r['test'] + '\n'
+                               + f'check({r["entry_point"]})'))
     records.append(humaneval[i + 1])  # keyed by line number
   completions = [_fenced(rec['solution']) for rec in records]
   reward = code_reward(completions, records, timeout_s=10.0)

@@ -131,16 +131,17 @@ def evaluate_problems(
   Returns pass@1 (mean correctness over all samples), pass@k for each k in
   `ks` (k <= num_samples), cons@{num_samples} when num_samples > 1 (the
   `majority_vote` over extracted answers, equivalent answers pooled, scored by
-  the accuracy reward; not for `VOTELESS_REWARDS`), the strict-format rate, the language consistency of
-  the chain of thought (share of its words in the record's
-  `target_language`, else `target_language`), the mean completion length in
-  tokens, the reflection figures of `r1jax.reasoning_stats` (reflection_rate,
-  reflective_words, recheck_rate, correction_rate, step_rate), `num_problems`,
-  `num_samples` and a few sample texts (`samples`). With
-  `return_completions`, also 'completions' (every text, record-major) and
-  'correct' ([records, samples] 0/1). `summarize(stats)` keeps only the
-  float metrics. `on_batch(n, pass_at_1)`, when given, is called after each
-  sampler batch with its number of records and the pass@1 so far.
+  the accuracy reward; not for `VOTELESS_REWARDS`), the strict-format rate,
+  the language consistency of the chain of thought (share of its words in the
+  record's `target_language`, else `target_language`), the mean completion
+  length in tokens, the reflection figures of `r1jax.reasoning_stats`
+  (reflection_rate, reflective_words, recheck_rate, correction_rate,
+  step_rate), `num_problems`, `num_samples` and a few sample texts
+  (`samples`). With `return_completions`, also 'completions' (every text,
+  record-major) and 'correct' ([records, samples] 0/1). `summarize(stats)`
+  keeps only the float metrics. `on_batch(n, pass_at_1)`, when given, is
+  called after each sampler batch with its number of records and the pass@1 so
+  far.
   """
 
   correct = np.zeros((len(records), num_samples), np.float32)

@@ -1,9 +1,11 @@
 """Sandbox bootstrap: lock down this interpreter, then run the user's code.
 
-Run by `code_sandbox` as `python -I -S _sandbox_boot.py CONFIG_HEX` (a
+Run by `sandbox` as `python -I -S _sandbox_boot.py CONFIG_HEX` (a
 marshalled dict of paths and limits) in a
 fresh process (its own session, a private working directory, a minimal
-environment). Standard library only. In order, it
+environment), or as a warm worker (`--serve`, below) that does step 2 once
+and steps 3-5 in a child forked for each run. Standard library only. In
+order, it
 
   1. reads the program, the test code and a one-time token (from an inherited
      pipe, so that the user's code cannot read it from argv or a file);

@@ -137,20 +137,28 @@ def _code_blocks(completion: str) -> tuple[str, list[tuple[str, str]]]:
   return text, fenced_blocks(text)
 
 
-def code_block(completion: str) -> str | None:
+def code_block(completion: str, entry_point: str | None = None) -> str | None:
   """The program of a completion: its last ```python fenced block (an
   unlabelled fence when there is no python one), or None when it has none.
 
+  With `entry_point`, the last of those blocks that defines it (`def NAME(`)
+  wins, so that a usage example after the solution is not taken for it.
   When there is an `<answer>` block, only its text is looked at (code in the
   chain of thought is a draft). Fences labelled with another language are
   skipped.
   """
   _, blocks = _code_blocks(completion)
   python = [b for lang, b in blocks if lang.lower() in _PYTHON_LANGS]
-  if python:
-    return python[-1]
-  plain = [b for lang, b in blocks if not lang]
-  return plain[-1] if plain else None
+  candidates = python or [b for lang, b in blocks if not lang]
+  if not candidates:
+    return None
+  if entry_point:
+    define = re.compile(r'^[ \t]*(?:async[ \t]+)?def[ \t]+'
+                        rf'{re.escape(entry_point)}[ \t]*\(', re.MULTILINE)
+    defining = [b for b in candidates if define.search(b)]
+    if defining:
+      return defining[-1]
+  return candidates[-1]
 
 
 def extract_code(completion: str) -> str:
@@ -254,7 +262,8 @@ def code_reward(
 ) -> np.ndarray:
   """Scores programs by the example's tests, run in the sandbox.
 
-  The program is the completion's fenced block (`code_block`) after the
+  The program is the completion's fenced block (`code_block`; the last one
+  defining the example's `entry_point` when it names one) after the
   example's `code_prefix` (HumanEval's prompt: its imports and helpers).
 
   Options:
@@ -290,7 +299,8 @@ def code_reward(
       tests = normalize_tests(examples[i].get(tests_key))
       if not tests:
         return 0.0, 0, 0, None
-      program = (code_block(completions[i]) if require_block
+      entry = examples[i].get('entry_point') or None
+      program = (code_block(completions[i], entry) if require_block
                  else extract_code(completions[i]))
       if program is None:
         return 0.0, 0, 0, 'no_code_block'
