@@ -109,8 +109,9 @@ def seed_row(workdir: pathlib.Path, seed: int) -> dict | None:
     steps, values = metrics.get(f'eval/{k}', (np.zeros(0), np.zeros(0)))
     if len(values):
       row[f'start/{k}'] = float(values[0])
-      row[f'end/{k}'] = float(values[-1])
-      row['end_step'] = int(steps[-1])
+      if row['status'] == 'finished':  # a killed run's last eval is no end
+        row[f'end/{k}'] = float(values[-1])
+        row['end_step'] = int(steps[-1])
   row['gain'] = row.get('end/pass@1', np.nan) - row.get('start/pass@1', np.nan)
   row['length_growth'] = (row.get('end/mean_length', np.nan)
                           - row.get('start/mean_length', np.nan))
