@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from r1jax import atomic
 from r1jax import evaluate
 from r1jax import reasoning_stats
 from r1jax.data import corpus
@@ -104,16 +105,21 @@ def describe(figures: Mapping[str, float]) -> str:
   return ' | '.join(f'{n} {figures[n]:.3f}' for n in names if n in figures)
 
 
+def record_text(figures: Mapping[str, float], requirements, failures,
+                made_by: Mapping[str, Any]) -> str:
+  """The ABILITY_FILE text (the SFT stage writes it with its export, which
+  then appears complete in one rename: hf.save_pretrained's extra_files)."""
+  record = {'passed': not failures, 'figures': dict(figures),
+            'requirements': dict(requirements), 'failures': list(failures),
+            'made_by': dict(made_by)}
+  return json.dumps(record, indent=2, sort_keys=True) + '\n'
+
+
 def save(directory, figures: Mapping[str, float], requirements, failures,
          made_by: Mapping[str, Any]) -> pathlib.Path:
   """Writes ABILITY_FILE into `directory` (atomically: temp name, rename)."""
   path = pathlib.Path(directory) / ABILITY_FILE
-  record = {'passed': not failures, 'figures': dict(figures),
-            'requirements': dict(requirements), 'failures': list(failures),
-            'made_by': dict(made_by)}
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + '\n')
-  tmp.replace(path)
+  atomic.write_text(path, record_text(figures, requirements, failures, made_by))
   return path
 
 

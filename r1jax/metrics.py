@@ -35,12 +35,15 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self.console = console and self.enabled
     self._tb = None
-    self._jsonl = None
+    self._jsonl_path = None
     if not self.enabled:
       return
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    self._jsonl = open(workdir / 'metrics.jsonl', 'a', encoding='utf-8')
+    # Opened for each row: a resume may rewrite the file (dropping rows of
+    # steps after the checkpoint it restored) while the writer is open.
+    self._jsonl_path = workdir / 'metrics.jsonl'
+    self._jsonl_path.touch()
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(str(workdir / 'tensorboard'))
@@ -57,16 +60,18 @@ class MetricWriter:
       row[prefix + k] = x if math.isfinite(x) else str(x)
       if self._tb is not None and math.isfinite(x):
         self._tb.add_scalar(prefix + k, x, int(step))
-    self._jsonl.write(json.dumps(row) + '\n')
-    self._jsonl.flush()
+    self._append(row)
 
   def write_texts(self, step: int, name: str, texts: list[str]) -> None:
     if not self.enabled:
       return
     if self._tb is not None:
       self._tb.add_text(name, '\n\n---\n\n'.join(texts), int(step))
-    self._jsonl.write(json.dumps({'step': int(step), name: texts}) + '\n')
-    self._jsonl.flush()
+    self._append({'step': int(step), name: texts})
+
+  def _append(self, row: Mapping[str, Any]) -> None:
+    with open(self._jsonl_path, 'a', encoding='utf-8') as f:
+      f.write(json.dumps(row) + '\n')
 
   def log(self, message: str) -> None:
     if self.console:
@@ -75,8 +80,6 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
-    if self._jsonl is not None:
-      self._jsonl.close()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -8,8 +8,10 @@ names the seed (the RL config's own
 field that changes the weights, with the corpus version. A changed config
 or seed therefore gets a base of its own and never reuses another.
 
-A cached base is complete when its weights and `base_ability.json` (written
-last, r1jax/base_ability.py) are there. `ensure` checks that before RL:
+A cached base is complete when its weights and `base_ability.json`
+(r1jax/base_ability.py) are there: the pretraining exports both in one
+directory swap (r1jax/atomic.py), so a kill leaves the whole base or none.
+`ensure` checks that before RL:
   * missing: pretrain it (in WORKDIR/pretrain_tiny/<key>; a killed
     pretraining resumes there);
   * incomplete (weights without the ability record: a pretraining killed

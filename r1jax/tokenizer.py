@@ -18,6 +18,8 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from r1jax import atomic
+
 # Names under which special tokens commonly appear in vocabularies, in order of
 # preference. tokenizer_config.json, when present, wins over these guesses.
 _BOS_CANDIDATES = ('<|begin_of_text|>', '<s>', '<|endoftext|>', '<bos>')
@@ -95,16 +97,18 @@ class Tokenizer:
     return cls.from_file(path / 'tokenizer.json', config)
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes tokenizer.json and tokenizer_config.json into directory `path`."""
+    """Writes tokenizer.json and tokenizer_config.json into directory `path`
+    (each atomically: a run killed while saving leaves no part of a file)."""
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    self.tok.save(str(path / 'tokenizer.json'))
+    atomic.write_text(path / 'tokenizer.json', self.tok.to_str(pretty=True))
     config = dict(self.config)
     for key, idx in (('bos_token', self.bos_id), ('eos_token', self.eos_id),
                      ('pad_token', self.pad_id)):
       if idx is not None:
         config[key] = self.tok.id_to_token(idx)
-    (path / 'tokenizer_config.json').write_text(json.dumps(config, indent=1))
+    atomic.write_text(path / 'tokenizer_config.json',
+                      json.dumps(config, indent=1))
 
   # ------------------------------------------------------------- basics
   @property

@@ -1,7 +1,7 @@
 """The package's layers, read from its imports (ast, nothing is imported).
 
   leaves       model, sampling, rl, rewards, data, tokenizer, checkpoint,
-               metrics, parallel, registry, errors, reasoning_stats
+               metrics, parallel, registry, errors, reasoning_stats, atomic
   run support  r1jax.run.*, memory, checkpoint_source
   evaluation   r1jax.evaluate, base_ability
   stages       r1jax.stages.* (a stage and its own helper modules; a stage
@@ -25,7 +25,7 @@ PKG = ROOT / 'r1jax'
 LEAVES = ('r1jax.model', 'r1jax.sampling', 'r1jax.rl', 'r1jax.rewards',
           'r1jax.data', 'r1jax.tokenizer', 'r1jax.checkpoint',
           'r1jax.metrics', 'r1jax.parallel', 'r1jax.registry',
-          'r1jax.errors', 'r1jax.reasoning_stats')
+          'r1jax.errors', 'r1jax.reasoning_stats', 'r1jax.atomic')
 RUN = ('r1jax.run', 'r1jax.memory', 'r1jax.checkpoint_source')
 EVALUATION = ('r1jax.evaluate', 'r1jax.base_ability')
 STAGES = ('r1jax.stages',)

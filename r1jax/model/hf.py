@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from r1jax import atomic
 from r1jax.model.config import ModelConfig, RopeScaling
 from r1jax.model.functional import abstract
 
@@ -406,46 +407,57 @@ def _plan_shards(items: list[tuple[str, Any]], max_shard_bytes: int):
   return shards
 
 
+def _is_weight_file(name: str) -> bool:
+  return (name == INDEX_FILE or
+          (name.startswith('model') and name.endswith('.safetensors')))
+
+
 def save_pretrained(path: str | os.PathLike, cfg: ModelConfig, params: PyTree,
                     tokenizer=None,
-                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                    extra_files: Mapping[str, str] | None = None) -> None:
   """Writes a directory `transformers` (and `load_pretrained`) can load.
 
   config.json takes its dtype from the stored params. Checkpoints over
   `max_shard_bytes` are split into model-0000i-of-0000n.safetensors plus an
-  index; older weight files in `path` are removed so none is left stale.
-  `tokenizer` (an r1jax Tokenizer) is saved alongside when given. On several
+  index. `tokenizer` (an r1jax Tokenizer) is saved alongside when given, and
+  `extra_files` (name -> text, e.g. the tiny base's ability record) with it.
+
+  The directory is written in full beside `path` and then takes its place
+  (r1jax/atomic.py), so a kill at any moment leaves the old export or the new
+  one, never a mix. Weight files of the old export go with it (none is left
+  stale); other files in it (a README a user put there) are kept. On several
   hosts every process must call this (params are gathered); process 0 writes.
   """
-  path = pathlib.Path(path)
   write = jax.process_index() == 0
   items = list(_iter_hf(params, cfg))
   lookup = dict(items)
   shards = _plan_shards(items, max_shard_bytes)
-  if write:
-    path.mkdir(parents=True, exist_ok=True)
-    for old in [*path.glob('model*.safetensors'), path / INDEX_FILE]:
-      old.unlink(missing_ok=True)
-  weight_map = {}
-  for i, names in enumerate(shards):
-    fname = (SINGLE_FILE if len(shards) == 1 else
-             f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors')
-    # Only this shard's tensors are on the host at once.
-    tensors = {n: _to_numpy(lookup[n]) for n in names}
-    if write:
-      save_file(tensors, str(path / fname), metadata={'format': 'pt'})
-    weight_map.update({n: fname for n in names})
-  if not write:
-    return
-  if len(shards) > 1:
-    total = sum(_nbytes(x) for x, _ in lookup.values())
-    index = {'metadata': {'total_size': total},
-             'weight_map': dict(sorted(weight_map.items()))}
-    (path / INDEX_FILE).write_text(json.dumps(index, indent=2))
-  embed_dtype = _as_pure_dict(params)['embed_tokens']['embedding'].dtype
-  hf = config_to_hf(cfg.replace(param_dtype=jnp.dtype(embed_dtype)))
-  if tokenizer is not None:
-    tokenizer.save(path)
-    hf.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-              pad_token_id=tokenizer.pad_id)
-  (path / 'config.json').write_text(json.dumps(hf, indent=2) + '\n')
+  keep = lambda name: not _is_weight_file(name)
+  with (atomic.replaced_dir(path, keep=keep) if write
+        else contextlib.nullcontext()) as out:
+    weight_map = {}
+    for i, names in enumerate(shards):
+      fname = (SINGLE_FILE if len(shards) == 1 else
+               f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors')
+      # Only this shard's tensors are on the host at once.
+      tensors = {n: _to_numpy(lookup[n]) for n in names}
+      if write:
+        save_file(tensors, str(out / fname), metadata={'format': 'pt'})
+      weight_map.update({n: fname for n in names})
+    if not write:
+      return
+    if len(shards) > 1:
+      total = sum(_nbytes(x) for x, _ in lookup.values())
+      index = {'metadata': {'total_size': total},
+               'weight_map': dict(sorted(weight_map.items()))}
+      (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    embed_dtype = _as_pure_dict(params)['embed_tokens']['embedding'].dtype
+    hf = config_to_hf(cfg.replace(param_dtype=jnp.dtype(embed_dtype)))
+    if tokenizer is not None:
+      tokenizer.save(out)
+      hf.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                pad_token_id=tokenizer.pad_id)
+    (out / 'config.json').write_text(json.dumps(hf, indent=2) + '\n')
+    for name, text in (extra_files or {}).items():
+      (out / name).write_text(text, encoding='utf-8')

@@ -7,7 +7,8 @@
     run resumes from are dropped (`truncate_jsonl_after`), so each file reads
     as one uninterrupted run;
   * rejection sampling's samples.jsonl, sft.jsonl and its report;
-  * the exported model, an HF directory (WORKDIR/hf, or config.export.hf_dir);
+  * the exported model, an HF directory (WORKDIR/hf, or config.export.hf_dir),
+    written beside its place and then swapped in (hf.save_pretrained);
   * `resolve_hf_path`: an HF directory, or the workdir of a finished stage
     (what a pipeline's '@stage' reference becomes), as the HF directory to
     load.
@@ -20,6 +21,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from r1jax import atomic
 from r1jax import checkpoint as ckpt_lib
 from r1jax.errors import MissingFileError
 
@@ -104,12 +106,10 @@ def resolve_hf_path(path: str) -> str:
 
 
 def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes `text` to a temporary name beside `path`, then renames it: a kill
-  at any moment leaves the old file or the new one, never a part."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(text, encoding='utf-8')
-  tmp.replace(path)
+  """Writes `text` to a temporary name beside `path`, flushes it, then renames
+  it: a kill at any moment leaves the old file or the new one, never a part
+  (r1jax/atomic.py)."""
+  atomic.write_text(path, text)
 
 
 def truncate_jsonl_after(path: pathlib.Path, step: int) -> int:

@@ -238,8 +238,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     say(f'stage rejection_sampling: resuming after {len(rows)} samples '
         f'({done_chunks} chunks)')
   if jax.process_index() == 0:  # rewrite without a cut last line
-    samples_path.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n'
-                                    for r in rows), encoding='utf-8')
+    run_records.write_text_atomic(
+        samples_path, ''.join(json.dumps(r, ensure_ascii=False) + '\n'
+                              for r in rows))
   say(f'stage rejection_sampling: {len(records)} prompts x {rc.num_samples} '
       f'samples from {config.model.hf_path or config.model.gguf_path}')
   starts = list(range(0, len(records), per_chunk))

@@ -365,11 +365,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # ------------------------------------------------------------ end of run
   out_dir = run_records.export_dir(config, workdir)
   if config.export.get('hf', True):  # all processes: gathered, 0 writes
-    hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
-    if check_ability and jax.process_index() == 0:
-      base_ability.save(out_dir, figures,
-                        ability.requirements.to_dict(), failures,
-                        made_by=dict(base_ability.made_by(config), steps=step))
+    # The ability record goes in with the weights: the export appears
+    # complete in one rename, or not at all (r1jax/atomic.py).
+    extra = {base_ability.ABILITY_FILE: base_ability.record_text(
+        figures, ability.requirements.to_dict(), failures,
+        made_by=dict(base_ability.made_by(config), steps=step))
+             } if check_ability else None
+    hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer,
+                       extra_files=extra)
     writer.log(f'exported Hugging Face checkpoint to {out_dir}')
   tokenizer.save(workdir / 'tokenizer')
   if config.eval.num_problems > 0:
