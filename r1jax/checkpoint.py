@@ -32,15 +32,33 @@ Safety, as verified in tests/test_checkpoint.py:
     ignored (neither counted nor deleted by keep-last-N).
   * a target that does not fit the checkpoint fails before any read, naming
     the first mismatched key and shapes (orbax's own error names neither).
+
+Damage, as verified in tests/test_faults.py: a committed step whose files
+cannot be read (a missing or truncated file, metadata that is not JSON, a
+manifest or array orbax cannot decode) raises `UnreadableCheckpointError`
+naming the step and the file (or the array) instead of orbax's error, and
+`set_aside` moves such a step to '<directory>/unreadable-<step>' (never
+deleted; orbax lists only step-named directories, so it is out of the way).
+r1jax.run.train_state.restore_latest then resumes from the newest readable
+step. Bytes flipped inside array data are not detected: orbax stores no
+checksums. A save that fails (disk full, a write error) raises
+`CheckpointSaveError`, one line naming the step and the cause; the steps
+saved before it are untouched.
 """
 
+import json
+import logging as py_logging
 import pathlib
+import re
 from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from r1jax import errors
 
 v1 = ocp.v1
 _policies = v1.training.preservation_policies
@@ -49,6 +67,117 @@ _decisions = v1.training.save_decision_policies
 # Written by orbax as the last file of a step, just before the atomic rename
 # (and the commit signal itself on object stores).
 COMMIT_MARKER = 'commit_success.txt'
+# A damaged step is moved to '<directory>/unreadable-<step>' (`set_aside`).
+UNREADABLE_PREFIX = 'unreadable-'
+# The files of a step orbax cannot do without, and those it reads as JSON
+# ('state' is the one item a Checkpointer saves; array_metadatas/* too).
+_STEP_METADATA = '_CHECKPOINT_METADATA'
+_REQUIRED_FILES = (_STEP_METADATA, 'state/_METADATA', 'state/manifest.ocdbt')
+_JSON_FILES = (_STEP_METADATA, 'state/_METADATA', 'state/_sharding')
+# Words of orbax / TensorStore errors that mean a file could not be read.
+_READ_FAILURES = ('DATA_LOSS', 'NOT_FOUND', 'OUT_OF_RANGE', 'FAILED_PRECONDITION',
+                  'Error reading', 'Error decoding', 'error while reading',
+                  'No such file', 'Invalid JSON')
+_MAX_WHY = 240
+
+
+class UnreadableCheckpointError(errors.CheckpointError):
+  """A committed step that cannot be read: a damaged or missing file.
+
+  `step`, `path` (the file, or the step directory) and `why`.
+  """
+
+  def __init__(self, step: int, path, why: str):
+    self.step, self.path, self.why = int(step), pathlib.Path(path), why
+    super().__init__(f'checkpoint step {step} cannot be read: {path}: {why}')
+
+
+class CheckpointSaveError(errors.CheckpointError):
+  """Saving a step failed (disk full, a write error); `step` is the step."""
+
+  def __init__(self, message: str, step: int | None):
+    super().__init__(message)
+    self.step = step
+
+
+def _one_line(e: BaseException, directory=None) -> str:
+  """The message of `e` in one line of at most _MAX_WHY characters (its
+  start and its end, where the cause is), paths under `directory` relative."""
+  text = ' '.join(str(e).split()) or type(e).__name__
+  if directory is not None:
+    text = text.replace(f'{directory}/', '')
+  if len(text) > _MAX_WHY:
+    text = text[:_MAX_WHY // 3] + ' ... ' + text[-(2 * _MAX_WHY // 3):]
+  return text
+
+
+def _chain_text(e: BaseException) -> str:
+  """The messages of `e` and the exceptions it was raised from."""
+  parts, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    parts.append(f'{type(e).__name__}: {e}')
+    e = e.__cause__ or e.__context__
+  return '\n'.join(parts)
+
+
+def _read_failure(text: str) -> tuple[str | None, str] | None:
+  """(the file named, why) when `text` is an error of reading a file: the
+  innermost such message, with the array it concerns; None for any other
+  error."""
+  lines = [l for l in text.splitlines()
+           if any(word in l for word in _READ_FAILURES)]
+  if not lines:
+    return None
+  line = ' '.join(lines[-1].split())  # the innermost cause
+  for cut in (' [tensorstore_spec=', ' See full TensorStore details'):
+    if cut in line:
+      line = line[:line.index(cut)]
+  files = [f for f in re.findall(r'local file "([^"]+)"', text)
+           if not f.endswith('/')]
+  arrays = (re.findall(r' in "([^"/]+)/', line) or
+            re.findall(r"'path': '([^'/]+)/'", text))
+  if files and f'local file "{files[-1]}": ' in line:  # what is wrong in it
+    line = line.split(f'local file "{files[-1]}": ', 1)[1]
+  line = re.sub(r' in OCDBT database at local file "[^"]*/"', '', line)
+  line = re.sub(r'^(\w+Error: |Exception: |Error details: )+', '', line)
+  why = line if len(line) <= _MAX_WHY else line[:_MAX_WHY - 3] + '...'
+  if arrays:
+    why = f'array {arrays[-1]}: {why}'
+  return (files[-1] if files else None), why
+
+
+def _read_json(path: pathlib.Path):
+  return json.loads(path.read_text(encoding='utf-8'))
+
+
+def step_problem(step_dir) -> tuple[str, str] | None:
+  """(file, why) of the first file of a committed step that is missing or
+  not readable as what orbax expects; None when the files look whole.
+
+  Checks without a restore target (cheap: the metadata files only).
+  """
+  step_dir = pathlib.Path(step_dir)
+  for rel in _REQUIRED_FILES:
+    f = step_dir / rel
+    if not f.is_file():
+      return rel, 'missing'
+    if f.stat().st_size == 0:
+      return rel, 'empty'
+  json_files = [*_JSON_FILES, *(
+      f'state/array_metadatas/{p.name}'
+      for p in sorted((step_dir / 'state' / 'array_metadatas').glob('*')))]
+  for rel in json_files:
+    f = step_dir / rel
+    if not f.is_file():
+      continue  # optional ones
+    try:
+      value = _read_json(f)
+    except (ValueError, UnicodeDecodeError) as e:
+      return rel, f'not valid JSON ({getattr(e, "msg", e)})'
+    if not isinstance(value, dict):
+      return rel, 'not a JSON object'
+  return None
 
 
 class CheckpointMismatchError(ValueError):
@@ -168,17 +297,44 @@ class _CommittedSteps:
     return self._inner.build_name(step)
 
   def find_all(self, base_path):
-    return (m for m in self._inner.find_all(base_path) if _committed(m.path))
+    return (m for m in self._inner.find_all(base_path) if _listable(m.path))
 
   def find_step(self, base_path, step: int):
     found = self._inner.find_step(base_path, step)
-    if not _committed(found.path):
-      raise ValueError(f'Step directory {found.path} has no {COMMIT_MARKER}.')
+    if not _listable(found.path):
+      raise ValueError(f'Step directory {found.path} has no {COMMIT_MARKER} '
+                       f'or an unreadable {_STEP_METADATA}.')
     return found
 
 
 def _committed(step_dir) -> bool:
   return (pathlib.Path(step_dir) / COMMIT_MARKER).exists()
+
+
+def _listable(step_dir) -> bool:
+  """Committed, with step metadata orbax can list (a damaged
+  _CHECKPOINT_METADATA makes orbax's listing of every step fail)."""
+  if not _committed(step_dir):
+    return False
+  try:
+    meta = _read_json(pathlib.Path(step_dir) / _STEP_METADATA)
+  except (OSError, ValueError, UnicodeDecodeError):
+    return False
+  return isinstance(meta, dict) and bool(meta.get('commit_timestamp_nsecs'))
+
+
+class _Recorder(py_logging.Handler):
+  """Keeps the messages logged while it is attached."""
+
+  def __init__(self):
+    super().__init__(py_logging.WARNING)
+    self.messages: list[str] = []
+
+  def emit(self, record):
+    try:
+      self.messages.append(record.getMessage())
+    except Exception:  # pylint: disable=broad-except
+      pass
 
 
 class Checkpointer:
@@ -207,6 +363,7 @@ class Checkpointer:
       raise ValueError(f'max_to_keep must be >= 1 or None, got {max_to_keep}')
     self._async = async_save
     self._pending = None
+    self._pending_step = None
     keep = [_policies.LatestN(max_to_keep)]
     if keep_every_n_steps:
       keep.append(_policies.EveryNSteps(keep_every_n_steps))
@@ -234,6 +391,14 @@ class Checkpointer:
     return [s for s in self._orbax_steps()
             if _committed(self.directory / str(s))]
 
+  def committed_steps(self) -> list[int]:
+    """Every step directory with the commit marker, ascending: `all_steps`
+    plus those orbax cannot list (a damaged _CHECKPOINT_METADATA)."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(int(p.name) for p in self.directory.iterdir()
+                  if p.name.isdigit() and p.is_dir() and _committed(p))
+
   def latest_step(self) -> int | None:
     steps = self.all_steps()
     return steps[-1] if steps else None
@@ -252,22 +417,49 @@ class Checkpointer:
       logging.info('Checkpoint step %d already exists; not saving it again.',
                    step)
       return False
+    self.wait()  # orbax waits for it anyway; its error names its own step
     state = jax.tree.map(_numpy_scalars_as_arrays, state)
-    response = self._ckptr.save_async(step, state, force=force,
-                                      custom_metadata=metadata)
+    try:
+      response = self._ckptr.save_async(step, state, force=force,
+                                        custom_metadata=metadata)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from e
     if response is None:
       return False
-    self._pending = response
+    self._pending, self._pending_step = response, step
     if not self._async:
       self.wait()
     return True
 
   def wait(self) -> None:
-    """Blocks until a background save is committed; re-raises its error."""
-    pending, self._pending = self._pending, None
-    if pending is not None:
-      pending.result()
-    self._ckptr.wait()
+    """Blocks until a background save is committed.
+
+    Raises:
+      CheckpointSaveError: the save failed (one line: the step, the cause,
+        the step to resume from).
+    """
+    pending, step = self._pending, self._pending_step
+    self._pending = self._pending_step = None
+    try:
+      if pending is not None:
+        pending.result()
+      self._ckptr.wait()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from e
+
+  def _save_failed(self, step: int | None, e: Exception) -> CheckpointSaveError:
+    if isinstance(e, CheckpointSaveError):
+      return e
+    saved = [s for s in self.committed_steps() if s != step]
+    what = f'step {step}' if step is not None else 'a step'
+    keep = (f'the checkpoints saved before it are intact (latest: step '
+            f'{saved[-1]}); free disk space or fix the disk, then run the '
+            f'same command to resume from step {saved[-1]}' if saved else
+            'no checkpoint was saved before it; free disk space or fix the '
+            'disk, then run the same command to start again')
+    return CheckpointSaveError(
+        f'saving checkpoint {what} in {self.directory} failed: '
+        f'{_one_line(e, self.directory)}. The run stopped; {keep}', step)
 
   def _resolve(self, step: int | None) -> int:
     steps = self.all_steps()
@@ -293,18 +485,83 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no such complete step.
+      UnreadableCheckpointError: a file of the step is missing or damaged;
+        the message names it (or the array that could not be read).
       CheckpointMismatchError: target keys or shapes differ from the saved
         ones; the message names the first difference.
     """
     self.wait()
-    step = self._resolve(step)
+    if step is not None and int(step) in self.committed_steps():
+      step = int(step)  # listed by orbax or not: the file check names why
+    else:
+      step = self._resolve(step)
+    step_dir = self.directory / str(step)
+    problem = step_problem(step_dir)
+    if problem is not None:
+      raise UnreadableCheckpointError(step, step_dir / problem[0], problem[1])
+    if step not in self._orbax_steps():
+      self._ckptr.reload()  # a step set aside or copied in since opening
     if abstract_state is None:
-      return self._ckptr.load(step)
+      return self._load(step)
     abstract_state = jax.tree.map(_numpy_scalars_as_arrays, abstract_state)
-    saved = self._ckptr.metadata(step).metadata
-    check_compatible(saved, abstract_state,
-                     where=f'{self.directory / str(step)}')
-    return self._ckptr.load(step, abstract_state)
+    saved = self._saved_tree(step)
+    check_compatible(saved, abstract_state, where=f'{step_dir}')
+    return self._load(step, abstract_state)
+
+  def _saved_tree(self, step: int):
+    """The saved tree's metadata; orbax logs (and swallows) a read error and
+    returns None, so the log is read for the file it names."""
+    step_dir = self.directory / str(step)
+    seen = _Recorder()
+    absl_logger = py_logging.getLogger('absl')
+    absl_logger.addHandler(seen)
+    try:
+      saved = self._ckptr.metadata(step).metadata
+    except Exception as e:  # pylint: disable=broad-except
+      failure = _read_failure(_chain_text(e))
+      if failure is None:
+        raise
+      raise UnreadableCheckpointError(step, failure[0] or step_dir,
+                                      failure[1]) from e
+    finally:
+      absl_logger.removeHandler(seen)
+    if saved is None:
+      failure = _read_failure('\n'.join(seen.messages)) or (
+          None, 'orbax could not read the tree of arrays')
+      raise UnreadableCheckpointError(
+          step, failure[0] or step_dir / 'state', failure[1])
+    return saved
+
+  def _load(self, step: int, abstract_state=None):
+    try:
+      if abstract_state is None:
+        return self._ckptr.load(step)
+      return self._ckptr.load(step, abstract_state)
+    except Exception as e:  # pylint: disable=broad-except
+      failure = _read_failure(_chain_text(e))
+      if failure is None:
+        raise
+      raise UnreadableCheckpointError(
+          step, failure[0] or self.directory / str(step) / 'state',
+          failure[1]) from e
+
+  def set_aside(self, step: int) -> pathlib.Path:
+    """Moves step `step` to '<directory>/unreadable-<step>' (or -2, -3, ...
+    when taken), where orbax neither lists nor deletes it; returns the path.
+    Nothing is deleted. Process 0 moves it; every process must call this."""
+    self.wait()
+    src = self.directory / str(int(step))
+    dest = self.directory / f'{UNREADABLE_PREFIX}{int(step)}'
+    n = 2
+    while dest.exists():
+      dest = self.directory / f'{UNREADABLE_PREFIX}{int(step)}-{n}'
+      n += 1
+    if jax.process_index() == 0:
+      src.rename(dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'r1jax_set_aside_{step}')
+    self._ckptr.reload()
+    return dest
 
   def metadata(self, step: int | None = None) -> dict:
     """The `metadata` dict given to `save` for `step` (default: latest)."""

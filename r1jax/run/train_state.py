@@ -2,7 +2,7 @@
 
 import contextlib
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,7 @@ import ml_collections
 import optax
 
 from r1jax import checkpoint as ckpt_lib
+from r1jax import errors
 from r1jax import metrics as metrics_lib
 from r1jax import parallel
 from r1jax.run import records
@@ -63,20 +64,75 @@ def init_train_state(params, optimizer: optax.GradientTransformation,
 
 
 def restore_latest(checkpointer: ckpt_lib.Checkpointer, state, shardings,
-                   extra: dict[str, Any] | None = None):
-  """(state, extra, step) from the latest checkpoint, or the inputs and None.
+                   extra: dict[str, Any] | None = None,
+                   log: Callable[[str], None] | None = None):
+  """(state, extra, step) from the newest readable checkpoint, or the inputs
+  and None when there is none.
 
   `extra` holds host-side values saved next to the arrays (the data
   iterator's state): their saved values replace the given ones.
+
+  A newer step that cannot be read -- a damaged or missing file, a manifest
+  orbax cannot decode, or a tree whose shapes do not match the target while
+  an older step of the same directory does -- is moved to
+  checkpoints/unreadable-<step>/ (nothing is deleted), said in one line
+  naming the step and the file, and the run resumes from the newest step
+  that reads; rows of metrics.jsonl and completions.jsonl after it are
+  dropped (the run's workdir is the checkpoint directory's parent, as
+  `open_run` makes it). When no step reads, nothing is moved and a
+  CheckpointError says why, in one line: checkpoints whose shapes all differ
+  from the target are another config's (as before), not damage.
   """
-  latest = checkpointer.latest_step()
   extra = dict(extra or {})
-  if latest is None:
+  steps = checkpointer.committed_steps()
+  if not steps:
     return state, extra, None
+  say = log or (print if jax.process_index() == 0 else (lambda *_: None))
   target = {**ckpt_lib.abstract_like(state, shardings), **extra}
-  restored = checkpointer.restore(latest, abstract_state=target)
+  failed = []  # (step, error), newest first
+  for step in reversed(steps):
+    try:
+      restored = checkpointer.restore(step, abstract_state=target)
+      break
+    except (ckpt_lib.UnreadableCheckpointError,
+            ckpt_lib.CheckpointMismatchError) as e:
+      failed.append((step, e))
+  else:
+    raise _none_readable(checkpointer.directory, failed)
+  for bad, e in failed:
+    dest = checkpointer.set_aside(bad)
+    say(f'checkpoint step {bad} is unreadable ({_why(e)}); moved it to '
+        f'{dest} (nothing is deleted); resuming from step {step}, the newest '
+        'readable checkpoint')
+  if failed:
+    workdir = checkpointer.directory.parent
+    for name in (records.METRICS_FILE, records.COMPLETIONS_FILE):
+      records.truncate_jsonl_after(workdir / name, step)
   extra = {k: restored.pop(k) for k in extra}
-  return restored, extra, latest
+  return restored, extra, step
+
+
+def _why(e: Exception) -> str:
+  if isinstance(e, ckpt_lib.UnreadableCheckpointError):
+    return f'{e.path}: {e.why}'
+  problems = getattr(e, 'problems', None) or [str(e)]
+  return (f'its arrays do not match this run\'s ({len(problems)} '
+          f'differences; first: {problems[0]})')
+
+
+def _none_readable(directory, failed) -> errors.CheckpointError:
+  if all(isinstance(e, ckpt_lib.CheckpointMismatchError) for _, e in failed):
+    step, e = failed[0]
+    return errors.CheckpointError(
+        f'{directory} holds checkpoints of another config: step {step} '
+        f'has {len(e.problems)} arrays that differ from this run\'s (first: '
+        f'{e.problems[0]}); resume that run with its own config, or start '
+        'this one in another --workdir (nothing was moved)')
+  listed = '; '.join(f'step {s}: {_why(e)}' for s, e in failed)
+  return errors.CheckpointError(
+      f'no checkpoint in {directory} can be read ({listed}); nothing was '
+      'moved or deleted: restore the damaged files from a copy, or move the '
+      'directory aside to start the run afresh')
 
 
 def open_run(workdir: pathlib.Path, keep_checkpoints: int):
