@@ -50,6 +50,7 @@ import jax
 import numpy as np
 
 from r1jax import checkpoint_source
+from r1jax import errors
 from r1jax import evaluate
 from r1jax import parallel
 from r1jax.data import synthetic
@@ -358,9 +359,13 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         synthetic_problems=args.synthetic_problems, dtype=args.dtype,
         log=lambda s: print(s, file=stderr), progress_stream=stderr)
   except checkpoint_source.CheckpointError as e:
+    if errors.show_traceback():  # R1JAX_TRACEBACK=1
+      raise
     print(f'{parser.prog}: error: --checkpoint: {e}', file=stderr)
     return 2
   except EvalError as e:
+    if errors.show_traceback():
+      raise
     print(f'{parser.prog}: error: {e}', file=stderr)
     return 2
   output = pathlib.Path(args.output) if args.output else default_output(

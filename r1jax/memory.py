@@ -283,7 +283,8 @@ def estimate_for_config(config, model_cfg: ModelConfig, mesh) -> Estimate:
 
 def over_budget_message(est: Estimate, limit: int, where: str,
                         devices: int = 1) -> str:
-  """The failure message: the figures, the largest phase, the knobs."""
+  """The failure message, one line: the figures, the largest phase, the
+  knobs (the estimate's table is printed before it, by `check_grpo`)."""
   phase = est.peak_phase
   hint = {
       'sample': 'the KV cache grows with rl.prompts_per_step x '
@@ -300,8 +301,8 @@ def over_budget_message(est: Estimate, limit: int, where: str,
            f'{_fmt(est.total)} per device x {devices} devices')
   return (f'estimated peak memory {total} exceeds {where} '
           f'({_fmt(limit)}); the {phase} phase is largest: {hint}. '
-          f'Knobs: {", ".join(KNOBS)}. Estimate:\n{est.table()}\n'
-          '(R1JAX_MEMORY_CHECK=0 makes this a warning.)')
+          f'Knobs: {", ".join(KNOBS)} (the estimate per phase is printed '
+          'above; R1JAX_MEMORY_CHECK=0 makes this a warning)')
 
 
 def check_grpo(config, model_cfg: ModelConfig, mesh,

@@ -24,7 +24,6 @@ checked when it starts (an earlier stage may write them).
 import difflib
 import json
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -180,8 +179,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   summary = {'stages': results, 'wall_time_s': time.perf_counter() - t0,
              'stages_wall_time_s': sum(float(r.get('wall_time_s', 0.0))
                                        for r in results.values())}
-  (workdir / 'pipeline.json').write_text(
-      json.dumps(summary, indent=1, default=str), encoding='utf-8')
+  run_records.write_text_atomic(workdir / 'pipeline.json',
+                                json.dumps(summary, indent=1, default=str))
   print(stage_table(config, results))
   print(f'=== pipeline done in {console.format_seconds(summary["wall_time_s"])}'
         f' (the stages\' own wall time in all: '
@@ -232,11 +231,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  try:
+  with errors.one_line(flags.FLAGS.verbose):  # 'error: ...', no traceback
     run(flags.FLAGS.config, str(pathlib.Path(flags.FLAGS.workdir).absolute()),
         tuple(_ONLY.value), flags.FLAGS.overwrite)
-  except errors.ConfigError as e:  # one line, no traceback
-    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

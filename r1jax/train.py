@@ -8,7 +8,9 @@ r"""Entry point: one config, one command, every stage of the recipe.
 `validate_config(config)` and `train_and_evaluate(config, workdir) -> dict`
 of final metrics. Before the stage starts, the config is checked
 (r1jax/config_checks.py): a bad key, type, value, file or workdir
-stops the command with one line that names it and says what to do.
+stops the command with one line that names it and says what to do. So do
+data, checkpoint and memory errors met later (r1jax/errors.py); --verbose
+or R1JAX_TRACEBACK=1 shows their traceback.
 
 A workdir remembers its run's config (WORKDIR/run_config.json): the same
 command resumes the run; another config is refused unless --overwrite, which
@@ -52,6 +54,10 @@ _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'When WORKDIR holds a run of another config, move it '
     'to WORKDIR/overwritten-<time>/ and start afresh (without this flag such '
     'a workdir is refused). A run of the same config always resumes.')
+_VERBOSE = flags.DEFINE_bool(
+    'verbose', False, 'Show the traceback of an error that is otherwise '
+    'printed in one line (a config, data, checkpoint or memory error); the '
+    f'environment variable {errors.TRACEBACK_ENV}=1 does the same.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -151,10 +157,8 @@ def main(argv):
   config = _CONFIG.value
   workdir = os.path.abspath(_WORKDIR.value)
   logging.info('stage=%s workdir=%s', config.get('stage'), workdir)
-  try:
+  with errors.one_line(_VERBOSE.value):  # 'error: ...', no traceback
     run(config, workdir, _OVERWRITE.value)
-  except errors.ConfigError as e:  # one line, no traceback
-    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -48,7 +48,8 @@ def eval_records(config, split_seed_offset: int = 0) -> list[dict]:
     return records
   from r1jax.data import builders  # pylint: disable=g-import-not-at-top
   local_dir = config.data.get('local_dir', '') or None
-  records = builders.load_dataset(ec.dataset, ec.split, local_dir=local_dir)
+  records = _load(builders, 'eval.dataset', ec.dataset, 'eval.split', ec.split,
+                  local_dir)
   return [records[i] for i in range(min(ec.num_problems, len(records)))]
 
 
@@ -65,10 +66,22 @@ def train_records(config) -> list[dict]:
   if dc.source == 'synthetic':
     return synthetic_train_records(dc, config.seed)
   from r1jax.data import builders  # pylint: disable=g-import-not-at-top
-  recs = builders.load_dataset(dc.source, dc.split,
-                               local_dir=dc.local_dir or None)
+  recs = _load(builders, 'data.source', dc.source, 'data.split', dc.split,
+               dc.local_dir or None)
   n = len(recs) if not dc.num_train else min(dc.num_train, len(recs))
   return [recs[i] for i in range(n)]
+
+
+def _load(builders, name_key: str, name: str, split_key: str, split: str,
+          local_dir):
+  """builders.load_dataset, its unknown name or split as one line naming
+  the config keys."""
+  try:
+    return builders.load_dataset(name, split, local_dir=local_dir)
+  except errors.UnknownNameError as e:
+    raise errors.UnknownNameError(
+        f'config.{name_key}={name!r}, config.{split_key}={split!r}: {e}'
+    ) from None
 
 
 def check_prompt_lengths(records, template: str, tokenizer, width: int,

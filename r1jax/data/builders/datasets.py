@@ -25,6 +25,8 @@ from r1jax.data.builders.raw import mbpp_records
 from r1jax.data.builders.raw import RAW_FILES
 from r1jax.data.builders.raw import read_jsonl
 from r1jax.data.builders.raw import require
+from r1jax.errors import MissingFileError
+from r1jax.errors import UnknownNameError
 from r1jax.registry import Registry
 
 TFDS_DIR_ENV = 'R1JAX_TFDS_DIR'  # prepared array_record datasets
@@ -64,7 +66,7 @@ class _MathTextBuilder(tfds.core.GeneratorBasedBuilder,
                for k in self.RAW}
       for p in paths.values():
         if not p.is_file():
-          raise FileNotFoundError(
+          raise MissingFileError(
               f'{p} not found in the local data dir {self._local_dir} '
               f'(from the local_dir argument or ${DATA_DIR_ENV}).')
       return paths
@@ -299,12 +301,15 @@ def load_dataset(name: str, split: str | None = None,
   Returns:
     A `Records` sequence (len, indexing, slicing, iteration) of dicts of str.
   """
-  spec = DATASETS.get(name)
+  try:
+    spec = DATASETS.get(name)
+  except KeyError as e:  # one line naming the known ones (r1jax.errors)
+    raise UnknownNameError(e.args[0]) from None
   if split is None and len(spec.splits) == 1:
     split = next(iter(spec.splits))
   if split not in spec.splits:
-    raise KeyError(f'Dataset {name!r} has splits {sorted(spec.splits)}; '
-                   f'got {split!r}.')
+    raise UnknownNameError(f'Dataset {name!r} has splits '
+                           f'{sorted(spec.splits)}; got {split!r}.')
   builder = prepare(name, data_dir, local_dir, rebuild)
   source = builder.as_data_source(split=spec.splits[split])
   return Records(source, name, split)
