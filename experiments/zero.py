@@ -117,6 +117,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.rl.aggregation = 'seq_mean_token_mean'  # | token_mean | seq_sum_norm
   c.rl.kl_estimator = 'k3'           # paper: k3, in the loss
   c.rl.beta = 0.001                  # KL coefficient; paper: 0.001; 0 = no ref
+  # True: the KL goes into the reward, not the loss (InstructGPT; verl's
+  # use_kl_in_reward): r - beta * sum_t KL_t(pi_old || ref) before the
+  # advantages.
+  c.rl.kl_in_reward = False
   c.rl.epsilon_low = 0.2             # paper: clip 0.2
   c.rl.epsilon_high = 0.2            # DAPO clip-higher: 0.28
   c.rl.dual_clip = 0.0               # 0 = off; else c > 1 (e.g. 3)

@@ -209,8 +209,9 @@ def grpo_device_step(host, config, mesh, state, update_fn, logprobs_fn,
   Returns (state, metrics on the host).
   """
   from r1jax.stages import grpo_update  # pylint: disable=g-import-not-at-top
-  batch = grpo_update.make_batch(host, config, mesh, ref_params=ref_params,
-                                 logprobs_fn=logprobs_fn, timer=timer)
+  batch, _ = grpo_update.make_batch(host, config, mesh,
+                                    ref_params=ref_params,
+                                    logprobs_fn=logprobs_fn, timer=timer)
   with timer('update'):
     state, m = update_fn(state, batch)
     m = jax.device_get(m)

@@ -92,6 +92,21 @@ def inject_nan(monkeypatch, at_step: int) -> None:
   monkeypatch.setattr(grpo_update, 'make_update_fn', make_update_fn)
 
 
+def record_batches(monkeypatch) -> list:
+  """(HostRollout, Batch as numpy) of every GRPO step the stage runs from
+  now on, in order (wraps `grpo_update.make_batch`)."""
+  from r1jax.stages import grpo_update
+  real, seen = grpo_update.make_batch, []
+
+  def make_batch(host, *args, **kwargs):
+    batch, metrics = real(host, *args, **kwargs)
+    seen.append((host, jax.device_get(batch)))
+    return batch, metrics
+
+  monkeypatch.setattr(grpo_update, 'make_batch', make_batch)
+  return seen
+
+
 def read_rows(workdir) -> dict[int, dict]:
   """metrics.jsonl merged per step (train/, time/ and eval/ rows)."""
   from r1jax import metrics as metrics_lib

@@ -19,6 +19,7 @@ import pytest
 from r1jax import checkpoint as ckpt_lib
 from r1jax import errors
 from r1jax import rewards as rewards_lib
+from r1jax import rl
 from r1jax.stages import grpo
 
 import grpo_helpers as H
@@ -196,6 +197,32 @@ def test_rollout_correction_recomputes_the_old_policy(base_dir, tmp_path):
   assert row['train/policy_loss'] == 0.0 and row['train/grad_norm'] == 0.0
 
 
+def test_kl_in_reward_moves_the_penalty_into_the_advantages(
+    base_dir, tmp_path, monkeypatch):
+  """rl.kl_in_reward: each reward loses beta * sum_t k3(pi_old, ref) before
+  the advantages, and the loss has no KL term (it still reports it)."""
+  seen = H.record_batches(monkeypatch)
+  c = H.grpo_config(base_dir, rl__kl_in_reward=True, rl__beta=0.5,
+                    eval__num_problems=0)
+  grpo.train_and_evaluate(c, str(tmp_path))
+  rows = H.read_rows(tmp_path)
+  # Step 1: the reference is the policy (a KL of rounding error); step 2:
+  # the policy has moved.
+  assert rows[1]['train/kl_in_reward'] < 1e-6
+  assert rows[2]['train/kl_in_reward'] > 1e-3 and rows[2]['train/kl'] > 1e-3
+  for s in (1, 2):  # 0.5 * kl would show if it were in the loss
+    assert abs(rows[s]['train/loss'] - rows[s]['train/policy_loss']) < 1e-7
+  host, batch = seen[1]
+  penalized, kl_B = rl.kl_penalized_rewards(
+      host.rewards, batch.old_logp, batch.ref_logp, batch.completions.mask,
+      beta=0.5, kl_estimator='k3')
+  np.testing.assert_allclose(float(np.mean(kl_B)),
+                             rows[2]['train/kl_in_reward'], rtol=1e-5)
+  np.testing.assert_allclose(batch.adv, rl.compute_advantages(penalized, 4),
+                             rtol=1e-5, atol=1e-6)
+  assert np.abs(batch.adv - rl.compute_advantages(host.rewards, 4)).max() > 1e-3
+
+
 def test_unknown_advantage_option_fails_naming_it(base_dir, tmp_path):
   c = H.grpo_config(base_dir)
   c.rl.advantage_options = {'scal': 'batch'}
@@ -214,6 +241,8 @@ def test_unknown_advantage_option_fails_naming_it(base_dir, tmp_path):
     (dict(rl__policy_loss='nope'), 'config.rl.policy_loss'),
     (dict(sampling__max_prompt_tokens=8), 'config.sampling.max_prompt_tokens=8'),
     (dict(rl__num_minibatches=3), 'config.rl.num_minibatches=3'),
+    (dict(rl__kl_in_reward=True, rl__beta=0.0),
+     'config.rl.kl_in_reward=True needs rl.beta > 0'),
 ])
 def test_bad_config_fails_before_any_compile(base_dir, tmp_path, edit, needle):
   from r1jax.run import console

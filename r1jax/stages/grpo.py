@@ -66,11 +66,14 @@ LOSS_OPTIONS = tuple(f.name for f in dataclasses.fields(rl.LossConfig)
 
 
 def loss_config(rc: ml_collections.ConfigDict) -> rl.LossConfig:
-  """The loss of config.rl: its rl.* fields, then rl.loss_options."""
+  """The loss of config.rl: its rl.* fields, then rl.loss_options. With
+  rl.kl_in_reward the KL is in the reward (`grpo_update.make_batch`), so
+  the loss's beta is 0 (it still reports the KL)."""
+  no_kl = rc.beta == 0 or rc.get('kl_in_reward', False)
   return rl.LossConfig(
       policy_loss=rc.policy_loss, aggregation=rc.aggregation,
       kl_estimator=rc.kl_estimator,
-      beta=0 if rc.beta == 0 else float(rc.beta),  # 0: no reference pass
+      beta=0 if no_kl else float(rc.beta),  # the Python 0: no KL term
       epsilon_low=float(rc.epsilon_low), epsilon_high=float(rc.epsilon_high),
       dual_clip=float(rc.dual_clip) if rc.dual_clip else None,
       **rc.loss_options.to_dict())
@@ -139,6 +142,10 @@ def validate_config(config: ml_collections.ConfigDict,
        'device of a mini-batch'),
       ('rl.num_iterations', rc.num_iterations >= 1, 'must be >= 1'),
       ('rl.beta', rc.beta >= 0, 'must be >= 0'),
+      ('rl.kl_in_reward', isinstance(rc.get('kl_in_reward', False), bool),
+       'must be True or False'),
+      ('rl.kl_in_reward', not rc.get('kl_in_reward', False) or rc.beta > 0,
+       'needs rl.beta > 0, its coefficient'),
       ('rl.ref_reset_every', rc.ref_reset_every >= 0, 'must be >= 0 (0: never)'),
       ('rl.max_sampling_rounds', rc.max_sampling_rounds >= 1, 'must be >= 1'),
       ('sampling.max_new_tokens', sc.max_new_tokens >= 2, 'must be >= 2'),
@@ -315,13 +322,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       t_step = time.perf_counter()
       key = jax.random.fold_in(base_key, step)
       host = rollout(state['params'], key, timer)           # sample + reward
-      batch = grpo_update.make_batch(                       # ref, advantages
+      batch, batch_metrics = grpo_update.make_batch(        # ref, advantages
           host, config, mesh, logprobs_fn=logprobs_fn, timer=timer,
           ref_params=ref_params,
           old_params=state['params'] if recompute_old_logp else None)
       with timer('update'):
         state, m = update_fn(state, batch)
         m = {k: float(v) for k, v in jax.device_get(m).items()}
+      m.update({k: float(v) for k, v in jax.device_get(batch_metrics).items()})
       step += 1
       if not m.pop('loss_finite') or not np.isfinite(m['loss']):
         checkpointer.wait()

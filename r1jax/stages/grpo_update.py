@@ -293,10 +293,11 @@ def advantages(rewards_B, lengths_B=None, baseline_P=None, *,
                                **dict(options))
 
 
-def rollout_advantages(host: grpo_rollout.HostRollout, config,
-                       mesh) -> jax.Array:
+def rollout_advantages(host: grpo_rollout.HostRollout, config, mesh,
+                       rewards_B: jax.Array) -> jax.Array:
   """adv_B of this host's rollout (a global array): config.rl.advantage over
-  the groups' total rewards, with the inputs the estimator declares."""
+  its groups' `rewards_B` (the total rewards on the mesh; less the KL
+  penalty with rl.kl_in_reward), with the inputs the estimator declares."""
   rc = config.rl
   inputs = rl.ADVANTAGES.inputs(rc.advantage)
   put = lambda x: parallel.host_local_to_global(x, mesh)
@@ -306,19 +307,31 @@ def rollout_advantages(host: grpo_rollout.HostRollout, config,
   if 'baseline_P' in inputs:
     baseline_P = put(host.baseline)
   return advantages(
-      put(host.rewards.astype(np.float32)), lengths_B, baseline_P,
+      rewards_B, lengths_B, baseline_P,
       group_size=rc.group_size, estimator=rc.advantage, eps=float(rc.eps),
       options=tuple(sorted(rc.advantage_options.to_dict().items())))
 
 
+_kl_penalized_rewards = jax.jit(rl.kl_penalized_rewards,
+                                static_argnames=('beta', 'kl_estimator',
+                                                 'reduce'))
+
+
 def make_batch(host: grpo_rollout.HostRollout, config, mesh, *, logprobs_fn,
-               timer: console.Timer, ref_params=None,
-               old_params=None) -> Batch:
-  """The update's batch from this host's rollout: its rows on the mesh, the
-  reference log-probs (when `ref_params` is not None; timed as 'reference')
-  and the advantages. With `old_params` (the policy that sampled), old_logp
-  is recomputed under them (timed as 'old_logp') and the sampler's own
-  log-probs become sampler_logp, for a rollout correction."""
+               timer: console.Timer, ref_params=None, old_params=None
+               ) -> tuple[Batch, dict[str, jax.Array]]:
+  """The update's batch from this host's rollout, and metrics of making it.
+
+  The batch: the rollout's rows on the mesh, the reference log-probs (when
+  `ref_params` is not None; timed as 'reference') and the advantages. With
+  `old_params` (the policy that sampled), old_logp is recomputed under them
+  (timed as 'old_logp') and the sampler's own log-probs become
+  sampler_logp, for a rollout correction. With rl.kl_in_reward, each
+  reward loses beta * sum_t KL_t (rl.kl_estimator of old_logp against
+  ref_logp over the sampled tokens; `rl.kl_penalized_rewards`) before the
+  advantages; the metric 'kl_in_reward' is the mean of that sum (beta
+  not applied).
+  """
   s = host.sample
   put = lambda x: parallel.host_local_to_global(x, mesh)
   completions = put(Completions(
@@ -338,9 +351,17 @@ def make_batch(host: grpo_rollout.HostRollout, config, mesh, *, logprobs_fn,
     with timer('old_logp'):
       old_logp, sampler_logp = logprobs_fn(old_params, completions), old_logp
       old_logp.block_until_ready()
+  rc, metrics = config.rl, {}
+  rewards_B = put(host.rewards.astype(np.float32))
+  if rc.get('kl_in_reward', False):
+    rewards_B, kl_B = _kl_penalized_rewards(
+        rewards_B, old_logp, ref_logp, completions.mask, beta=float(rc.beta),
+        kl_estimator=rc.kl_estimator)
+    metrics['kl_in_reward'] = jnp.mean(kl_B)
+  adv = rollout_advantages(host, config, mesh, rewards_B)
   return Batch(completions=completions, loss_mask=put(loss_mask),
-               old_logp=old_logp, adv=rollout_advantages(host, config, mesh),
-               ref_logp=ref_logp, sampler_logp=sampler_logp)
+               old_logp=old_logp, adv=adv, ref_logp=ref_logp,
+               sampler_logp=sampler_logp), metrics
 
 
 @jax.jit
