@@ -60,7 +60,7 @@ class _NoBackgroundTracebacks(logging.Filter):
   in one line (CheckpointError)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and
+    return not (record.levelno >= logging.ERROR and record.exc_info and
                 'orbax' in (record.pathname or ''))
 
 
