@@ -417,7 +417,8 @@ class Checkpointer:
       logging.info('Checkpoint step %d already exists; not saving it again.',
                    step)
       return False
-    self.wait()  # orbax waits for it anyway; its error names its own step
+    if self._pending is not None and (force or self._ckptr.should_save(step)):
+      self.wait()  # orbax would wait for it too; its error names its step
     state = jax.tree.map(_numpy_scalars_as_arrays, state)
     try:
       response = self._ckptr.save_async(step, state, force=force,
