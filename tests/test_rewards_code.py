@@ -51,17 +51,31 @@ def _unsandboxed_stdout(program: str) -> str:
 
 
 def _sandbox_processes() -> list[int]:
-  """Sandboxed runs still alive (the idle warm workers do not count)."""
+  """Sandboxed runs of this process still alive: processes running
+  _sandbox_boot.py below this one, its idle warm workers excepted (sandboxes
+  of other processes on the machine, e.g. another test run, are not ours)."""
   workers = set(code_sandbox.worker_pids())
-  pids = []
-  for pid in filter(str.isdigit, os.listdir('/proc')):
+  boot, parent = set(), {}
+  for pid in map(int, filter(str.isdigit, os.listdir('/proc'))):
     try:
       with open(f'/proc/{pid}/cmdline', 'rb') as f:
-        if b'_sandbox_boot.py' in f.read() and int(pid) not in workers:
-          pids.append(int(pid))
-    except OSError:
+        if b'_sandbox_boot.py' in f.read():
+          boot.add(pid)
+      with open(f'/proc/{pid}/stat') as f:
+        parent[pid] = int(f.read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
       pass
-  return pids
+
+  def ours(pid: int) -> bool:
+    for _ in range(64):
+      pid = parent.get(pid, 0)
+      if pid == os.getpid():
+        return True
+      if pid <= 1:
+        return False
+    return False
+
+  return sorted(p for p in boot - workers if ours(p))
 
 
 # ----------------------------------------------------------------------------
