@@ -313,17 +313,19 @@ def test_a_stalled_worker_is_killed_and_replaced(monkeypatch):
 
 
 def test_workers_exit_with_their_parent(tmp_path):
+  """A SIGKILLed caller cannot stop its workers: they exit by themselves
+  within seconds, and a later pool removes the empty directories they leave."""
   script = textwrap.dedent("""
-      import os
+      import os, signal
       from r1jax.rewards import sandbox, sandbox_pool
       sandbox.run_in_sandbox('pass')
-      print(sandbox_pool.worker_pids()[0], flush=True)
-      os._exit(0)  # no clean shutdown
+      print(os.getpid(), sandbox_pool.worker_pids()[0], flush=True)
+      os.kill(os.getpid(), signal.SIGKILL)  # no clean shutdown
   """)
-  out = subprocess.run([sys.executable, '-c', script], cwd=REPO,
-                       capture_output=True, text=True, timeout=120,
-                       check=True).stdout
-  pid = int(out.split()[-1])
+  proc = subprocess.run([sys.executable, '-c', script], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  caller, pid = map(int, proc.stdout.split()[-2:])
   deadline = time.monotonic() + 10
   while time.monotonic() < deadline:
     try:
@@ -334,6 +336,27 @@ def test_workers_exit_with_their_parent(tmp_path):
   else:
     os.kill(pid, signal.SIGKILL)
     pytest.fail(f'worker {pid} outlived its parent')
+  tmp = pathlib.Path(sandbox_pool.tempfile.gettempdir())
+  left = list(tmp.glob(f'{sandbox_pool.DIR_PREFIX}{caller}_*'))
+  assert len(left) == 1 and not any(left[0].iterdir())
+  sandbox_pool.sweep_orphaned_dirs()
+  assert not left[0].exists()
+
+
+def test_the_sweep_removes_only_empty_dirs_of_dead_processes(tmp_path):
+  gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+  gone.wait()
+  prefix = sandbox_pool.DIR_PREFIX
+  empty_dead = tmp_path / f'{prefix}{gone.pid}_a'
+  full_dead = tmp_path / f'{prefix}{gone.pid}_b'
+  empty_alive = tmp_path / f'{prefix}{os.getpid()}_c'
+  other = tmp_path / 'r1jax_sandbox_cold'
+  for d in (empty_dead, full_dead, empty_alive, other):
+    d.mkdir()
+  (full_dead / 'f').write_text('x')
+  assert sandbox_pool.sweep_orphaned_dirs(str(tmp_path)) == 1
+  assert not empty_dead.exists()
+  assert full_dead.exists() and empty_alive.exists() and other.exists()
 
 
 def test_many_completions_in_parallel():

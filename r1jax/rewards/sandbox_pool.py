@@ -38,6 +38,8 @@ from typing import Any
 
 BOOT = pathlib.Path(__file__).with_name('_sandbox_boot.py')
 START_TIMEOUT_S = 60.0  # a worker's start-up, on a loaded machine
+# A worker's directory: <tmp>/r1jax_sandbox_w<pid of the process it serves>_*
+DIR_PREFIX = 'r1jax_sandbox_w'
 
 
 def clean_env(workdir: str) -> dict[str, str]:
@@ -69,7 +71,7 @@ class _Worker:
   """One `_sandbox_boot.py --serve` process and its working directory."""
 
   def __init__(self, isolate: bool):
-    self.root = tempfile.mkdtemp(prefix='r1jax_sandbox_')
+    self.root = tempfile.mkdtemp(prefix=f'{DIR_PREFIX}{os.getpid()}_')
     cfg = {'root': self.root, 'isolate': isolate}
     self.proc = subprocess.Popen(
         [sys.executable, '-I', '-S', str(BOOT), '--serve',
@@ -160,10 +162,48 @@ class _Worker:
     shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True
+  return True
+
+
+def sweep_orphaned_dirs(tmp: str | None = None) -> int:
+  """Removes the empty directories of workers whose process is gone.
+
+  A worker empties its directory after each run, but cannot remove it (as
+  root, everything outside it is read-only to the worker): when the process
+  it served dies without `shutdown_pools` (SIGKILL), the worker exits and its
+  empty directory stays. Returns how many were removed.
+  """
+  removed = 0
+  tmp = tmp or tempfile.gettempdir()
+  try:
+    entries = list(os.scandir(tmp))
+  except OSError:
+    return 0
+  for entry in entries:
+    if not entry.name.startswith(DIR_PREFIX):
+      continue
+    pid = entry.name[len(DIR_PREFIX):].split('_', 1)[0]
+    if pid.isdigit() and not _alive(int(pid)):
+      try:
+        os.rmdir(entry.path)  # empty ones only
+        removed += 1
+      except OSError:
+        pass
+  return removed
+
+
 class SandboxPool:
   """Workers of one isolation setting, started on demand and reused."""
 
   def __init__(self, isolate: bool):
+    sweep_orphaned_dirs()
     self.isolate = isolate
     self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
     self._lock = threading.Lock()
