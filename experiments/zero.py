@@ -113,6 +113,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # Scalar options of the estimator, e.g. {'scale': 'batch'} for grpo
   # (TRL's scale_rewards: 'group' | 'batch' | 'none').
   c.rl.advantage_options = ml_collections.ConfigDict()
+  # Several rewards: 'sum_then_norm' (the weighted sum, then rl.advantage)
+  # or 'norm_then_sum' (GDPO: each reward through rl.advantage in its
+  # group, the weighted sum divided by its batch std).
+  c.rl.multi_reward = 'sum_then_norm'
   c.rl.policy_loss = 'clipped_token'  # clipped_token | clipped_sequence | gspo | ...
   c.rl.aggregation = 'seq_mean_token_mean'  # | token_mean | seq_sum_norm
   c.rl.kl_estimator = 'k3'           # paper: k3, in the loss

@@ -223,6 +223,25 @@ def test_kl_in_reward_moves_the_penalty_into_the_advantages(
   assert np.abs(batch.adv - rl.compute_advantages(host.rewards, 4)).max() > 1e-3
 
 
+def test_gdpo_normalises_each_reward_in_its_group(base_dir, tmp_path,
+                                                   monkeypatch):
+  """rl.multi_reward='norm_then_sum': the advantages are GDPO's, from the
+  per-reward scores, not the estimator of the weighted total."""
+  seen = H.record_batches(monkeypatch)
+  c = H.grpo_config(base_dir, rl__multi_reward='norm_then_sum',
+                    eval__num_problems=0)
+  grpo.train_and_evaluate(c, str(tmp_path))
+  rows = H.read_rows(tmp_path)
+  assert all(np.isfinite(rows[s]['train/loss']) for s in (1, 2))
+  for host, batch in seen:
+    want = rl.multi_reward_advantages(
+        host.per_reward, c.rewards.weights.to_dict(), 4, 'grpo',
+        'norm_then_sum', eps=1e-6)
+    np.testing.assert_allclose(batch.adv, want, rtol=1e-5, atol=1e-6)
+    plain = rl.compute_advantages(host.rewards, 4)
+    assert np.abs(batch.adv - plain).max() > 1e-3
+
+
 def test_unknown_advantage_option_fails_naming_it(base_dir, tmp_path):
   c = H.grpo_config(base_dir)
   c.rl.advantage_options = {'scal': 'batch'}
@@ -243,6 +262,9 @@ def test_unknown_advantage_option_fails_naming_it(base_dir, tmp_path):
     (dict(rl__num_minibatches=3), 'config.rl.num_minibatches=3'),
     (dict(rl__kl_in_reward=True, rl__beta=0.0),
      'config.rl.kl_in_reward=True needs rl.beta > 0'),
+    (dict(rl__multi_reward='norm_then_sum', rl__advantage='remax'),
+     "config.rl.multi_reward='norm_then_sum' normalises each reward"),
+    (dict(rl__multi_reward='sum'), "config.rl.multi_reward='sum' must be"),
 ])
 def test_bad_config_fails_before_any_compile(base_dir, tmp_path, edit, needle):
   from r1jax.run import console

@@ -53,6 +53,7 @@ GSPO, CISPO, ...) in those strings, as GRPO configs.
 
 from r1jax.rl.advantages import ADVANTAGES
 from r1jax.rl.advantages import compute_advantages
+from r1jax.rl.advantages import MULTI_REWARD_NORMALIZE
 from r1jax.rl.advantages import multi_reward_advantages
 from r1jax.rl.aggregation import LOSS_AGGREGATIONS
 from r1jax.rl.entropy import high_entropy_mask
@@ -69,6 +70,7 @@ __all__ = [
     'KL_ESTIMATORS',
     'LOSS_AGGREGATIONS',
     'LossConfig',
+    'MULTI_REWARD_NORMALIZE',
     'POLICY_LOSSES',
     'PolicyLossOutput',
     'ROLLOUT_CORRECTIONS',

@@ -345,6 +345,10 @@ def multi_reward_advantages(
   sum is exactly 0 for group-baselined estimators and is not subtracted
   (TRL subtracts its float residue), so zero-spread groups stay 0.
 
+  The GRPO stage's switch is `rl.multi_reward`: 'norm_then_sum' calls this;
+  'sum_then_norm' there is the plain path (compute_rewards' weighted total,
+  then compute_advantages), the same as this one's.
+
   Args:
     rewards_by_name: reward name -> float [B] rewards, prompt-major (the
       `per_reward` dict of `r1jax.rewards.compute_rewards`).

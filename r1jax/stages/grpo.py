@@ -113,13 +113,13 @@ def validate_config(config: ml_collections.ConfigDict,
       raise errors.ConfigError(
           f'config.rl.loss_options.{name} is not a grpo_loss option the config '
           f'may set; known: {sorted(LOSS_OPTIONS)}')
-  if rc.advantage in rl.ADVANTAGES:
-    takes = rl.ADVANTAGES.options(rc.advantage)
-    for name in rc.advantage_options:
-      if name not in takes:
-        raise errors.ConfigError(
-            f'config.rl.advantage_options.{name}: the {rc.advantage!r} '
-            f'advantage takes no such option; it takes {list(takes)}')
+  takes = rl.ADVANTAGES.options(rc.advantage)
+  for name in rc.advantage_options:
+    if name not in takes:
+      raise errors.ConfigError(
+          f'config.rl.advantage_options.{name}: the {rc.advantage!r} '
+          f'advantage takes no such option; it takes {list(takes)}')
+  gdpo = rc.get('multi_reward', 'sum_then_norm') == 'norm_then_sum'
   checks.check(config, [
       ('rl.group_size', g >= 1, 'must be >= 1'),
       ('rl.group_size', not (g == 1 and rc.advantage in ('grpo', 'rloo')),
@@ -146,6 +146,16 @@ def validate_config(config: ml_collections.ConfigDict,
        'must be True or False'),
       ('rl.kl_in_reward', not rc.get('kl_in_reward', False) or rc.beta > 0,
        'needs rl.beta > 0, its coefficient'),
+      ('rl.multi_reward', rc.get('multi_reward', 'sum_then_norm') in
+       rl.MULTI_REWARD_NORMALIZE,
+       f'must be one of {rl.MULTI_REWARD_NORMALIZE}'),
+      ('rl.multi_reward', not gdpo or
+       'baseline_P' not in rl.ADVANTAGES.inputs(rc.advantage),
+       f'normalises each reward on its own; the {rc.advantage!r} advantage '
+       'needs one baseline of the total reward'),
+      ('rl.multi_reward', not gdpo or not rc.get('kl_in_reward', False),
+       'normalises each reward on its own: there is no total reward for '
+       'rl.kl_in_reward to penalise'),
       ('rl.ref_reset_every', rc.ref_reset_every >= 0, 'must be >= 0 (0: never)'),
       ('rl.max_sampling_rounds', rc.max_sampling_rounds >= 1, 'must be >= 1'),
       ('sampling.max_new_tokens', sc.max_new_tokens >= 2, 'must be >= 2'),

@@ -293,11 +293,27 @@ def advantages(rewards_B, lengths_B=None, baseline_P=None, *,
                                **dict(options))
 
 
+@functools.partial(jax.jit, static_argnames=('weights', 'group_size',
+                                             'estimator', 'eps', 'options'))
+def decoupled_advantages(per_reward, lengths_B=None, *, weights, group_size: int,
+                         estimator: str, eps: float,
+                         options: tuple[tuple[str, Any], ...] = ()):
+  """GDPO's advantages of per-reward rewards (name -> [B], global arrays):
+  each through `estimator` in its group, the sum weighted by `weights`
+  ((name, weight) pairs) over its batch std (`rl.multi_reward_advantages`
+  'norm_then_sum')."""
+  return rl.multi_reward_advantages(per_reward, dict(weights), group_size,
+                                    estimator, 'norm_then_sum', eps=eps,
+                                    lengths_B=lengths_B, **dict(options))
+
+
 def rollout_advantages(host: grpo_rollout.HostRollout, config, mesh,
                        rewards_B: jax.Array) -> jax.Array:
   """adv_B of this host's rollout (a global array): config.rl.advantage over
   its groups' `rewards_B` (the total rewards on the mesh; less the KL
-  penalty with rl.kl_in_reward), with the inputs the estimator declares."""
+  penalty with rl.kl_in_reward), with the inputs the estimator declares.
+  With rl.multi_reward = 'norm_then_sum' (GDPO) the estimator sees each
+  weighted reward of config.rewards.weights on its own instead."""
   rc = config.rl
   inputs = rl.ADVANTAGES.inputs(rc.advantage)
   put = lambda x: parallel.host_local_to_global(x, mesh)
@@ -306,10 +322,19 @@ def rollout_advantages(host: grpo_rollout.HostRollout, config, mesh,
     lengths_B = put(host.sample.lengths.astype(np.float32))
   if 'baseline_P' in inputs:
     baseline_P = put(host.baseline)
+  options = tuple(sorted(rc.advantage_options.to_dict().items()))
+  if rc.get('multi_reward', 'sum_then_norm') == 'norm_then_sum':
+    weights = config.rewards.weights.to_dict()
+    per_reward = {n: put(host.per_reward[n].astype(np.float32))
+                  for n in weights}
+    return decoupled_advantages(
+        per_reward, lengths_B, weights=tuple(sorted(weights.items())),
+        group_size=rc.group_size, estimator=rc.advantage, eps=float(rc.eps),
+        options=options)
   return advantages(
       rewards_B, lengths_B, baseline_P,
       group_size=rc.group_size, estimator=rc.advantage, eps=float(rc.eps),
-      options=tuple(sorted(rc.advantage_options.to_dict().items())))
+      options=options)
 
 
 _kl_penalized_rewards = jax.jit(rl.kl_penalized_rewards,
