@@ -38,6 +38,13 @@ the stage config; for the loss keys, also grpo_loss's keyword of that name):
                    'seq_sum_norm'         sum / (B * max_len), Dr. GRPO
   rl.kl_estimator  KL_ESTIMATORS (kl.py)
                    'k1' | 'k2' | 'k3' (default) | 'k1+' | 'k2+' | 'k3+'
+  rl.multi_reward  MULTI_REWARD_NORMALIZE (advantages.py)
+                   'sum_then_norm' (default) | 'norm_then_sum' (GDPO,
+                                       multi_reward_advantages)
+  rl.kl_in_reward  False | True: the KL in the reward (kl_penalized_rewards),
+                   not in the loss
+  rl.loss_options  LossConfig's other fields, e.g. rollout_correction
+                   ROLLOUT_CORRECTIONS (rollout_correction.py)
 
 The clip-based losses ('clipped_token', 'clipped_sequence', 'gspo',
 'gspo_token', 'clip_cov') also take `delta`, INTELLECT-2's two-sided clip;
