@@ -3,8 +3,8 @@
 Run by `sandbox` as `python -I -S _sandbox_boot.py CONFIG_HEX` (a
 marshalled dict of paths and limits) in a
 fresh process (its own session, a private working directory, a minimal
-environment), or as a warm worker (`--serve`, below) that does step 2 once
-and steps 3-5 in a child forked for each run. Standard library only. In
+environment), or imported by the warm worker (`_sandbox_serve.py`), which does
+step 2 once and steps 3-5 in a child forked for each run. Standard library only. In
 order, it
 
   1. reads the program, the test code and a one-time token (from an inherited
@@ -29,16 +29,13 @@ Audit hooks are not a security boundary against code written to attack this
 bootstrap (see `code_sandbox` for the honest list of limits).
 """
 
-import gc
 import marshal
 import os
-import select
 import sys
-import time
 import types
 
 
-def _unshare_and_remount(root: str) -> dict:
+def unshare_and_remount(root: str) -> dict:
   """Best-effort kernel isolation as root; returns what was achieved."""
   done = {'net': False, 'fs_readonly': False}
   if os.geteuid() != 0:
@@ -88,7 +85,7 @@ def _unshare_and_remount(root: str) -> dict:
   return done
 
 
-def _set_limits(limits: dict) -> None:
+def set_limits(limits: dict) -> None:
   import resource  # pylint: disable=g-import-not-at-top
   for name, value in (
       ('RLIMIT_AS', limits['memory_bytes']),
@@ -110,7 +107,7 @@ def _set_limits(limits: dict) -> None:
       pass
 
 
-def _make_audit_hook(root: str):
+def make_audit_hook(root: str):
   """The hook enforcing step 4 of the module docstring."""
   realpath = os.path.realpath
   fsdecode = os.fsdecode
@@ -185,7 +182,7 @@ def _make_audit_hook(root: str):
   return hook
 
 
-def _guard_open(orig_open):
+def guard_open(orig_open):
   """os.open without dir_fd, which would let relative paths escape."""
 
   def open_(path, flags, mode=0o777, *, dir_fd=None):
@@ -196,7 +193,7 @@ def _guard_open(orig_open):
   return open_
 
 
-def _lock_down(root: str, limits: dict, audit: bool) -> None:
+def lock_down(root: str, limits: dict, audit: bool) -> None:
   """Steps 3 and 4 (and the module patches) in this process, for good."""
   for name in [m for m in sys.modules if m == 'ctypes' or m.startswith(
       ('ctypes.', '_ctypes'))]:
@@ -212,16 +209,16 @@ def _lock_down(root: str, limits: dict, audit: bool) -> None:
   _posixsubprocess.fork_exec = refuse
   if hasattr(_signal, 'pidfd_send_signal'):  # `signal` re-exports _signal's
     _signal.pidfd_send_signal = refuse
-  safe_open = _guard_open(os.open)
+  safe_open = guard_open(os.open)
   os.open = safe_open
   sys.modules['posix'].open = safe_open
-  _set_limits(limits)
+  set_limits(limits)
   sys.dont_write_bytecode = True
   if audit:
-    sys.addaudithook(_make_audit_hook(root))
+    sys.addaudithook(make_audit_hook(root))
 
 
-def _run_user_code(program: str, test_code: str | None, token: bytes) -> None:
+def run_user_code(program: str, test_code: str | None, token: bytes) -> None:
   """Step 5: the program, then the tests and the token."""
   sys.argv = ['main.py']
   sys.path = [p for p in sys.path if p]  # never the working directory
@@ -260,254 +257,12 @@ def main() -> None:
   os.chdir(root)
 
   if cfg.get('isolate', True):
-    _unshare_and_remount(root)
+    unshare_and_remount(root)
     os.chdir(root)  # again: the working directory is now a mount of its own
-  _lock_down(root, cfg['limits'], cfg.get('audit', True))
+  lock_down(root, cfg['limits'], cfg.get('audit', True))
   del cfg
-  _run_user_code(program, test_code, token)
-
-
-# ----------------------------------------------------------------------------
-# The warm worker: `python -I -S _sandbox_boot.py --serve CONFIG_HEX`
-# ----------------------------------------------------------------------------
-#
-# Started once by `sandbox_pool` in a fresh session, with the minimal
-# environment and a private working directory ROOT. It isolates itself as
-# root (network and mount namespaces, everything but ROOT read-only: step 2,
-# once), imports the standard modules programs commonly use, and then serves
-# runs one at a time over its stdin/stdout pipes (8-byte length + marshal):
-#
-#   request  {program, test_code, stdin (bytes), token, limits, audit,
-#             timeout_s, stdout_tail, max_output}
-#   replies  {pid}, then {returncode, timed_out, seconds, stdout, stdout_size,
-#             stderr, clean}
-#
-# For each run it forks a child, which starts a session of its own, takes
-# stdin/stdout/stderr files in ROOT as fds 0-2, closes every other fd (the
-# pipes to the trainer), locks itself down (steps 3-4) and runs the user's
-# code (step 5). The worker kills the child's group (SIGKILL) at the time
-# limit, reads the outputs through its own descriptors (the child cannot
-# swap them), and empties ROOT; it exits when ROOT cannot be emptied, when
-# its stdin closes, or when its parent goes away.
-
-# What the lock-down imports (extension modules: a few ms each if every run
-# loaded them again), then what programs commonly import.
-_PRELOAD = ('_posixsubprocess', '_signal', 'resource',
-            're', 'math', 'cmath', 'collections', 'collections.abc',
-            'itertools', 'functools', 'heapq', 'bisect', 'string',
-            'operator', 'copy', 'typing', 'random', 'decimal', 'fractions',
-            'statistics', 'datetime', 'traceback', 'shutil')
-_STDERR_TAIL = 1 << 16
-# Run once by the worker, so that what every run would otherwise initialise
-# for itself (the compiler's first use alone: ~2 ms) is done before the fork.
-_WARM_UP = """
-def _f(xs):
-  return sorted({x: f'{x:>3}' for x in xs if x % 2}.items())
-class _C:
-  def __init__(self, v):
-    self.v = [v] * 2
-assert _f([1, 2, 3]) == [(1, '  1'), (3, '  3')] and _C(1).v == [1, 1]
-try:
-  raise AssertionError('warm-up')
-except AssertionError as e:
-  _tb = ''.join(traceback.format_exception(e))
-"""
-
-
-def _read_exact(fd: int, n: int) -> bytes | None:
-  chunks, got = [], 0
-  while got < n:
-    chunk = os.read(fd, n - got)
-    if not chunk:
-      return None
-    chunks.append(chunk)
-    got += len(chunk)
-  return b''.join(chunks)
-
-
-def _send(fd: int, obj) -> None:
-  data = marshal.dumps(obj)
-  view = memoryview(len(data).to_bytes(8, 'little') + data)
-  while view:
-    view = view[os.write(fd, view):]
-
-
-def _exit_code(e: SystemExit) -> int:
-  """What the interpreter would exit with for `raise SystemExit(code)`."""
-  if e.code is None:
-    return 0
-  if isinstance(e.code, int):
-    return e.code & 0xff
-  try:
-    sys.stderr.write(f'{e.code}\n')
-  except Exception:  # pylint: disable=broad-except
-    pass
-  return 1
-
-
-def _flush_std() -> None:
-  for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-    try:
-      stream.flush()
-    except Exception:  # pylint: disable=broad-except
-      pass
-
-
-def _child(root: str, req: dict, fds: tuple[int, int, int]) -> None:
-  """The forked run: never returns."""
-  code = 126
-  try:
-    os.setsid()
-    for fd, std in zip(fds, (0, 1, 2)):
-      os.dup2(fd, std)
-    os.closerange(3, 1 << 20)
-    if 'random' in sys.modules:  # not the worker's (shared) random state
-      sys.modules['random'].seed()
-    _lock_down(root, req['limits'], req['audit'])
-    program = req['program'].decode('utf-8', errors='replace')
-    test_code = req['test_code']
-    if test_code is not None:
-      test_code = test_code.decode('utf-8', errors='replace')
-    token = req['token']
-    del req
-    try:
-      _run_user_code(program, test_code, token)
-      code = 0
-    except SystemExit as e:
-      code = _exit_code(e)
-    except BaseException as e:  # pylint: disable=broad-except
-      code = 1
-      try:
-        # preloaded by `serve`; printed as the interpreter would
-        sys.modules['traceback'].print_exception(e, file=sys.__stderr__)
-      except BaseException:  # pylint: disable=broad-except
-        os.write(2, f'\n{type(e).__name__}\n'.encode())
-    _flush_std()
-  finally:
-    os._exit(code)
-
-
-def _wait_and_kill(pid: int, timeout_s: float) -> tuple[int, bool]:
-  """(exit status as a returncode, timed out) of child `pid`, whose whole
-  group is SIGKILLed at `timeout_s` and in any case before it is reaped."""
-  deadline = time.monotonic() + timeout_s
-  timed_out = False
-  pidfd = os.pidfd_open(pid)
-  try:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    while True:
-      remaining = deadline - time.monotonic()
-      if remaining <= 0:
-        timed_out = True
-        break
-      if poller.poll(remaining * 1000):
-        break
-  finally:
-    os.close(pidfd)
-  for kill in (os.killpg, os.kill):
-    try:
-      kill(pid, 9)
-    except OSError:
-      pass
-  _, status = os.waitpid(pid, 0)
-  return os.waitstatus_to_exitcode(status), timed_out
-
-
-def _empty(root: str) -> bool:
-  """Removes everything in `root`; whether it is empty now."""
-  shutil = sys.modules['shutil']  # preloaded by `serve`
-  try:
-    with os.scandir(root) as entries:
-      for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-          shutil.rmtree(entry.path)
-        else:
-          os.unlink(entry.path)
-    return not os.listdir(root)
-  except OSError:
-    return False
-
-
-def _job(root: str, req: dict) -> dict:
-  flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
-  fds = tuple(os.open(os.path.join(root, name), flags, 0o600)
-              for name in ('stdin.txt', 'stdout.txt', 'stderr.txt'))
-  try:
-    stdin = memoryview(req['stdin'])
-    while stdin:
-      stdin = stdin[os.write(fds[0], stdin):]
-    os.lseek(fds[0], 0, os.SEEK_SET)
-    t0 = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-      _child(root, req, fds)
-    _send(1, {'pid': pid})
-    returncode, timed_out = _wait_and_kill(pid, req['timeout_s'])
-    seconds = time.monotonic() - t0
-    size = os.fstat(fds[1]).st_size
-    if req['stdout_tail']:
-      n = min(size, req['stdout_tail'])
-      stdout = os.pread(fds[1], n, size - n)
-    else:
-      stdout = os.pread(fds[1], min(size, req['max_output']), 0)
-    err_size = os.fstat(fds[2]).st_size
-    n = min(err_size, _STDERR_TAIL)
-    stderr = os.pread(fds[2], n, err_size - n)
-  finally:
-    for fd in fds:
-      os.close(fd)
-  return {'returncode': returncode, 'timed_out': timed_out,
-          'seconds': seconds, 'stdout': stdout, 'stdout_size': size,
-          'stderr': stderr, 'clean': _empty(root)}
-
-
-def serve() -> None:
-  """The warm worker's loop (see above)."""
-  cfg = marshal.loads(bytes.fromhex(sys.argv[2]))
-  root = os.path.realpath(cfg['root'])
-  os.chdir(root)
-  isolation = {'net': False, 'fs_readonly': False}
-  if cfg.get('isolate', True):
-    isolation = _unshare_and_remount(root)
-    os.chdir(root)
-  for name in [m for m in sys.modules if m == 'ctypes' or m.startswith(
-      ('ctypes.', '_ctypes'))]:
-    del sys.modules[name]
-  sys.path = [p for p in sys.path if p]
-  for name in _PRELOAD:
-    try:
-      __import__(name)
-    except ImportError:
-      pass
-  # pylint: disable-next=exec-used
-  exec(compile(_WARM_UP, 'warm_up.py', 'exec'),
-       {'traceback': sys.modules['traceback']})
-  gc.collect()
-  gc.freeze()  # the runs' collections skip (and do not copy) these objects
-  parent = os.getppid()
-  _send(1, {'ready': True, 'pid': os.getpid(), 'isolation': isolation})
-  poller = select.poll()
-  poller.register(0, select.POLLIN)
-  while True:
-    if not poller.poll(2000):
-      if os.getppid() != parent:
-        return
-      continue
-    header = _read_exact(0, 8)
-    if header is None:
-      return
-    req = _read_exact(0, int.from_bytes(header, 'little'))
-    if req is None:
-      return
-    reply = _job(root, marshal.loads(req))
-    _send(1, reply)
-    if not reply['clean']:
-      return
+  run_user_code(program, test_code, token)
 
 
 if __name__ == '__main__':
-  if sys.argv[1:2] == ['--serve']:
-    serve()
-  else:
-    main()
+  main()

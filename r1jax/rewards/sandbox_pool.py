@@ -2,7 +2,7 @@
 
 A cold sandboxed run starts `python -I -S _sandbox_boot.py` (tens of ms of
 interpreter start-up, imports and, as root, namespace set-up) for a program
-that often runs in a millisecond. A worker (`_sandbox_boot.py --serve`) pays
+that often runs in a millisecond. A worker (`_sandbox_serve.py`) pays
 that once: started in a fresh session with the minimal environment and a
 private working directory, it isolates itself (as root: its own network and
 mount namespaces, every filesystem but that directory read-only), imports the
@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Any
 
-BOOT = pathlib.Path(__file__).with_name('_sandbox_boot.py')
+BOOT = pathlib.Path(__file__).with_name('_sandbox_serve.py')
 START_TIMEOUT_S = 60.0  # a worker's start-up, on a loaded machine
 # A worker's directory: <tmp>/r1jax_sandbox_w<pid of the process it serves>_*
 DIR_PREFIX = 'r1jax_sandbox_w'
@@ -68,13 +68,13 @@ class WorkerError(RuntimeError):
 
 
 class _Worker:
-  """One `_sandbox_boot.py --serve` process and its working directory."""
+  """One `_sandbox_serve.py` process and its working directory."""
 
   def __init__(self, isolate: bool):
     self.root = tempfile.mkdtemp(prefix=f'{DIR_PREFIX}{os.getpid()}_')
     cfg = {'root': self.root, 'isolate': isolate}
     self.proc = subprocess.Popen(
-        [sys.executable, '-I', '-S', str(BOOT), '--serve',
+        [sys.executable, '-I', '-S', str(BOOT),
          marshal.dumps(cfg).hex()],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, cwd=self.root, env=clean_env(self.root),
@@ -239,7 +239,7 @@ class SandboxPool:
       self._idle.put(w)
 
   def run(self, request: dict[str, Any], guard_s: float) -> dict[str, Any]:
-    """One sandboxed run (see `_sandbox_boot.serve` for the request and the
+    """One sandboxed run (see `_sandbox_serve.serve` for the request and the
     reply); raises WorkerError when the worker failed during the run (it is
     replaced). A worker found dead before the run starts is replaced and
     the run goes to the next one (unless that was a new worker)."""
