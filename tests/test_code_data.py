@@ -14,6 +14,8 @@ from r1jax.data import builders
 from r1jax.data import templates
 from r1jax.data.builders import load_dataset
 
+import data_helpers
+
 
 @pytest.fixture
 def code_data(shared_data):
@@ -26,12 +28,6 @@ def code_data(shared_data):
 @pytest.fixture(scope='module')
 def tfds_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('tfds')
-
-
-def _write_jsonl(path: pathlib.Path, rows) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(''.join(
-      (r if isinstance(r, str) else json.dumps(r)) + '\n' for r in rows))
 
 
 def _mbpp_row(task_id: int, **kw) -> dict:
@@ -58,8 +54,8 @@ _HUMANEVAL = {
 def _small_code_dir(root: pathlib.Path) -> pathlib.Path:
   rows = [_mbpp_row(i) for i in (1, 2, 11, 12, 511, 601, 602)]
   rows[3]['test_setup_code'] = 'OFFSET = 0'
-  _write_jsonl(root / 'code/mbpp.jsonl', rows)
-  _write_jsonl(root / 'code/humaneval.jsonl', [_HUMANEVAL])
+  data_helpers.write_jsonl(root / 'code/mbpp.jsonl', rows)
+  data_helpers.write_jsonl(root / 'code/humaneval.jsonl', [_HUMANEVAL])
   return root
 
 
@@ -144,13 +140,9 @@ def test_called_function():
 ])
 def test_malformed_line_names_file_and_line(tmp_path, name, relpath, rows,
                                             lineno, what):
-  raw = _small_code_dir(tmp_path / 'raw')
-  _write_jsonl(raw / relpath, rows)
-  with pytest.raises(builders.DataFormatError) as info:
-    load_dataset(name, 'test', tmp_path / 'tfds', raw)
-  message = str(info.value)
-  assert f'{raw / relpath}:{lineno}:' in message
-  assert what in message
+  data_helpers.assert_malformed_line_named(
+      _small_code_dir(tmp_path / 'raw'), tmp_path / 'tfds', name, relpath, rows, lineno,
+      what)
 
 
 def test_missing_local_file_is_named(tmp_path):
@@ -200,7 +192,7 @@ def test_known_records(code_data, tfds_dir):
 
 def test_a_split_with_no_task_is_named(tmp_path):
   raw = _small_code_dir(tmp_path / 'raw')
-  _write_jsonl(raw / 'code/mbpp.jsonl', [_mbpp_row(11), _mbpp_row(601)])
+  data_helpers.write_jsonl(raw / 'code/mbpp.jsonl', [_mbpp_row(11), _mbpp_row(601)])
   with pytest.raises(builders.DataFormatError,
                      match=r"no task with task_id in 1\.\.10 .*'prompt'"):
     load_dataset('mbpp', 'test', tmp_path / 'tfds', raw)

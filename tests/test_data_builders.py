@@ -13,6 +13,8 @@ import tensorflow_datasets as tfds
 from r1jax.data import builders
 from r1jax.data.builders import load_dataset
 
+import data_helpers
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -34,15 +36,9 @@ def _read_all(name, split, tfds_dir, local_dir) -> list[dict]:
   return _READ[key]
 
 
-def _write_jsonl(path: pathlib.Path, rows) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(''.join(
-      (r if isinstance(r, str) else json.dumps(r)) + '\n' for r in rows))
-
-
 def _small_raw_dir(root: pathlib.Path) -> pathlib.Path:
   """A tiny copy of every raw file, in the ../shared/data layout."""
-  _write_jsonl(root / 'gsm8k/train.jsonl', [
+  data_helpers.write_jsonl(root / 'gsm8k/train.jsonl', [
       {'question': 'Ann has 2 apples and buys 3. How many?',
        'answer': 'She has 2+3=<<2+3=5>>5.\n#### 5'},
       '',  # blank lines are skipped
@@ -50,7 +46,7 @@ def _small_raw_dir(root: pathlib.Path) -> pathlib.Path:
        'answer': '1200+34=<<1200+34=1234>>1234\n#### 1,234'},
       {'question': 'Owe 7, pay 10. Change?', 'answer': '10-7=3\n#### -3'},
   ])
-  _write_jsonl(root / 'gsm8k/test.jsonl', [
+  data_helpers.write_jsonl(root / 'gsm8k/test.jsonl', [
       {'question': 'What is 4 times 5?', 'answer': '4*5=20\n#### 20'}])
   math5000 = [
       {'problem': 'Compute $1/2+0$.', 'level': 'Level 1', 'type': 'Algebra',
@@ -62,8 +58,8 @@ def _small_raw_dir(root: pathlib.Path) -> pathlib.Path:
       {'problem': 'Evaluate $2^3$.', 'level': 'Level 1',
        'type': 'Prealgebra', 'solution': '$2^3=\\boxed{8}$'},
   ]
-  _write_jsonl(root / 'math/test5000.jsonl', math5000)
-  _write_jsonl(root / 'math/math500.jsonl', [
+  data_helpers.write_jsonl(root / 'math/test5000.jsonl', math5000)
+  data_helpers.write_jsonl(root / 'math/math500.jsonl', [
       {'problem': 'Find the set.', 'solution': 'We get $\\boxed{\\{1, 2\\}}$.',
        'answer': '\\{1, 2\\}', 'subject': 'Counting', 'level': 5,
        'unique_id': 'test/counting/1.json'},
@@ -71,10 +67,10 @@ def _small_raw_dir(root: pathlib.Path) -> pathlib.Path:
        'answer': '8', 'subject': 'Prealgebra', 'level': 1,
        'unique_id': 'test/prealgebra/2.json'},
   ])
-  _write_jsonl(root / 'competition/aime24.jsonl', [
+  data_helpers.write_jsonl(root / 'competition/aime24.jsonl', [
       {'id': 60, 'problem': 'P1', 'solution': 'S1', 'answer': '025'},
       {'id': 61, 'problem': 'P2', 'solution': 'S2', 'answer': '204'}])
-  _write_jsonl(root / 'competition/amc23.jsonl', [
+  data_helpers.write_jsonl(root / 'competition/amc23.jsonl', [
       {'id': 0, 'problem': 'Q1', 'answer': 27.0},
       {'id': 1, 'question': 'Q2', 'answer': 2.5}])
   return root
@@ -202,7 +198,7 @@ def test_env_var_names_the_local_dir_and_rebuild(tmp_path, monkeypatch):
   raw = _small_raw_dir(tmp_path / 'raw')
   monkeypatch.setenv(builders.DATA_DIR_ENV, str(raw))
   assert len(load_dataset('amc23', data_dir=tmp_path / 'tfds')) == 2
-  _write_jsonl(raw / 'competition/amc23.jsonl', [{'problem': 'Q', 'answer': 1}])
+  data_helpers.write_jsonl(raw / 'competition/amc23.jsonl', [{'problem': 'Q', 'answer': 1}])
   # Prepared data is reused until a rebuild is asked for.
   assert len(load_dataset('amc23', data_dir=tmp_path / 'tfds')) == 2
   rebuilt = load_dataset('amc23', data_dir=tmp_path / 'tfds', rebuild=True)
@@ -229,13 +225,9 @@ def test_env_var_names_the_local_dir_and_rebuild(tmp_path, monkeypatch):
 ])
 def test_malformed_line_names_file_and_line(tmp_path, name, relpath, rows,
                                             lineno, what):
-  raw = _small_raw_dir(tmp_path / 'raw')
-  _write_jsonl(raw / relpath, rows)
-  with pytest.raises(builders.DataFormatError) as info:
-    load_dataset(name, 'test', tmp_path / 'tfds', raw)
-  message = str(info.value)
-  assert f'{raw / relpath}:{lineno}:' in message
-  assert what in message
+  data_helpers.assert_malformed_line_named(
+      _small_raw_dir(tmp_path / 'raw'), tmp_path / 'tfds', name, relpath, rows, lineno,
+      what)
 
 
 def test_missing_local_file_is_named(tmp_path):

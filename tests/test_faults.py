@@ -8,10 +8,9 @@
   a save fails (disk full)                     test_failed_save_*
   killed during the HF export                  test_kill_during_export_*
   killed at a step after a checkpoint          test_sigkill_mid_run_*
-  killed while writing a file / a directory    test_kill_during_an_atomic_write
-  math-verify worker killed mid-batch          test_math_verify_worker_killed_*
-  a reward that raises                         test_a_raising_reward_*
   bad data / split / memory budget             test_data_and_memory_errors_*
+
+Killed writes and reward faults: tests/test_faults_processes.py.
 
 The run is a tiny SFT run (8 steps, checkpoints at 4 and 8), made once
 uninterrupted (`straight`); a faulty run is compared with it.
@@ -25,23 +24,17 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
-from r1jax import atomic
 from r1jax import checkpoint as ckpt_lib
 from r1jax import errors
 from r1jax import memory
 from r1jax import metrics as metrics_lib
-from r1jax import rewards
 from r1jax import train
-from r1jax.rewards import math_verify_pool
-from r1jax.rewards.registry import REWARDS, score_each
 from r1jax.run import records
 from r1jax.run import train_state
 from r1jax.stages import sft
@@ -331,11 +324,17 @@ _KILL_IN_EXPORT = textwrap.dedent('''
 ''')
 
 
-def _env():
-  return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS='--xla_force_host_platform_device_count=8',
-              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+def _run_until_killed(template: str, script: pathlib.Path, work) -> None:
+  """Runs `template` (a script that kills itself) on `work` in a fresh
+  interpreter; asserts that it died of SIGKILL."""
+  script.write_text(template.format(repo=str(REPO), tests=str(REPO / 'tests')))
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  proc = subprocess.run([sys.executable, str(script), str(work)], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
 def test_kill_during_export_keeps_the_old_export_and_a_restart_redoes_it(
@@ -344,12 +343,7 @@ def test_kill_during_export_keeps_the_old_export_and_a_restart_redoes_it(
   # killed in the middle of writing the export.
   work = _copy(straight, tmp_path / 'run', drop=('done.json',))
   old = _files(work / 'hf')
-  script = tmp_path / 'kill_in_export.py'
-  script.write_text(_KILL_IN_EXPORT.format(repo=str(REPO),
-                                           tests=str(REPO / 'tests')))
-  proc = subprocess.run([sys.executable, str(script), str(work)], env=_env(),
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  _run_until_killed(_KILL_IN_EXPORT, tmp_path / 'kill_in_export.py', work)
   assert _files(work / 'hf') == old  # the old export, whole
   assert [p.name.split('.tmp-')[0] for p in work.glob('hf.tmp-*')] == ['hf']
   assert not (work / 'done.json').exists()
@@ -389,153 +383,12 @@ _KILL_AT_STEP = textwrap.dedent('''
 def test_sigkill_mid_run_resumes_to_the_same_metrics(straight, tmp_path,
                                                      capsys):
   work = tmp_path / 'run'
-  script = tmp_path / 'kill_at_step.py'
-  script.write_text(_KILL_AT_STEP.format(repo=str(REPO),
-                                         tests=str(REPO / 'tests')))
-  proc = subprocess.run([sys.executable, str(script), str(work)], env=_env(),
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  _run_until_killed(_KILL_AT_STEP, tmp_path / 'kill_at_step.py', work)
   assert max(_rows(work)) == 6 and _steps(work) == [4]
   capsys.readouterr()
   sft.train_and_evaluate(sft_config(), str(work))
   assert 'resumed from step 4' in capsys.readouterr().out
   _assert_same_run(straight, work)
-
-
-_KILL_IN_WRITE = textwrap.dedent('''
-    import os, signal, sys
-    sys.path.insert(0, {repo!r})
-    from r1jax import atomic
-    point, path = sys.argv[1], sys.argv[2]
-    rename = os.rename
-    die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
-    if point == 'file, before the rename':
-      os.replace = die
-      atomic.write_text(path, 'new')
-    elif point == 'directory, while writing':
-      with atomic.replaced_dir(path) as d:
-        (d / 'config.json').write_text('new')
-        die()
-    elif point == 'directory, between the renames':
-      def rename_then_die(a, b):
-        rename(a, b)
-        die()  # the old one moved aside, the new one not yet in place
-      os.rename = rename_then_die
-      with atomic.replaced_dir(path) as d:
-        (d / 'config.json').write_text('new')
-''')
-
-
-@pytest.mark.parametrize('point', ['file, before the rename',
-                                   'directory, while writing',
-                                   'directory, between the renames'])
-def test_kill_during_an_atomic_write(tmp_path, point):
-  """run_config.json, done.json, the rejection stage's files and the
-  tokenizer are written with atomic.write_text; the HF export (and the
-  cached tiny base it is) with atomic.replaced_dir."""
-  is_dir = point.startswith('directory')
-  path = tmp_path / ('hf' if is_dir else 'done.json')
-  if is_dir:
-    path.mkdir()
-    (path / 'config.json').write_text('old')
-    (path / 'README.md').write_text('a file the user put there')
-  else:
-    path.write_text('old')
-  script = tmp_path / 'kill_in_write.py'
-  script.write_text(_KILL_IN_WRITE.format(repo=str(REPO)))
-  proc = subprocess.run([sys.executable, str(script), point, str(path)],
-                        capture_output=True, text=True, timeout=60)
-  assert proc.returncode == -signal.SIGKILL, proc.stderr
-  if is_dir:
-    atomic.recover(path)  # what the next export does first
-    assert _files(path) == {'config.json': b'old',
-                            'README.md': b'a file the user put there'}
-    with atomic.replaced_dir(path) as d:
-      (d / 'config.json').write_text('new')
-    assert _files(path) == {'config.json': b'new',
-                            'README.md': b'a file the user put there'}
-  else:
-    assert path.read_text() == 'old'
-    atomic.write_text(path, 'new')
-    assert path.read_text() == 'new'
-  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-      [path.name, script.name])
-
-
-# ================================================= rewards
-
-
-def test_math_verify_worker_killed_mid_batch_scores_its_item_zero(tmp_path):
-  """A worker killed (SIGKILL) while it checks an item: that item scores 0
-  and counts in reward/math/crashes, the others are checked, and the pool
-  starts a new worker."""
-  pairs = [('\\sqrt{8}', '2\\sqrt{2}'), ('2^{3}', '8'), ('x+x', '2x'),
-           ('4\\sqrt{2}', '\\sqrt{32}')]
-  completions = [f'<answer>{p}</answer>' for p, _ in pairs]
-  examples = [{'answer': g} for _, g in pairs]
-  options = {'math': {'num_workers': 2, 'timeout_s': 60}}
-  math_verify_pool.shutdown_pool()
-  pool = math_verify_pool.get_pool(2, 60)
-  try:
-    deadline = time.monotonic() + 120
-    while not (len(pool._workers) == 2 and
-               all(w.ready for w in pool._workers)):
-      assert time.monotonic() < deadline, 'workers did not start'
-      _, _, m = rewards.compute_rewards(completions[:1], examples[:1],
-                                        {'math': 1.0}, options)
-      assert m['reward/math'] == 1.0  # math-verify says these are right
-    # Stopped, both workers take an item and hold it; one is then killed.
-    for w in pool._workers:
-      os.kill(w.proc.pid, signal.SIGSTOP)
-    pids = {w.proc.pid for w in pool._workers}
-    out = {}
-    scorer = threading.Thread(target=lambda: out.update(result=(
-        rewards.compute_rewards(completions, examples, {'math': 1.0},
-                                options))))
-    scorer.start()
-    while not all(w.task for w in pool._workers):
-      assert time.monotonic() < deadline
-      time.sleep(0.01)
-    victim = pool._workers[0]
-    killed_item = victim.task[0]
-    os.kill(victim.proc.pid, signal.SIGKILL)
-    for w in pool._workers[1:]:
-      os.kill(w.proc.pid, signal.SIGCONT)
-    scorer.join(120)
-    assert not scorer.is_alive()
-    _, per, metrics = out['result']
-    want = [1.0] * len(pairs)
-    want[killed_item] = 0.0
-    assert per['math'].tolist() == want
-    assert metrics['reward/math/crashes'] == 1
-    assert metrics['reward/math/timeouts'] == 0
-    # The pool goes on with a fresh worker.
-    assert len(pool._workers) == 2 and {w.proc.pid for w in pool._workers
-                                        } != pids
-    ok, stats = pool.verify(pairs)
-    assert ok == [True] * len(pairs) and stats.crashes == 0
-  finally:
-    math_verify_pool.shutdown_pool()
-
-
-_RAISES = 'test_faults_raises'
-if _RAISES not in REWARDS:
-  def _raises(completions, examples, metrics=None):
-    def one(i):
-      if 'boom' in completions[i]:
-        raise RuntimeError('a bug in the reward')
-      return 1.0
-    return score_each(one, len(completions), reward=_RAISES, metrics=metrics)
-  REWARDS.add(_RAISES, _raises, inputs=('metrics',))
-
-
-def test_a_raising_reward_is_counted_and_scores_zero():
-  completions = ['<think>a</think><answer>1</answer>', 'boom', 'fine', 'boom']
-  total, per, metrics = rewards.compute_rewards(
-      completions, [{'answer': '1'}] * 4, {_RAISES: 1.0, 'format': 0.5})
-  assert per[_RAISES].tolist() == [1.0, 0.0, 1.0, 0.0]
-  assert metrics[f'reward/{_RAISES}/errors'] == 2
-  assert np.isfinite(total).all() and total[0] == 1.5
 
 
 # ================================================= errors in one line
