@@ -44,136 +44,14 @@ import pathlib
 import tempfile
 import time
 
-import jax
-import ml_collections
 import numpy as np
 
 import bench_common
-from r1jax import parallel
-from r1jax import rl
-from r1jax.model import functional as fn
-from r1jax.model import hf
-from r1jax.sampling import Sampler
-from r1jax.run import console
-from r1jax.run import train_state
-from r1jax.stages import grpo_rollout
-from r1jax.stages import grpo_update
 
 TRL_INSTALL = ('pip install torch==2.13.0 transformers==5.25.0 trl==1.16.0 '
                '(into the venv; they are not r1jax dependencies)')
-TEMPLATE = 'r1_zero_short'
-REWARD_WEIGHTS = {'arithmetic': 1.0, 'format': 0.5}
-
-
-# ==================================================================== setup
-
-
-def write_model(args, out: pathlib.Path):
-  """A random tiny Qwen2 + a BPE tokenizer as an HF directory."""
-  from r1jax.data import corpus  # pylint: disable=g-import-not-at-top
-  from r1jax.tokenizer import train_bpe  # pylint: disable=g-import-not-at-top
-  texts = corpus.tokenizer_training_texts(
-      corpus.CorpusConfig(r1_template=TEMPLATE), n_docs=300, seed=0)
-  tok = train_bpe(texts, args.vocab, config={
-      'eos_token': '<|endoftext|>', 'pad_token': '<|pad|>',
-      'chat_format': 'plain'})
-  cfg = bench_common.bench_model_config(
-      hidden=args.hidden, layers=args.layers, vocab=args.vocab,
-      heads=args.heads, kv_heads=args.kv_heads,
-      intermediate=args.intermediate)
-  _, params = fn.init(cfg, seed=0)
-  hf.save_pretrained(out, cfg, params, tokenizer=tok)
-  return out
-
-
-def problems(args) -> list[dict]:
-  from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  return synthetic.generate('arithmetic', args.prompts, seed=0, split='train',
-                            num_operands=(2, 4), max_digits=1, operators='+-')
-
-
-def loss_config(args) -> rl.LossConfig:
-  return rl.LossConfig(policy_loss='clipped_token',
-                       aggregation='seq_mean_token_mean', kl_estimator='k3',
-                       beta=args.beta, epsilon_low=0.2, epsilon_high=0.2)
-
-
-# ==================================================================== r1jax
-
-
-class _SameBatch:
-  """The PromptBatcher interface: the same P prompts every step."""
-
-  def __init__(self, batch):
-    self.batch = batch
-
-  def __next__(self):
-    return self.batch
-
-
-def r1jax_config(args):
-  c = ml_collections.ConfigDict()
-  c.sampling = dict(max_new_tokens=args.new_tokens, temperature=1.0,
-                    top_p=1.0, top_k=0)
-  c.rl = bench_common.grpo_rl_section(
-      args.group, prompts_per_step=args.prompts, dynamic_sampling=False,
-      max_sampling_rounds=1)
-  c.rewards = dict(weights=REWARD_WEIGHTS, options={}, accuracy='arithmetic')
-  return c
-
-
-def bench_r1jax(args, model_dir, records):
-  """Per-step seconds and the stage's timing spans of each step."""
-  from r1jax.data import templates  # pylint: disable=g-import-not-at-top
-  from r1jax.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
-  cfg, _, params = hf.load_pretrained(model_dir)
-  graphdef, _ = fn.abstract(cfg)
-  tok = Tokenizer.from_dir(model_dir)
-  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  seqs = [templates.prompt_ids(TEMPLATE, r['problem'], tok) for r in records]
-  width = max(len(s) for s in seqs)
-  ids, mask = _left_pad(seqs, width, tok.pad_id)
-  batch = dict(prompt_ids=ids, prompt_mask=mask, examples=records)
-  config = r1jax_config(args)
-  sampler = Sampler(graphdef, cfg, pad_id=tok.pad_id, eos_ids=(),
-                    prompt_buckets=(width,), mesh=mesh)
-  rollout = grpo_rollout.Rollout(config, sampler, tok, _SameBatch(batch))
-  opt = train_state.make_optimizer(ml_collections.ConfigDict(dict(
-      lr=args.lr, warmup_steps=0, steps=1000, min_lr_ratio=1.0, clip_norm=1.0,
-      b1=0.9, b2=0.999, weight_decay=0.0)))
-  state, _ = train_state.init_train_state(params, opt, 0, mesh)
-  ref_params = grpo_update.copy_tree(state['params']) if args.beta else None
-  update_fn = grpo_update.make_update_fn(
-      graphdef, opt, loss_config=loss_config(args), num_iterations=1,
-      num_minibatches=1, grad_accum=args.grad_accum, mesh=mesh)
-  logprobs_fn = grpo_update.make_logprobs_fn(graphdef)
-  timer = console.Timer()
-  key = jax.random.key(0)
-  steps = []
-  for step in range(args.warmup + args.steps):
-    t0 = time.perf_counter()
-    # ---- the GRPO stage's loop body (stages/grpo.py), minus logging
-    host = rollout(state['params'], jax.random.fold_in(key, step), timer)
-    state, m = bench_common.grpo_device_step(
-        host, config, mesh, state, update_fn, logprobs_fn, ref_params, timer)
-    times = timer.pop()
-    times['step'] = time.perf_counter() - t0
-    times['other'] = times['step'] - sum(
-        v for k, v in times.items() if k != 'step')
-    assert float(m['loss_finite']) == 1.0
-    assert int(host.sample.lengths.min()) == args.new_tokens  # no early stop
-    steps.append(times)
-  return steps[args.warmup:], dict(width=width, first=steps[0]['step'],
-                                   cfg=cfg)
-
-
-def _left_pad(seqs, width, pad_id):
-  ids = np.full((len(seqs), width), pad_id, np.int32)
-  mask = np.zeros((len(seqs), width), bool)
-  for i, s in enumerate(seqs):
-    ids[i, width - len(s):] = s
-    mask[i, width - len(s):] = True
-  return ids, mask
+TEMPLATE = bench_common.GRPO_TEMPLATE
+REWARD_WEIGHTS = bench_common.GRPO_REWARD_WEIGHTS
 
 
 # ====================================================================== TRL
@@ -259,77 +137,21 @@ def trl_missing() -> str | None:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--prompts', type=int, default=8, help='P prompts per step')
-  p.add_argument('--group', type=int, default=8, help='G samples per prompt')
-  p.add_argument('--new_tokens', type=int, default=64, help='L, exactly')
-  p.add_argument('--grad_accum', type=int, default=2,
-                 help='K micro-batches per optimizer step (TRL: '
-                 'gradient_accumulation_steps)')
-  p.add_argument('--beta', type=float, default=0.001)
-  p.add_argument('--lr', type=float, default=1e-6)
-  p.add_argument('--hidden', type=int, default=192)
-  p.add_argument('--intermediate', type=int, default=512)
-  p.add_argument('--layers', type=int, default=4)
-  p.add_argument('--heads', type=int, default=6)
-  p.add_argument('--kv_heads', type=int, default=2)
-  p.add_argument('--vocab', type=int, default=512)
-  p.add_argument('--warmup', type=int, default=1)
-  p.add_argument('--steps', type=int, default=4, help='timed steps per side')
+  bench_common.add_grpo_step_args(p)
   p.add_argument('--torch_threads', type=int, default=2)
   p.add_argument('--skip_trl', action='store_true')
-  p.add_argument('--tiny', action='store_true',
-                 help='seconds: 2 prompts x 2 samples x 8 tokens, 2 layers')
-  args = p.parse_args(argv)
-  if args.tiny:
-    args.prompts, args.group, args.new_tokens, args.grad_accum = 2, 2, 8, 2
-    args.hidden, args.intermediate, args.layers = 64, 128, 2
-    args.heads, args.kv_heads, args.vocab = 4, 2, 384
-    args.steps = 1
+  args = bench_common.apply_tiny(p.parse_args(argv))
   missing = None if args.skip_trl else trl_missing()
   if missing:
     print(f'TRL side skipped: {missing}')
 
   with tempfile.TemporaryDirectory() as tmp:
-    model_dir = write_model(args, pathlib.Path(tmp) / 'model')
-    records = problems(args)
-    rows = args.prompts * args.group
-    print(f'model: {args.layers} layers, hidden {args.hidden}, vocab '
-          f'{args.vocab} (random Qwen2, float32, {model_dir.name}/ in HF '
-          f'format); {args.prompts} prompts x {args.group} samples = {rows} '
-          f'rows, {args.new_tokens} new tokens each, grad_accum '
-          f'{args.grad_accum}, beta {args.beta}; median of {args.steps} steps '
-          f'after {args.warmup} warm-up')
+    model_dir = bench_common.write_grpo_model(args, pathlib.Path(tmp) / 'model')
+    records = bench_common.grpo_problems(args)
+    print(bench_common.describe_grpo_work(args, model_dir))
     print(f'load average before: {bench_common.load_average()}')
-    r_steps, r_info = bench_r1jax(args, model_dir, records)
-    r_med = bench_common.median([s['step'] for s in r_steps])
-    print(f'r1jax: {r_med:.3f} s per step (steps '
-          f'{[round(s["step"], 3) for s in r_steps]}; first step '
-          f'{r_info["first"]:.1f} s with compilation; prompt width '
-          f'{r_info["width"]})')
-    spans = ('sample', 'reward', 'reference', 'update', 'other')
-    split = {k: bench_common.median([s.get(k, 0.0) for s in r_steps])
-             for k in spans}
-    print('  split (median s): ' + ', '.join(
-        f'{k} {v:.3f} ({100 * v / r_med:.0f}%)' for k, v in split.items()))
-    print(f'  {rows * args.new_tokens / split["sample"]:.0f} sampled tokens/s')
-    # The step's model FLOPs (bench_common's conventions): sampling, the
-    # reference forward pass, the update's forward + backward.
-    cfg, width, new = r_info['cfg'], r_info['width'], args.new_tokens
-    seq = width + new - 1
-    step_flops = (
-        bench_common.generate_flops(cfg, rows, width, new,
-                                    prompts=args.prompts)
-        + (bench_common.forward_flops(cfg, rows, seq, head_positions=new)
-           if args.beta else 0)
-        + bench_common.train_flops(cfg, rows, seq, head_positions=new))
-    peak = bench_common.matmul_peak(
-        sizes=[128] if args.tiny else [512, 1024, 2048])
-    floor_s = step_flops / peak['flops']
-    print(f'  {step_flops / 1e9:.1f} GFLOP (model) per step -> '
-          f'{step_flops / r_med / 1e9:.1f} GFLOP/s = '
-          f'{100 * floor_s / r_med:.0f}% of the measured matmul peak '
-          f'({peak["flops"] / 1e9:.0f} GFLOP/s); at 100% of it the step '
-          f'would take {floor_s:.3f} s')
+    r_steps, r_info = bench_common.bench_r1jax_grpo(args, model_dir, records)
+    r_med, floor_s = bench_common.report_r1jax_grpo(args, r_steps, r_info)
     if not args.skip_trl and not missing:
       t_steps, t_info = bench_trl(args, model_dir, records,
                                   pathlib.Path(tmp) / 'trl')
