@@ -3,10 +3,12 @@
 In-process main() calls (no new interpreter, jax already imported); the
 figures themselves are benchmarks, not tested. The TRL / transformers sides
 run only where torch, transformers and trl are installed (they are not r1jax
-dependencies).
+dependencies); tunix's side only where R1JAX_TUNIX_PYTHON names a venv with
+tunix.
 """
 
 import importlib
+import os
 import pathlib
 import re
 import sys
@@ -93,6 +95,40 @@ def test_bench_vs_trl_says_what_to_install(monkeypatch, capsys):
   mod = _script('bench_vs_trl')
   monkeypatch.setitem(sys.modules, 'trl', None)  # import trl -> ImportError
   assert 'pip install torch==2.13.0' in mod.trl_missing()
+
+
+def test_bench_vs_tunix_tiny_r1jax_side(capsys):
+  assert _script('bench_vs_tunix').main(['--tiny', '--skip_tunix']) == 0
+  out = capsys.readouterr().out
+  assert 'r1jax:' in out and 'split (median s): sample' in out
+  assert 'tunix GRPOLearner' not in out
+
+
+def test_bench_vs_tunix_says_what_to_install(tmp_path, capsys):
+  mod = _script('bench_vs_tunix')
+  install = 'pip install google-tunix==0.1.7'
+  assert install in mod.tunix_missing(None)
+  assert install in mod.tunix_missing(str(tmp_path / 'no-python'))
+  # Without --tunix_python it stops before any work, non-zero.
+  assert mod.main(['--tiny']) == 2
+  out = capsys.readouterr().out
+  assert install in out and 'r1jax:' not in out
+  if not _has('tunix'):  # r1jax's own venv must not hold tunix
+    msg = mod.tunix_missing(sys.executable)
+    assert 'tunix does not import' in msg and install in msg
+
+
+# tunix lives in its own venv (bench_vs_tunix.py's docstring says how to make
+# it); the comparison runs where R1JAX_TUNIX_PYTHON names its interpreter.
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get('R1JAX_TUNIX_PYTHON'),
+                    reason='R1JAX_TUNIX_PYTHON (a venv with tunix) not set')
+def test_bench_vs_tunix_tiny_both_sides(capsys):
+  assert _script('bench_vs_tunix').main(
+      ['--tiny', '--tunix_python', os.environ['R1JAX_TUNIX_PYTHON']]) == 0
+  out = capsys.readouterr().out
+  assert 'tunix GRPOLearner:' in out and 'ratio tunix / r1jax' in out
+  assert 'same prompt token ids as r1jax: True' in out
 
 
 def test_bench_accelerator_tiny(capsys):
