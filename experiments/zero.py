@@ -135,6 +135,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.rl.dynamic_sampling = False      # DAPO: drop zero-spread groups, resample
   c.rl.max_sampling_rounds = 3       # rounds of resampling per step at most
   c.rl.mask_truncated = False        # DAPO overlong filtering (no loss on them)
+  c.rl.length_buckets = 0            # >0: reference pass and update over the tokens
+                                     # that exist, widths rounded to L / n (0: padded)
   # More options of the loss (rl.LossConfig), e.g. {'delta': 4.0}
   # (INTELLECT-2), {'top_entropy_quantile': 0.2} (80/20 forking tokens),
   # {'entropy_coef': 1e-3}, {'policy_options': {'tau_pos': 1.0}} (sapo),

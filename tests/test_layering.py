@@ -39,7 +39,7 @@ STAGE_GROUPS = {
     'sft': ('r1jax.stages.sft', 'r1jax.stages.sft_update',
             'r1jax.stages.distill_teacher'),
     'grpo': ('r1jax.stages.grpo', 'r1jax.stages.grpo_rollout',
-             'r1jax.stages.grpo_update'),
+             'r1jax.stages.grpo_update', 'r1jax.stages.grpo_lengths'),
     'rejection': ('r1jax.stages.rejection',),
 }
 

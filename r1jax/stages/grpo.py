@@ -51,6 +51,7 @@ from r1jax.run import console
 from r1jax.run import loading
 from r1jax.run import problems
 from r1jax.run import train_state
+from r1jax.stages import grpo_lengths
 from r1jax.stages import grpo_rollout
 from r1jax.stages import grpo_update
 from r1jax.run import records as run_records
@@ -94,6 +95,7 @@ def validate_config(config: ml_collections.ConfigDict,
   checks.check_known(config, 'rl.policy_loss', rl.POLICY_LOSSES.names())
   checks.check_known(config, 'rl.aggregation', rl.LOSS_AGGREGATIONS.names())
   checks.check_known(config, 'rl.kl_estimator', rl.KL_ESTIMATORS.names())
+  grpo_lengths.check_config(config, process_count)
   for name in config.rewards.weights:
     if name not in rewards_lib.REWARDS:
       raise errors.ConfigError(
@@ -296,9 +298,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       grad_accum=rc.grad_accum, mesh=mesh,
       scoring=grpo_update.Scoring.from_config(config.sampling))
   # In the update's micro-batches: never more logits at once than an update.
+  num_chunks = rc.num_minibatches * rc.grad_accum
   logprobs_fn = grpo_update.make_logprobs_fn(
-      graphdef, mesh, num_chunks=rc.num_minibatches * rc.grad_accum,
+      graphdef, mesh, num_chunks=num_chunks,
       scoring=grpo_update.Scoring.from_config(config.sampling))
+  if rc.get('length_buckets', 0):  # over the tokens that exist
+    lengths = grpo_lengths.LengthAware(
+        graphdef, optimizer, loss_config=loss, num_iterations=rc.num_iterations,
+        num_minibatches=rc.num_minibatches, grad_accum=rc.grad_accum,
+        mesh=mesh, buckets=rc.length_buckets,
+        prompt_len=config.sampling.max_prompt_tokens,
+        completion_len=config.sampling.max_new_tokens,
+        scoring=grpo_update.Scoring.from_config(config.sampling))
+    update_fn = lengths.update
+    logprobs_fn = lambda params, c: lengths.logprobs(params, c, num_chunks)
   rollout = grpo_rollout.Rollout(config, sampler, tokenizer, batcher)
   timer = console.Timer()
   final: dict[str, Any] = {}

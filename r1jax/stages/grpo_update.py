@@ -198,6 +198,25 @@ def _combine(name: str, x: jax.Array, w: jax.Array | None = None) -> jax.Array:
   return jnp.sum(x * w, axis=0)
 
 
+def make_micro_loss(graphdef, loss_config: rl.LossConfig,
+                    scoring: Scoring = Scoring()):
+  """(params, mb: Batch, total_units) -> (loss * w, (metrics, w)): one
+  micro-batch's `rl.grpo_loss`, weighted by its share w of the mini-batch's
+  aggregation units, so the micro-batches' weighted losses (and gradients)
+  sum to the mini-batch's (`rl.accumulation`)."""
+  def micro_loss(params, mb: Batch, total_units):
+    logp, entropy = completion_logprobs(graphdef, params, mb.completions,
+                                        with_entropy=True, scoring=scoring)
+    loss, metrics = rl.grpo_loss(
+        logp, mb.old_logp, mb.ref_logp, mb.adv, mb.loss_mask,
+        entropy_BxT=entropy, sampler_logp_BxT=mb.sampler_logp,
+        config=loss_config)
+    w = accumulation.micro_weight(loss_config.aggregation, mb.loss_mask,
+                                  total_units)
+    return loss * w, (metrics, w)
+  return micro_loss
+
+
 def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                    loss_config: rl.LossConfig, num_iterations: int,
                    num_minibatches: int, grad_accum: int, mesh: Mesh,
@@ -222,17 +241,8 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
       return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
     return jax.tree.map(one, tree)
 
-  def micro_loss(params, mb, total_units):
-    logp, entropy = completion_logprobs(graphdef, params, mb.completions,
-                                        with_entropy=True, scoring=scoring)
-    loss, metrics = rl.grpo_loss(
-        logp, mb.old_logp, mb.ref_logp, mb.adv, mb.loss_mask,
-        entropy_BxT=entropy, sampler_logp_BxT=mb.sampler_logp,
-        config=loss_config)
-    w = accumulation.micro_weight(aggregation, mb.loss_mask, total_units)
-    return loss * w, (metrics, w)
-
-  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+  grad_fn = jax.value_and_grad(make_micro_loss(graphdef, loss_config, scoring),
+                               has_aux=True)
 
   def minibatch_step(carry, mb):
     params, opt_state = carry
