@@ -30,10 +30,11 @@ its top-p sort at top_p 1); clipped token-level surrogate, epsilon 0.2;
 aggregation sequence-mean-token-mean (tunix loss_agg_mode, r1jax
 seq_mean_token_mean); k3 KL in the loss with beta (tunix kl_loss_mode
 'low_var_kl'); one iteration per rollout, so neither recomputes the old
-policy's log-probs; group-normalised advantages; AdamW (b1 0.9, b2 0.999,
-eps 1e-8, no weight decay) at a constant learning rate after clipping the
-global gradient norm at 1; no remat; both losses also compute the token
-entropy (a metric).
+policy's log-probs; group-normalised advantages, (r - group mean) / (group
+sample std, ddof 1, + 1e-6); AdamW (b1 0.9, b2 0.999, eps 1e-8, no weight
+decay) at a constant learning rate after clipping the global gradient norm
+at 1; no remat; both losses also compute the token entropy (a metric; tunix's
+also a dozen more masked means and extrema).
 
 Differences (what tunix allows, and what the two libraries do otherwise):
   * No early stop: r1jax's sampler has no stop ids; tunix's sampler always
@@ -47,12 +48,11 @@ Differences (what tunix allows, and what the two libraries do otherwise):
     repeated G times). Both pad prompts on the left to the longest prompt.
   * tunix's sampler seeds every generation with the same key (its
     RolloutConfig.seed default); r1jax folds the step into its key.
-  * Advantages: tunix divides by the group's unbiased (ddof 1) std + 1e-6,
-    r1jax by its rl.advantage 'grpo' std (+ 1e-6); values differ, not work.
-  * Tokens: tunix tokenizes the prompt strings itself (transformers'
-    AutoTokenizer on the same tokenizer.json); whether its ids equal
-    r1jax's is checked and printed, as is the largest difference of the two
-    models' log-probs on one batch before training (same weights).
+  * Tokens: tunix tokenizes the prompt strings and decodes the completions
+    for the rewards itself (transformers' AutoTokenizer on the same
+    tokenizer.json); whether its prompt ids equal r1jax's is checked and
+    printed, as is the largest difference of the two models' log-probs on
+    one batch before training (same weights).
   * Timing: r1jax's step is the stage's loop body; tunix's is the time
     between successive optimizer steps inside GRPOLearner.train (as
     bench_vs_trl times TRL), measured by wrapping RLCluster's methods on the
