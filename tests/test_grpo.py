@@ -57,6 +57,22 @@ def test_two_step_run_writes_metrics_checkpoint_and_eval(base_dir, tmp_path):
   assert (tmp_path / 'tensorboard').is_dir()
 
 
+def test_length_aware_run(base_dir, tmp_path):
+  """rl.length_buckets: the stage runs its reference pass and update over
+  the tokens that exist (tests/test_grpo_lengths.py: equal to padded)."""
+  c = H.grpo_config(base_dir, rl__length_buckets=4,
+                    sampling__max_new_tokens=32, eval__num_problems=0)
+  grpo.train_and_evaluate(c, str(tmp_path))
+  rows = H.read_rows(tmp_path)
+  for step in (1, 2):
+    r = rows[step]
+    assert np.isfinite(r['train/loss']) and np.isfinite(r['train/grad_norm'])
+    assert 0 < r['train/length_aware_token_frac'] <= 1
+    # Trimmed micro-batches, or the padded program where trimming saves little.
+    assert (1 <= r['train/length_aware_shapes'] <= 32 or
+            r['train/length_aware_padded_passes'] >= 1)
+
+
 def test_no_recompilation_after_step_one(base_dir, tmp_path):
   """Across a reference reset (every 2 steps) and evals (0, 2, 4)."""
   c = H.grpo_config(base_dir, train__steps=5, rl__ref_reset_every=2,

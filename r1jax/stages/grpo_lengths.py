@@ -29,6 +29,11 @@ the pad columns, and for the update
   * metrics are combined by their own units (tokens, sequences, the
     aggregation's units), standard deviations as pooled ones (`combine`).
 
+A pass that trimming would shrink by less than `min_saving` (15%) runs the
+padded program instead (late in the main job most completions are near the
+budget; many smaller micro-batches then cost more than they save); the
+metric length_aware_padded_passes counts those.
+
 Losses whose value depends on which rows share a micro-batch (batch-level
 quantiles or covariances: 'clip_cov', 'kl_cov', rl.loss_options
 top_entropy_quantile and entropy_target) are refused by `check_config`.
@@ -102,18 +107,25 @@ def plan(lengths_B: np.ndarray, rows: np.ndarray, *, prompt_width: int,
          divisor: int) -> list[Micro]:
   """The micro-batches of `rows` (indices into the rollout), longest first.
 
-  `lengths_B`: completion lengths of the whole rollout. Each micro-batch's
-  row count is the largest multiple of `divisor` whose rows x (prompt_width
-  + width) fit `budget_tokens` (at least `divisor`, at most the rows given,
-  rounded up to `divisor`), so it depends on the width alone.
+  `lengths_B`: completion lengths of the whole rollout. Rows are sorted by
+  length; a micro-batch takes the next rows of one width bucket, as many as
+  the largest `divisor` x 2^k that both fits `budget_tokens` (rows x
+  (prompt_width + width)) and does not exceed the rows left in that bucket
+  (at least `divisor`: a bucket with fewer rows lends the micro-batch its
+  shorter neighbours; filler rows only at the very end). Row counts are
+  powers of two times `divisor`, so the shapes stay few.
   """
   order = rows[np.argsort(-lengths_B[rows], kind='stable')]
-  cap = -(-len(rows) // divisor) * divisor
+  widths = np.array([round_up(int(n), full_len, buckets)
+                     for n in lengths_B[order]])
   out, i = [], 0
   while i < len(order):
-    width = round_up(int(lengths_B[order[i]]), full_len, buckets)
-    fit = budget_tokens // (prompt_width + width) // divisor * divisor
-    r = min(max(fit, divisor), cap)
+    width = int(widths[i])
+    same = int((widths[i:] == width).sum())
+    fit = budget_tokens // (prompt_width + width)
+    r = divisor
+    while 2 * r <= min(fit, same):
+      r *= 2
     take = order[i:i + r]
     out.append(Micro(
         rows=np.concatenate([take, -np.ones(r - len(take), take.dtype)]),
@@ -136,13 +148,15 @@ class Stats:
   shapes: set = dataclasses.field(default_factory=set)
   tokens: int = 0
   padded_tokens: int = 0
+  padded_passes: int = 0
 
   def pop_metrics(self) -> dict[str, float]:
     """The shapes so far, and the share of the padded tokens computed since
     the last call."""
     out = {'length_aware_shapes': float(len(self.shapes)),
-           'length_aware_token_frac': self.tokens / max(self.padded_tokens, 1)}
-    self.tokens = self.padded_tokens = 0
+           'length_aware_token_frac': self.tokens / max(self.padded_tokens, 1),
+           'length_aware_padded_passes': float(self.padded_passes)}
+    self.tokens = self.padded_tokens = self.padded_passes = 0
     return out
 
 
@@ -153,7 +167,9 @@ class LengthAware:
                loss_config: rl.LossConfig, num_iterations: int,
                num_minibatches: int, grad_accum: int, mesh: Mesh,
                buckets: int, prompt_len: int, completion_len: int,
-               scoring: grpo_update.Scoring = grpo_update.Scoring()):
+               scoring: grpo_update.Scoring = grpo_update.Scoring(),
+               min_saving: float = 0.15):
+    self.min_saving = min_saving
     if loss_config.max_len is None:  # Dr. GRPO's constant: the budget L
       loss_config = dataclasses.replace(loss_config, max_len=completion_len)
     self.mesh, self.buckets = mesh, buckets
@@ -164,6 +180,14 @@ class LengthAware:
     self.divisor = parallel.batch_size_divisor(mesh)
     self.stats = Stats()
     self._logprobs = grpo_update.make_logprobs_fn(graphdef, scoring=scoring)
+    # The padded programs, for a rollout that trimming would not shrink.
+    self._padded_update = grpo_update.make_update_fn(
+        graphdef, optimizer, loss_config=loss_config,
+        num_iterations=num_iterations, num_minibatches=num_minibatches,
+        grad_accum=grad_accum, mesh=mesh, scoring=scoring)
+    self._padded_logprobs = {}
+    self._make_padded_logprobs = lambda n: grpo_update.make_logprobs_fn(
+        graphdef, mesh, num_chunks=n, scoring=scoring)
     micro_loss = grpo_update.make_micro_loss(graphdef, loss_config, scoring)
     self._grad = jax.jit(jax.value_and_grad(micro_loss, has_aux=True))
     self._units = jax.jit(accumulation.aggregation_units,
@@ -210,6 +234,20 @@ class LengthAware:
         self.prompt_len + self.completion_len)
     return parallel.host_local_to_global(out, self.mesh)
 
+  def _worth_it(self, micros: list[Micro], rows: int) -> bool:
+    """Whether the micro-batches compute at least `min_saving` fewer
+    tokens than the padded pass; if not, the padded program runs (fewer,
+    larger matmuls; the same numbers within rounding)."""
+    tokens = sum(len(m.rows) * (m.prompt_width + m.completion_width)
+                 for m in micros)
+    padded = rows * (self.prompt_len + self.completion_len)
+    if tokens <= (1 - self.min_saving) * padded:
+      return True
+    self.stats.tokens += padded
+    self.stats.padded_tokens += padded
+    self.stats.padded_passes += 1
+    return False
+
   # ------------------------------------------------------------ log-probs
   def logprobs(self, params, completions: grpo_update.Completions,
                num_chunks: int) -> jax.Array:
@@ -228,6 +266,11 @@ class LengthAware:
                   full_len=self.completion_len, buckets=self.buckets,
                   budget_tokens=self._budget(b, num_chunks),
                   divisor=self.divisor)
+    if not self._worth_it(micros, b):
+      if num_chunks not in self._padded_logprobs:
+        self._padded_logprobs[num_chunks] = self._make_padded_logprobs(
+            num_chunks)
+      return self._padded_logprobs[num_chunks](params, completions)
     out = np.zeros(arrays['tokens'][0].shape, np.float32)
     for m in micros:
       part = self._put(arrays, m, 'logprobs')
@@ -265,6 +308,11 @@ class LengthAware:
                                full_len=self.completion_len,
                                buckets=self.buckets, budget_tokens=budget,
                                divisor=self.divisor)))
+    if not self._worth_it([m for _, ms in plans for m in ms], b):
+      state, metrics = self._padded_update(state, batch)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      metrics.update(self.stats.pop_metrics())
+      return state, metrics
     params, opt_state = state['params'], state['opt_state']
     all_metrics = []
     for _ in range(self.num_iterations):
