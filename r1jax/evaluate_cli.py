@@ -36,6 +36,14 @@ pass@k are the code-generation figures (no cons@k for code);
 `synthetic` is the synthetic tasks' test split (--synthetic_tasks,
 --synthetic_problems), each task scored by its own reward. Sampling is the
 one `r1jax.sampling.Sampler`; scoring is `r1jax.evaluate.evaluate_problems`.
+
+--few_shot=K puts K worked examples from the data set's TRAIN split in front
+of every problem, in the template's style (`r1jax.run.problems`: GSM8K
+train for gsm8k, MATH train, which leaves MATH-500 out, for math500, each
+synthetic task's train split for its problems); the same K for every
+problem, drawn from --few_shot_seed, never a problem of the held-out split.
+aime24, amc23 and the code sets have no train split with worked solutions
+and are refused. 0 (the default) is the zero-shot prompt.
 """
 
 import argparse
@@ -58,6 +66,7 @@ from r1jax.data import templates
 from r1jax.errors import EvalError
 from r1jax.run import console
 from r1jax.run import loading
+from r1jax.run import problems
 
 MATH_SETS = ('gsm8k', 'math500', 'aime24', 'amc23')  # test splits
 CODE_SETS = ('mbpp', 'humaneval')  # test splits; records of task 'code'
@@ -81,8 +90,11 @@ def check_datasets(names: Sequence[str]) -> list[str]:
 
 def dataset_records(name: str, *, limit: int = 0, data_dir: str = '',
                     tfds_dir: str = '', synthetic_tasks: Sequence[str] = (),
-                    synthetic_problems: int = 200) -> list[dict]:
-  """The first `limit` (0: all) test problems of data set `name`."""
+                    synthetic_problems: int = 200, few_shot: int = 0,
+                    few_shot_seed: int = 0) -> list[dict]:
+  """The first `limit` (0: all) test problems of data set `name`; with
+  `few_shot` = K, each carries K worked examples from its train split
+  (`shots`), none of them a problem of the test split."""
   if name == 'synthetic':
     tasks = list(synthetic_tasks) or synthetic.TASKS.names()
     per_task = -(-synthetic_problems // len(tasks))
@@ -92,13 +104,50 @@ def dataset_records(name: str, *, limit: int = 0, data_dir: str = '',
     records = [r for group in zip(*by_task) for r in group]
     records = records[:synthetic_problems]
   else:
+    check_few_shot(name, few_shot)
     from r1jax.data import builders  # pylint: disable=g-import-not-at-top
     try:
       records = builders.load_dataset(name, 'test', data_dir=tfds_dir or None,
                                       local_dir=data_dir or None)
     except (FileNotFoundError, RuntimeError) as e:  # no raw file, offline
       raise EvalError(f'data set {name}: {e}') from e
-  return list(records[:limit] if limit else records)
+  chosen = list(records[:limit] if limit else records)
+  if not few_shot:
+    return chosen
+  # Shots are never a problem of the test split, evaluated (--limit) or not.
+  held_out = [r['problem'] for r in records]
+  try:
+    if name == 'synthetic':
+      shots = {t: problems.synthetic_shots(t, few_shot, few_shot_seed,
+                                           held_out, key='--few_shot')
+               for t in tasks}
+      return [{**r, 'shots': shots[r['task']]} for r in chosen]
+    train_name, train_split = problems.FEW_SHOT_SOURCES[name]
+    try:
+      train = builders.load_dataset(train_name, train_split,
+                                    data_dir=tfds_dir or None,
+                                    local_dir=data_dir or None)
+    except (FileNotFoundError, RuntimeError) as e:
+      raise EvalError(f'data set {name}: its few-shot examples '
+                      f'({train_name} {train_split}): {e}') from e
+    shots = problems.choose_shots(train, few_shot, few_shot_seed, held_out,
+                                  what=f'{train_name} {train_split}',
+                                  key='--few_shot')
+  except errors.ConfigError as e:  # too few shots: one line, --few_shot
+    if isinstance(e, EvalError):
+      raise
+    raise EvalError(f'data set {name}: {e}') from None
+  return [{**r, 'shots': shots} for r in chosen]
+
+
+def check_few_shot(name: str, few_shot: int) -> None:
+  """EvalError naming --few_shot when data set `name` has no train split
+  with worked solutions to draw K > 0 shots from."""
+  if few_shot and name != 'synthetic' and name not in problems.FEW_SHOT_SOURCES:
+    raise EvalError(
+        f'--few_shot={few_shot}: data set {name} has no train split with '
+        'worked solutions to draw shots from (few-shot takes synthetic, '
+        f'{", ".join(problems.FEW_SHOT_SOURCES)}); use --few_shot=0 for it')
 
 
 # =============================================================== evaluation
@@ -142,6 +191,8 @@ class Settings:
   batch_size: int = 64         # completions per sampler call
   greedy: bool = True          # also one temperature-0 pass
   seed: int = 0
+  few_shot: int = 0            # worked examples before each problem
+  few_shot_seed: int = 0       # which ones (from the train split)
 
 
 def evaluate_dataset(sampler, params, tokenizer, records: Sequence[dict],
@@ -181,18 +232,39 @@ def evaluate_checkpoint(checkpoint: str, datasets: Sequence[str],
   if settings.template not in known:
     raise EvalError(f'--template={settings.template!r} is not a prompt '
                     f'template; known: {", ".join(known)}')
+  if settings.few_shot < 0:
+    raise EvalError(f'--few_shot={settings.few_shot} must be >= 0')
+  if settings.few_shot and not templates.get_template(
+      settings.template).takes_shots:
+    raise EvalError(f'--few_shot={settings.few_shot}: template '
+                    f'{settings.template!r} takes no worked examples')
+  for name in datasets:  # before any data set is read
+    check_few_shot(name, settings.few_shot)
   records = {name: dataset_records(
       name, limit=limit, data_dir=data_dir, tfds_dir=tfds_dir,
-      synthetic_tasks=synthetic_tasks, synthetic_problems=synthetic_problems)
+      synthetic_tasks=synthetic_tasks, synthetic_problems=synthetic_problems,
+      few_shot=settings.few_shot, few_shot_seed=settings.few_shot_seed)
              for name in datasets}
   mesh = parallel.make_mesh({'data': -1})
   model = checkpoint_source.load(checkpoint, mesh, dtype)
+  buckets = loading.prompt_buckets(model.cfg.max_position_embeddings)
+  for name, recs in records.items():  # a clear error, not the sampler's
+    try:
+      problems.check_prompt_lengths(
+          recs, settings.template, model.tokenizer, max(buckets),
+          f'{name} prompt', limit=(
+              "the checkpoint's max_position_embeddings"
+              if max(buckets) == model.cfg.max_position_embeddings
+              else 'the largest prompt bucket'), shots_key='--few_shot',
+          fix=('use a smaller --few_shot or another --template'
+               if settings.few_shot else 'use another --template'))
+    except errors.ConfigError as e:
+      raise EvalError(str(e)) from None
   log(f'{model.kind} checkpoint {model.source}: {model.cfg.num_layers} layers,'
       f' vocab {model.tokenizer.vocab_size}; ' + ', '.join(
           f'{n} {len(r)} problems' for n, r in records.items()))
   sampler = loading.make_sampler(
-      model.graphdef, model.cfg, model.tokenizer, mesh,
-      loading.prompt_buckets(model.cfg.max_position_embeddings))
+      model.graphdef, model.cfg, model.tokenizer, mesh, buckets)
   passes = 1 + (settings.greedy and settings.temperature > 0)
   progress = Progress(passes * sum(len(r) for r in records.values()),
                       progress_stream)
@@ -233,6 +305,8 @@ def markdown_table(report: dict[str, Any]) -> str:
       f'{report["kind"]} checkpoint `{report["checkpoint"]}`: template '
       f'`{s["template"]}`, k={k}, temperature {s["temperature"]}, top-p '
       f'{s["top_p"]}, max_new_tokens {s["max_new_tokens"]}'
+      + (f', {s["few_shot"]}-shot (seed {s["few_shot_seed"]})'
+         if s.get('few_shot') else '')
       + (f', first {s["limit"]} problems' if s['limit'] else ''), '',
       '| data set | problems | ' + ' | '.join(c for c, _ in cols) + ' |',
       '|---|---:|' + '---:|' * len(cols)]
@@ -302,6 +376,11 @@ def _parser() -> argparse.ArgumentParser:
                  default=True, help='also a temperature-0 pass (greedy '
                  'accuracy)')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--few_shot', type=int, default=Settings.few_shot,
+                 help='K worked examples from the train split before each '
+                 'problem, in the template\'s style (0: zero-shot)')
+  p.add_argument('--few_shot_seed', type=int, default=Settings.few_shot_seed,
+                 help='which K examples (the same for every problem)')
   p.add_argument('--limit', type=int, default=0,
                  help='only the first N problems of each data set (0: all)')
   p.add_argument('--data_dir', default='',
@@ -333,6 +412,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
             (args.batch_size >= 1, '--batch_size must be >= 1'),
             (args.limit >= 0, '--limit must be >= 0'),
             (args.temperature >= 0, '--temperature must be >= 0'),
+            (args.few_shot >= 0, '--few_shot must be >= 0'),
             (0 < args.top_p <= 1, '--top_p must be in (0, 1]'),
             (args.synthetic_problems >= 1, '--synthetic_problems must be >= 1')]
   for ok, why in checks:
@@ -342,7 +422,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
       template=args.template, num_samples=args.num_samples,
       temperature=args.temperature, top_p=args.top_p,
       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-      greedy=args.greedy, seed=args.seed)
+      greedy=args.greedy, seed=args.seed, few_shot=args.few_shot,
+      few_shot_seed=args.few_shot_seed)
   split = lambda s: [x.strip() for x in s.split(',') if x.strip()]
   try:
     datasets = check_datasets(split(args.datasets))

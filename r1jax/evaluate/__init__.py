@@ -20,6 +20,13 @@ training stages' evals, the ability check of the tiny base, and the command
 `python -m r1jax.evaluate --checkpoint=... --datasets=...`, r1jax/evaluate_cli.py):
 records split by task, each task scored by its own reward, a greedy pass,
 the task-weighted means, and the mean over processes in a multi-host run.
+
+Few-shot evaluation: a record's prompt is built with
+`templates.record_prompt_ids`, so the worked examples a record carries
+(`shots`, put there by `r1jax.run.problems.eval_records` from eval.few_shot,
+or by the evaluation command's --few_shot) go in front of its problem in the
+template's style; a record without them gets today's zero-shot prompt.
+`evaluate_config` checks that the records carry eval.few_shot shots each.
 """
 
 from typing import Any, Callable, Mapping, Sequence
@@ -29,10 +36,11 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from r1jax import errors
 from r1jax import parallel
 from r1jax import reasoning_stats
 from r1jax import rewards as rw
-from r1jax.data.templates import prompt_ids
+from r1jax.data.templates import record_prompt_ids
 from r1jax.rewards.math_answer import answers_equal
 from r1jax.sampling import FINISH_STOP
 
@@ -154,7 +162,7 @@ def evaluate_problems(
   per_batch = max(1, batch_size // num_samples)
   for start in range(0, len(records), per_batch):
     chunk = list(records[start:start + per_batch])
-    prompts = [prompt_ids(template, r['problem'], tokenizer) for r in chunk]
+    prompts = [record_prompt_ids(template, r, tokenizer) for r in chunk]
     out = sampler.generate(params, prompts, max_new_tokens=max_new_tokens,
                            n=num_samples, temperature=temperature, top_p=top_p,
                            seed=seed + start)
@@ -239,8 +247,10 @@ def evaluate_model(sampler, params, tokenizer, records: Sequence[dict], *,
   mean_length, reflection figures) as the problem-weighted mean over tasks;
   greedy_accuracy (temperature 0, when `greedy`); '<task>/<metric>' per task;
   'by_task' ({task: metrics + num_problems}); 'samples' (a few completions);
-  num_problems and num_samples. In a multi-host run each process scores an
-  equal share and the means are averaged over processes.
+  num_problems, num_samples and few_shot (the most worked examples in front
+  of a problem: a record's `shots`, see `few_shot_count`). In a multi-host
+  run each process scores an equal share and the means are averaged over
+  processes.
   """
   nproc = jax.process_count()
   if nproc > 1:  # each process scores its own equal share
@@ -279,7 +289,13 @@ def evaluate_model(sampler, params, tokenizer, records: Sequence[dict], *,
     stats.update({k: float(v) for k, v in zip(names, means)})
   stats['num_problems'] = len(records) * nproc
   stats['num_samples'] = num_samples
+  stats['few_shot'] = few_shot_count(records)
   return stats
+
+
+def few_shot_count(records: Sequence[Mapping[str, Any]]) -> int:
+  """The most worked examples (`shots`) any record puts before its problem."""
+  return max((len(r.get('shots') or ()) for r in records), default=0)
 
 
 def evaluate_config(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
@@ -287,7 +303,17 @@ def evaluate_config(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
   """`evaluate_model` with a stage's config.eval section (template,
   num_samples, temperature, top_p, max_new_tokens, batch_size, seed, ks,
-  greedy, reward, dataset), and one line of the main figures to `log`."""
+  greedy, reward, dataset, few_shot), and one line of the main figures to
+  `log`. With eval.few_shot = k, every record must carry its k worked
+  examples (`problems.eval_records` puts them there): EvalError otherwise,
+  never a silent zero-shot evaluation."""
+  n_shots = ec.get('few_shot', 0)
+  carried = sorted({len(r.get('shots') or ()) for r in records})
+  if records and carried != [n_shots]:
+    raise errors.EvalError(
+        f'config.eval.few_shot={n_shots}, but the held-out records carry '
+        f'{" or ".join(map(str, carried))} worked examples each: build them '
+        'with r1jax.run.problems.eval_records(config)')
   stats = evaluate_model(
       sampler, params, tokenizer, records, template=ec.template,
       num_samples=ec.num_samples, temperature=ec.temperature, top_p=ec.top_p,
@@ -299,7 +325,8 @@ def evaluate_config(ec: ml_collections.ConfigDict, sampler, params, tokenizer,
                        'format_rate', 'language_consistency', 'mean_length',
                        'reflection_rate', 'recheck_rate')
            if k in stats]
+  shot_text = f', {n_shots}-shot' if n_shots else ''
   log(f'held-out ({len(records)} problems x {ec.num_samples} samples, '
-      f'template {ec.template!r}, temperature {ec.temperature}): ' +
+      f'template {ec.template!r}{shot_text}, temperature {ec.temperature}): ' +
       ' | '.join(f'{k} {stats[k]:.3f}' for k in shown))
   return stats
