@@ -209,6 +209,11 @@ def eval_section(**overrides: Any) -> ml_collections.ConfigDict:
   e.reward = ''                      # '' = rewards.accuracy / the task's own
   e.batch_size = 256                 # rows per sampler call
   e.seed = 1234                      # of the synthetic test problems
+  # Worked examples from the TRAIN split before each held-out problem, in
+  # the template's style (r1jax/run/problems.py); 0 = zero-shot, as R1 is
+  # evaluated (the paper: few-shot prompting degrades R1).
+  e.few_shot = 0
+  e.few_shot_seed = 0                # which examples (the same for all)
   for key, value in overrides.items():
     if key not in e:
       raise KeyError(f'eval_section: no field {key!r}')
