@@ -137,7 +137,7 @@ def load(directory) -> dict[str, Any] | None:
 _NOT_IN_KEY = ('export', 'mesh', 'train.log_every', 'train.checkpoint_every',
                'train.keep_checkpoints', 'train.sample_every',
                'train.sample_tokens', 'train.eval_every', 'train.eval_batches',
-               'eval.batch_size')
+               'eval.batch_size', 'eval.few_shot', 'eval.few_shot_seed')
 
 
 def base_key(pre: ml_collections.ConfigDict) -> str:

@@ -286,6 +286,14 @@ def _known(config, key: str, registry, prefix: str, also=()) -> None:
 
 _ABSENT = '<absent>'
 
+# Keys added after runs were saved, with the value that means "as before":
+# a saved run config without the key equals a new one that has this value.
+ADDED_KEYS = {
+    'eval.few_shot': 0,
+    'eval.few_shot_seed': 0,
+    'rl.length_buckets': 0,
+}
+
 
 def _flat(tree, path: str = '') -> dict[str, Any]:
   out = {}
@@ -313,6 +321,8 @@ def run_config_diff(old: ml_collections.ConfigDict | None,
   out = []
   for key in sorted(set(a) | set(b)):
     va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+    if va is _ABSENT and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
+      continue
     if va != vb and not any(fnmatch.fnmatchcase(key, p) for p in RESUME_SAFE):
       out.append((key, va, vb))
   return out

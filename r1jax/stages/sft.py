@@ -216,6 +216,8 @@ def _check_ability(config, sampler, params, tokenizer):
   held_out = ml_collections.ConfigDict(
       {'eval': config.eval.to_dict(), 'data': config.data.to_dict()})
   held_out.eval.num_problems = ab.num_problems
+  if 'few_shot' in held_out.eval:  # the ability check asks zero-shot
+    held_out.eval.few_shot = 0
   records = problems.eval_records(held_out)
   figures = base_ability.measure(
       sampler, params, tokenizer, records, template=ab.template,
