@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from r1jax.rewards import math_answer
-from r1jax.rewards.registry import check_batch
+from r1jax.rewards.registry import Completions, Examples, Metrics, check_batch
 from r1jax.rewards.registry import REWARDS
 from r1jax.rewards.registry import score_each
 from r1jax.rewards.sandbox import run_in_sandbox
@@ -245,9 +245,7 @@ def default_max_workers() -> int:
 
 @REWARDS.register('code', inputs=('metrics',))
 def code_reward(
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-    *,
+    completions: Completions, examples: Examples, *,
     mode: str = 'all',
     timeout_s: float = 4.0,
     memory_mb: int = 1024,
@@ -258,7 +256,7 @@ def code_reward(
     require_block: bool = True,
     pool: bool = True,
     combine: bool = True,
-    metrics: dict[str, float] | None = None,
+    metrics: Metrics = None,
 ) -> np.ndarray:
   """Scores programs by the example's tests, run in the sandbox.
 
@@ -351,11 +349,9 @@ def code_format_ok(completion: str, max_chars: int = 100_000) -> bool:
 
 @REWARDS.register('code_format', inputs=('metrics',))
 def code_format_reward(
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-    *,
+    completions: Completions, examples: Examples, *,
     max_chars: int = 100_000,
-    metrics: dict[str, float] | None = None,
+    metrics: Metrics = None,
 ) -> np.ndarray:
   """1.0 when the completion's answer is a fenced Python block that parses
   (`code_format_ok`; nothing is run), else 0. Combine it with 'format' for

@@ -13,11 +13,10 @@ is read as if `<think>` preceded it.
 """
 
 import re
-from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from r1jax.rewards.registry import check_batch
+from r1jax.rewards.registry import Completions, Examples, Metrics, check_batch
 from r1jax.rewards.registry import REWARDS
 from r1jax.rewards.registry import score_each
 
@@ -96,12 +95,10 @@ def lenient_format_ok(
 
 @REWARDS.register('format', inputs=('metrics',))
 def format_reward(
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-    *,
+    completions: Completions, examples: Examples, *,
     strict: bool = True,
     think_opened_in_prompt: bool = False,
-    metrics: dict[str, float] | None = None,
+    metrics: Metrics = None,
 ) -> np.ndarray:
   """1.0 for completions in the R1 `<think>/<answer>` format, else 0.
 
@@ -122,11 +119,9 @@ def format_reward(
 
 @REWARDS.register('format_lenient', inputs=('metrics',))
 def format_lenient_reward(
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-    *,
+    completions: Completions, examples: Examples, *,
     think_opened_in_prompt: bool = False,
-    metrics: dict[str, float] | None = None,
+    metrics: Metrics = None,
 ) -> np.ndarray:
   """1.0 when a think block is followed by an answer block, else 0."""
   return format_reward(

@@ -22,12 +22,12 @@ there are no think tags (see `format.think_text`).
 import bisect
 import re
 import unicodedata
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 
 from r1jax.rewards.format import think_text
-from r1jax.rewards.registry import check_batch
+from r1jax.rewards.registry import Completions, Examples, Metrics, check_batch
 from r1jax.rewards.registry import REWARDS
 from r1jax.rewards.registry import score_each
 
@@ -228,14 +228,12 @@ def language_consistency(
 
 @REWARDS.register('language', inputs=('metrics',))
 def language_reward(
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-    *,
+    completions: Completions, examples: Examples, *,
     target_language: str = 'en',
     think_opened_in_prompt: bool = False,
     empty_score: float = 0.0,
     whole_completion: bool = False,
-    metrics: dict[str, float] | None = None,
+    metrics: Metrics = None,
 ) -> np.ndarray:
   """Proportion of chain-of-thought words in `target_language` (0..1).
 

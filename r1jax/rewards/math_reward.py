@@ -1,13 +1,13 @@
 """The math accuracy reward: extract, decide fast, fall back to math-verify."""
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from r1jax.rewards import math_answer
 from r1jax.rewards import math_verify_pool
-from r1jax.rewards.registry import check_batch
+from r1jax.rewards.registry import Completions, Examples, Metrics, check_batch
 from r1jax.rewards.registry import REWARDS
 
 _log = logging.getLogger('r1jax.rewards')
@@ -74,15 +74,13 @@ def verify_answers(
 
 @REWARDS.register('math', inputs=('metrics',))
 def math_accuracy(
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-    *,
+    completions: Completions, examples: Examples, *,
     fallback_last_number: bool = True,
     use_math_verify: bool = True,
     timeout_s: float | None = None,
     num_workers: int | None = None,
     answer_key: str = 'answer',
-    metrics: dict[str, float] | None = None,
+    metrics: Metrics = None,
 ) -> np.ndarray:
   """1.0 when a completion's final answer equals `example[answer_key]`, else 0.
 

@@ -8,6 +8,11 @@ import numpy as np
 
 from r1jax.registry import Registry
 
+# The types of a reward function's batch arguments (`RewardFn`).
+Completions = Sequence[str]
+Examples = Sequence[Mapping[str, Any]]
+Metrics = dict[str, float] | None  # counters a reward reports, when asked
+
 
 class RewardFn(Protocol):
   """`fn(completions, examples, **options) -> float32[B]`.

@@ -12,12 +12,12 @@
 
 import ast
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from r1jax.rewards import math_answer
-from r1jax.rewards.registry import check_batch
+from r1jax.rewards.registry import Completions, Examples, Metrics, check_batch
 from r1jax.rewards.registry import REWARDS
 from r1jax.rewards.registry import score_each
 
@@ -85,11 +85,9 @@ def _answer_text(completion: str) -> str | None:
 
 @REWARDS.register('countdown', inputs=('metrics',))
 def countdown_reward(
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-    *,
+    completions: Completions, examples: Examples, *,
     format_score: float = 0.0,
-    metrics: dict[str, float] | None = None,
+    metrics: Metrics = None,
 ) -> np.ndarray:
   """1.0 for a correct countdown equation, `format_score` for a wrong one.
 
@@ -126,12 +124,10 @@ def parse_integer(text: str | None) -> int | None:
 
 @REWARDS.register('arithmetic', inputs=('metrics',))
 def arithmetic_reward(
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-    *,
+    completions: Completions, examples: Examples, *,
     fallback_last_number: bool = True,
     answer_key: str = 'answer',
-    metrics: dict[str, float] | None = None,
+    metrics: Metrics = None,
 ) -> np.ndarray:
   """1.0 when the extracted answer is exactly the integer `example['answer']`.
 
