@@ -167,6 +167,16 @@ def model_section(model: str = '') -> ml_collections.ConfigDict:
   m.param_dtype = 'float32'          # master weights
   m.remat = False                    # recompute activations in the backward
   m.overrides = ml_collections.ConfigDict()  # preset fields (random init)
+  # LoRA (r1jax/model/lora.py): rank 0 = off, every weight trained. With a
+  # rank, only the adapters of `targets` are trained (and checkpointed); the
+  # base is frozen in param_dtype ('bfloat16' halves it on an accelerator).
+  m.lora = ml_collections.ConfigDict()
+  m.lora.rank = 0                    # r; e.g. 8, 16, 64
+  m.lora.alpha = 16.0                # the delta is scaled by alpha / r
+  m.lora.dropout = 0.0               # on each adapter's input (training only)
+  # Among q, k, v, o (attention), gate, up, down (MLP).
+  m.lora.targets = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
+  m.lora.adapter_path = ''           # PEFT adapters to start from ('' = fresh)
 
   if is_real(model):
     m.preset = model
