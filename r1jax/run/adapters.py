@@ -154,8 +154,7 @@ def base_fingerprint(config) -> str:
     _file_digest(h, pathlib.Path(mc.gguf_path))
   else:
     h.update(json.dumps({'preset': mc.preset,
-                         'overrides': mc.get('overrides', {}).to_dict()
-                         if mc.get('overrides') else {},
+                         'overrides': dict(mc.get('overrides') or {}),
                          'seed': config.seed}, sort_keys=True).encode())
   return h.hexdigest()[:16]
 
