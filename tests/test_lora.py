@@ -20,6 +20,8 @@ from safetensors import safe_open
 from experiments import cold_start
 from experiments import common
 from experiments import zero
+from r1jax import checkpoint as ckpt_lib
+from r1jax import checkpoint_source
 from r1jax import errors
 from r1jax import parallel
 from r1jax import rl
@@ -320,20 +322,29 @@ def _lora_grpo(base_dir, **kw):
 
 def test_grpo_lora_run_checkpoints_adapters_and_exports_both(base_dir,
                                                              tmp_path):
-  """A LoRA GRPO step: the checkpoint holds the adapters, their optimizer
-  state and zero reference adapters (no second base); the merged export
-  equals base + adapters; the PEFT export holds the same adapters."""
-  from r1jax import checkpoint as ckpt_lib
-  out = grpo.train_and_evaluate(_lora_grpo(base_dir), str(tmp_path))
-  assert out['step'] == 1
+  """Three LoRA GRPO steps: the checkpoints hold the adapters, their
+  optimizer state and reference adapters (zero: the base; after the reset
+  at step 2, the policy's), no second base; nothing compiles after step 1;
+  the merged export equals base + adapters; the PEFT export holds the same
+  adapters; the workdir's checkpoint evaluates as the merged model."""
+  out = grpo.train_and_evaluate(
+      _lora_grpo(base_dir, train__steps=3, rl__ref_reset_every=2,
+                 train__keep_checkpoints=3), str(tmp_path))
+  assert out['step'] == 3
+  rows = H.read_rows(tmp_path)
+  assert [rows[s]['train/compiles'] for s in (1, 2, 3)] == [out['compiles']] * 3
   with ckpt_lib.Checkpointer(tmp_path / 'checkpoints') as ck:
-    saved = ck.restore()
+    first, second, saved = ck.restore(1), ck.restore(2), ck.restore(3)
     meta = ck.metadata()
   params = H.flat_params(saved['params'])
   assert params and all(k.endswith(("['lora_a']", "['lora_b']"))
                         for k in params)
-  ref = H.flat_params(saved['ref_params'])
+  assert set(saved) == {'params', 'opt_state', 'step', 'rng', 'ref_params',
+                        'data_state'}
+  ref = H.flat_params(first['ref_params'])
   assert set(ref) == set(params) and not any(np.any(v) for v in ref.values())
+  for k, v in H.flat_params(second['ref_params']).items():  # the reset
+    np.testing.assert_array_equal(v, H.flat_params(second['params'])[k])
   assert meta['lora']['rank'] == 4 and meta['lora']['base']
   # The base on disk is untouched; the merged export = base + s A B.
   cfg, _, base = hf.load_pretrained(base_dir)
@@ -349,6 +360,16 @@ def test_grpo_lora_run_checkpoints_adapters_and_exports_both(base_dir,
   assert any(not np.array_equal(H.flat_params(merged)[k],
                                 H.flat_params(base)[k])
              for k in H.flat_params(base))
+  # Evaluating the workdir's checkpoint (not its export): the adapters go
+  # on the run's base, and the model is the merged export's.
+  (tmp_path / 'done.json').unlink()
+  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
+  loaded = checkpoint_source.load(tmp_path, mesh)
+  assert loaded.kind == 'workdir' and loaded.step == 3
+  args = _inputs(vocab=cfg.vocab_size)
+  got, _ = fn.apply(loaded.graphdef, loaded.params, *args)
+  want_logits, _ = fn.apply(fn.abstract(cfg)[0], merged, *args)
+  np.testing.assert_allclose(got, want_logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
