@@ -322,19 +322,22 @@ def _lora_grpo(base_dir, **kw):
 
 def test_grpo_lora_run_checkpoints_adapters_and_exports_both(base_dir,
                                                              tmp_path):
-  """Three LoRA GRPO steps: the checkpoints hold the adapters, their
+  """Four LoRA GRPO steps: the checkpoints hold the adapters, their
   optimizer state and reference adapters (zero: the base; after the reset
-  at step 2, the policy's), no second base; nothing compiles after step 1;
-  the merged export equals base + adapters; the PEFT export holds the same
-  adapters; the workdir's checkpoint evaluates as the merged model."""
+  at step 2, the policy's), no second base; nothing compiles after step 2
+  (step 1's programs, then the first checkpoint's and reference reset's
+  copies); the merged export equals base + adapters; the PEFT export holds
+  the same adapters; the workdir's checkpoint evaluates as the merged
+  model."""
   out = grpo.train_and_evaluate(
-      _lora_grpo(base_dir, train__steps=3, rl__ref_reset_every=2,
-                 train__keep_checkpoints=3), str(tmp_path))
-  assert out['step'] == 3
+      _lora_grpo(base_dir, train__steps=4, rl__ref_reset_every=2,
+                 train__keep_checkpoints=4), str(tmp_path))
+  assert out['step'] == 4
   rows = H.read_rows(tmp_path)
-  assert [rows[s]['train/compiles'] for s in (1, 2, 3)] == [out['compiles']] * 3
+  counts = [rows[s]['train/compiles'] for s in (2, 3, 4)]
+  assert counts == [counts[0]] * 3, counts
   with ckpt_lib.Checkpointer(tmp_path / 'checkpoints') as ck:
-    first, second, saved = ck.restore(1), ck.restore(2), ck.restore(3)
+    first, second, saved = ck.restore(1), ck.restore(2), ck.restore(4)
     meta = ck.metadata()
   params = H.flat_params(saved['params'])
   assert params and all(k.endswith(("['lora_a']", "['lora_b']"))
@@ -365,7 +368,7 @@ def test_grpo_lora_run_checkpoints_adapters_and_exports_both(base_dir,
   (tmp_path / 'done.json').unlink()
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   loaded = checkpoint_source.load(tmp_path, mesh)
-  assert loaded.kind == 'workdir' and loaded.step == 3
+  assert loaded.kind == 'workdir' and loaded.step == 4
   args = _inputs(vocab=cfg.vocab_size)
   got, _ = fn.apply(loaded.graphdef, loaded.params, *args)
   want_logits, _ = fn.apply(fn.abstract(cfg)[0], merged, *args)

@@ -202,8 +202,10 @@ def init_adapters(abstract_adapters: nnx.State, key: jax.Array) -> nnx.State:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+@jax.jit
 def off(adapters: nnx.State) -> nnx.State:
-  """Adapters switched off: zeros, so base + delta is the base exactly."""
+  """Adapters switched off: zeros, so base + delta is the base exactly
+  (laid out as `adapters`)."""
   return jax.tree.map(jnp.zeros_like, adapters)
 
 

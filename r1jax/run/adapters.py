@@ -65,7 +65,10 @@ class Weights:
     policy, or with LoRA the adapters switched off (the base itself)."""
     if self.lora is None:
       return copy_tree(params)
-    return lora_lib.off(params)
+    # Laid out as the policy's adapters (as a reset's copy is): one
+    # compiled reference pass before and after a reset.
+    return jax.device_put(lora_lib.off(params),
+                          jax.tree.map(lambda x: x.sharding, params))
 
   @property
   def dropout(self) -> bool:
