@@ -30,6 +30,7 @@ from r1jax.model import functional as fn
 from r1jax.model import hf
 from r1jax.model import lora
 from r1jax.model import peft
+from r1jax.run import file_checks
 from r1jax.sampling import Sampler
 from r1jax.stages import grpo
 from r1jax.stages import grpo_update
@@ -304,6 +305,31 @@ def test_peft_round_trip_and_refusals(tmp_path):
     assert needle in str(e.value), str(e.value)
   with pytest.raises(errors.MissingFileError, match='is not a PEFT adapter'):
     peft.load_adapters(tmp_path, cfg, lcfg, abstract)
+
+
+def test_adapter_dir_of_another_rank_refused_at_start_up(tmp_path):
+  """r1jax.train's file checks read adapter_config.json before any weight
+  loads: a missing directory, another rank, another target set."""
+  cfg, _, _, _, adapters, lcfg = _models()
+  peft.save_adapters(tmp_path / 'run' / 'peft', cfg, lcfg, adapters)
+  config = zero.get_config('runlocal')
+  config.model.pretrain_if_missing = True  # no base to look at here
+  config.model.lora.rank, config.model.lora.alpha = 4, 8.0
+  config.model.lora.adapter_path = str(tmp_path / 'run')  # a workdir: its peft/
+  file_checks.check_files(config)
+  config.model.lora.rank = 8
+  with pytest.raises(errors.ConfigError) as e:
+    file_checks.check_files(config)
+  assert (f'{tmp_path}/run/peft/adapter_config.json holds adapters of rank '
+          'r=4 but config.model.lora.rank=8') in str(e.value)
+  config.model.lora.rank, config.model.lora.targets = 4, ('q', 'v')
+  with pytest.raises(errors.ConfigError, match='targets .* but '
+                     r'config.model.lora.targets names'):
+    file_checks.check_files(config)
+  config.model.lora.adapter_path = str(tmp_path / 'nowhere')
+  with pytest.raises(errors.MissingFileError,
+                     match='config.model.lora.adapter_path=.* is not a PEFT'):
+    file_checks.check_files(config)
 
 
 # ============================================================ stage runs

@@ -115,14 +115,11 @@ def save_adapters(path: str | os.PathLike, cfg: ModelConfig, lcfg: LoRAConfig,
         json.dumps(adapter_config(lcfg, base_name), indent=2) + '\n')
 
 
-def load_adapters(path: str | os.PathLike, cfg: ModelConfig,
-                  lcfg: LoRAConfig, abstract_adapters, *,
-                  key: str = 'config.model.lora.adapter_path',
-                  base_fingerprint: str = ''):
-  """The adapters of a PEFT directory as r1jax's tree (float32 numpy), after
-  checking, in one line naming the file or key, that they fit this base
-  and this config: rank, alpha, targets, every tensor's shape, and (when
-  both are known) the base model's fingerprint."""
+def check_adapter_config(path: str | os.PathLike, lcfg: LoRAConfig,
+                         key: str = 'config.model.lora.adapter_path') -> None:
+  """A PEFT directory's adapter_config.json fits the config (rank, alpha,
+  targets), checked before any weight is read; one line naming the file
+  and the key otherwise."""
   path = pathlib.Path(path)
   config_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
   if not config_file.is_file() or not weights.is_file():
@@ -150,6 +147,19 @@ def load_adapters(path: str | os.PathLike, cfg: ModelConfig,
     raise ConfigError(
         f'{config_file} targets {have} but {lk}.targets names {want}; set '
         f'{lk}.targets to match')
+
+
+def load_adapters(path: str | os.PathLike, cfg: ModelConfig,
+                  lcfg: LoRAConfig, abstract_adapters, *,
+                  key: str = 'config.model.lora.adapter_path',
+                  base_fingerprint: str = ''):
+  """The adapters of a PEFT directory as r1jax's tree (float32 numpy), after
+  checking, in one line naming the file or key, that they fit this base
+  and this config: rank, alpha, targets (`check_adapter_config`), every
+  tensor's shape, and (when both are known) the base model's fingerprint."""
+  path = pathlib.Path(path)
+  check_adapter_config(path, lcfg, key)
+  weights = path / WEIGHTS_FILE
   pure = abstract_adapters.to_pure_dict()
   with safe_open(str(weights), framework='numpy') as f:
     stored = (f.metadata() or {}).get(FINGERPRINT_KEY, '')
