@@ -34,6 +34,7 @@ from r1jax.data import synthetic
 from r1jax.data.templates import TEMPLATES
 from r1jax.errors import ConfigError
 from r1jax.model import config as model_config
+from r1jax.model import lora
 from r1jax.run import checks
 from r1jax.run import records as run_records
 
@@ -286,6 +287,12 @@ def _known(config, key: str, registry, prefix: str, also=()) -> None:
 
 _ABSENT = '<absent>'
 
+# Keys added after runs were saved without them, with the value that means
+# what those runs did: a saved config lacking one resumes when the new
+# config leaves it at that value (a run from before LoRA is a rank-0 run).
+ADDED_KEYS = {f'model.lora.{k}': json.loads(json.dumps(v))
+              for k, v in lora.DEFAULTS.items()}
+
 
 def _flat(tree, path: str = '') -> dict[str, Any]:
   out = {}
@@ -313,6 +320,8 @@ def run_config_diff(old: ml_collections.ConfigDict | None,
   out = []
   for key in sorted(set(a) | set(b)):
     va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+    if va == _ABSENT and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
+      continue
     if va != vb and not any(fnmatch.fnmatchcase(key, p) for p in RESUME_SAFE):
       out.append((key, va, vb))
   return out

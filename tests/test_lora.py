@@ -22,6 +22,7 @@ from experiments import common
 from experiments import zero
 from r1jax import checkpoint as ckpt_lib
 from r1jax import checkpoint_source
+from r1jax import config_checks
 from r1jax import errors
 from r1jax import parallel
 from r1jax import rl
@@ -243,6 +244,18 @@ def test_bad_lora_config_is_refused_naming_the_key(kw, needle):
       stage.validate_config(config)
     assert needle in str(e.value)
     assert '\n' not in str(e.value)
+
+
+def test_a_run_saved_before_lora_resumes_as_rank_zero():
+  """run_config.json of a run from before config.model.lora: the same
+  config with LoRA off resumes it; with a rank it is another config."""
+  old = zero.get_config('runlocal')
+  del old.model['lora']
+  new = zero.get_config('runlocal')
+  assert config_checks.run_config_diff(old, new) == []
+  new.model.lora.rank = 4
+  assert [k for k, _, _ in config_checks.run_config_diff(old, new)] == [
+      'model.lora.rank']
 
 
 def test_peft_names_accepted_as_targets():
