@@ -60,7 +60,7 @@ def estimate(model: str, rollout: str, lora_rank: int) -> memory.Estimate:
 
 
 def table(rollout: str, lora_rank: int, devices: tuple[int, ...]) -> str:
-  head = (f'| model | training | resident | peak (phase) | '
+  head = ('| model | training | resident | peak (phase) | '
           + ' | '.join(f'{d} GiB' for d in devices) + ' |')
   lines = [head, '|' + '---|' * (4 + len(devices))]
   for model in MODELS:
