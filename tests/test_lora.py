@@ -35,6 +35,7 @@ from r1jax.sampling import Sampler
 from r1jax.stages import grpo
 from r1jax.stages import grpo_update
 from r1jax.stages import sft
+from r1jax.stages import distill_teacher
 from r1jax.stages import sft_update
 
 
@@ -138,10 +139,18 @@ def _opt():
   return optax.adamw(1e-2)
 
 
-def test_sft_step_changes_only_the_adapters():
-  """One SFT step: the adapters move, the base is bit-identical (and not
-  donated), the optimizer state is the adapters' shape only."""
-  _, _, base, lgraphdef, adapters, _ = _models()
+@pytest.mark.parametrize('distill', [False, True], ids=['sft', 'distill'])
+def test_sft_step_changes_only_the_adapters(distill):
+  """One SFT step (with a frozen teacher: token-level distillation): the
+  adapters move, the base is bit-identical (and not donated), the optimizer
+  state is the adapters' shape only."""
+  cfg, _, base, lgraphdef, adapters, _ = _models()
+  teacher = None
+  if distill:
+    t_graphdef, t_params = fn.init(cfg.replace(num_layers=3), seed=1)
+    teacher = distill_teacher.Teacher(
+        graphdef=t_graphdef, params=t_params, kind='forward', weight=0.5,
+        temperature=1.0, vocab_size=cfg.vocab_size)
   base_before, ad_before = _host(base), _host(adapters)
   opt = _opt()
   state = {'params': jax.tree.map(jnp.copy, adapters),
@@ -153,9 +162,11 @@ def test_sft_step_changes_only_the_adapters():
   batch = {'tokens': tokens, 'positions': positions,
            'segment_ids': jnp.ones((4, 16), jnp.int32),
            'loss_mask': jnp.ones((4, 16), bool)}
-  step = sft_update.make_train_step(lgraphdef, opt, 2, frozen=base)
+  step = sft_update.make_train_step(lgraphdef, opt, 2, teacher, frozen=base)
   new, m = step(state, batch)
   assert np.isfinite(float(m['loss']))
+  if distill:
+    assert float(m['distill/kl']) > 0
   for a, b in zip(base_before, _host(base)):
     np.testing.assert_array_equal(a, b)
   moved = [not np.array_equal(a, b)
