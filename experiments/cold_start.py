@@ -17,7 +17,8 @@ reward then removes. Each trace ends with a one-sentence summary.
 Variants (comma-separated after the colon): runlocal; model=<preset> for a
 real checkpoint (as in experiments/zero.py), which trains on the GSM8K and
 MATH reference solutions (r1jax/data/cold_start.py, R1-Zero template), or
-data=gsm8k | math for only one of them.
+data=gsm8k | math for only one of them; lora=<rank> for LoRA adapters
+(as in experiments/zero.py).
 paper: thousands of cold-start examples from few-shot prompting with long
 CoTs, R1-Zero outputs made readable, and human post-processing; format
 |special_token|<reasoning_process>|special_token|<summary>.
@@ -39,7 +40,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # Model: the base checkpoint (HF directory, GGUF file, or a stage's
   # workdir); by default zero.py's tiny base (common.model_section).
-  c.model = common.model_section(args.model)
+  c.model = common.model_section(args.model, args.lora)
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ''              # '' = the checkpoint's own
 

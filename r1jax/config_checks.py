@@ -34,6 +34,7 @@ from r1jax.data import synthetic
 from r1jax.data.templates import TEMPLATES
 from r1jax.errors import ConfigError
 from r1jax.model import config as model_config
+from r1jax.model import lora
 from r1jax.run import checks
 from r1jax.run import records as run_records
 
@@ -286,12 +287,15 @@ def _known(config, key: str, registry, prefix: str, also=()) -> None:
 
 _ABSENT = '<absent>'
 
-# Keys added after runs were saved, with the value that means "as before":
-# a saved run config without the key equals a new one that has this value.
+# Keys added after runs were saved without them, with the value that means
+# what those runs did: a saved config lacking one resumes when the new
+# config leaves it at that value (a run from before LoRA is a rank-0 run).
 ADDED_KEYS = {
     'eval.few_shot': 0,
     'eval.few_shot_seed': 0,
     'rl.length_buckets': 0,
+    **{f'model.lora.{k}': json.loads(json.dumps(v))
+       for k, v in lora.DEFAULTS.items()},
 }
 
 
@@ -321,7 +325,7 @@ def run_config_diff(old: ml_collections.ConfigDict | None,
   out = []
   for key in sorted(set(a) | set(b)):
     va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
-    if va is _ABSENT and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
+    if va == _ABSENT and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
       continue
     if va != vb and not any(fnmatch.fnmatchcase(key, p) for p in RESUME_SAFE):
       out.append((key, va, vb))

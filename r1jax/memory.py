@@ -8,8 +8,11 @@
 
 Bytes per device. Three things stay resident for the whole run: the
 parameters, the optimizer state (AdamW: two moments in the parameter dtype)
-and the frozen reference (when beta > 0). On top of them, one phase of the
-step at a time:
+and the frozen reference (when beta > 0). With LoRA (`lora=`, the run's
+config.model.lora) the parameters are the frozen base in param_dtype plus
+the float32 adapters, and the optimizer state, the gradients and the
+reference (zero adapters, or their copy after a reset) are the adapters'
+size only. On top of them, one phase of the step at a time:
 
   sample     the KV cache of every row (prompts x group size), the prefill's
              attention scores and the decode step's logits; the prefill's
@@ -48,13 +51,15 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from r1jax.model import lora as lora_lib
 from r1jax.model.config import ModelConfig
 from r1jax.sampling import sampler as sampler_lib
 from r1jax.errors import MemoryBudgetError
 
 _GIB = 2 ** 30
 KNOBS = ('rl.group_size', 'rl.prompts_per_step', 'rl.num_minibatches',
-         'rl.grad_accum', 'sampling.max_new_tokens', 'model.remat')
+         'rl.grad_accum', 'sampling.max_new_tokens', 'model.remat',
+         'model.lora.rank', 'model.param_dtype')
 
 
 def _budget_bucket(n: int) -> int:
@@ -79,6 +84,34 @@ def adamw_bytes(cfg: ModelConfig) -> int:
   """AdamW's first and second moments (parameter dtype) and its counters
   (`run.train_state.make_optimizer`: clip -> adamw with a schedule)."""
   return 2 * param_bytes(cfg) + 2 * 4
+
+
+def adapter_params(cfg: ModelConfig, lora: lora_lib.LoRAConfig) -> int:
+  """Parameters of the LoRA adapters: r (in + out) per targeted projection
+  and layer."""
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+  dims = {'q': (d, q), 'k': (d, kv), 'v': (d, kv), 'o': (q, d),
+          'gate': (d, f), 'up': (d, f), 'down': (f, d)}
+  return cfg.num_layers * lora.rank * sum(sum(dims[t]) for t in lora.targets)
+
+
+def adapter_bytes(cfg: ModelConfig, lora: lora_lib.LoRAConfig) -> int:
+  """The adapters in float32 (their master weights)."""
+  return adapter_params(cfg, lora) * 4
+
+
+def _lora_activation_bytes(cfg: ModelConfig, lora: lora_lib.LoRAConfig,
+                           rows: int, seq: int) -> int:
+  """Per layer: each adapter's [tokens, r] intermediate, and with dropout
+  the dropped copy of its input."""
+  e = jnp.dtype(cfg.dtype).itemsize
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  inputs = {'q': d, 'k': d, 'v': d, 'o': cfg.num_heads * cfg.head_dim,
+            'gate': d, 'up': d, 'down': f}
+  per_token = sum(lora.rank + (inputs[t] if lora.dropout else 0)
+                  for t in lora.targets) * e
+  return rows * seq * per_token
 
 
 def kv_cache_bytes(cfg: ModelConfig, rows: int, prompt_width: int,
@@ -144,10 +177,11 @@ class Estimate:
   gradients: int
   activations: int
   update_logits: int
+  adapters: int = 0   # LoRA: the float32 adapters (params: the frozen base)
 
   @property
   def resident(self) -> int:
-    return self.params + self.optimizer + self.reference
+    return self.params + self.adapters + self.optimizer + self.reference
 
   @property
   def phases(self) -> dict[str, int]:
@@ -164,7 +198,10 @@ class Estimate:
     return self.resident + max(self.phases.values())
 
   def table(self) -> str:
-    rows = [('params', self.params), ('optimizer (AdamW)', self.optimizer),
+    rows = [('params', self.params)]
+    if self.adapters:
+      rows = [('params (frozen)', self.params), ('LoRA adapters', self.adapters)]
+    rows += [('optimizer (AdamW)', self.optimizer),
             ('reference', self.reference), ('kv cache', self.kv_cache),
             ('sample, other', self.sample_other),
             ('reference pass', self.reference_pass),
@@ -186,7 +223,8 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
                   num_minibatches: int, grad_accum: int, use_reference: bool,
                   batch_devices: int = 1, param_shards: int = 1,
                   remat: bool | None = None,
-                  decode_segments: int | None = None) -> Estimate:
+                  decode_segments: int | None = None,
+                  lora: lora_lib.LoRAConfig | None = None) -> Estimate:
   """Bytes per device of one GRPO step (see the module doc).
 
   Args:
@@ -202,6 +240,7 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
     param_shards: devices a parameter is split over (mesh fsdp x tensor).
     decode_segments: the sampler's (sampling.decode_segments; None: the
       Sampler's default).
+    lora: the run's LoRA (None: every weight trained).
   """
   rows = prompts_per_step * group_size
   rows_dev = -(-rows // batch_devices)
@@ -229,15 +268,23 @@ def grpo_estimate(cfg: ModelConfig, *, prompts_per_step: int, group_size: int,
     # copy below f32).
     ref_pass = (micro * budget * cfg.vocab_size * (4 + (e if e < 4 else 0))
                 + micro * cfg.num_heads * seq * seq * 4 + micro * seq * seq)
+  trained, adapters, optimizer = p, 0, -(-adamw_bytes(cfg) // param_shards)
+  activations = activation_bytes(cfg, micro, seq, remat)
+  if lora is not None:  # the base is frozen; adapters and AdamW in float32
+    trained = adapters = -(-adapter_bytes(cfg, lora) // param_shards)
+    optimizer = 2 * adapters + 2 * 4
+    layers = 1 if (cfg.remat if remat is None else remat) else cfg.num_layers
+    activations += layers * _lora_activation_bytes(cfg, lora, micro, seq)
   return Estimate(
       params=p,
-      optimizer=-(-adamw_bytes(cfg) // param_shards),
-      reference=p if use_reference else 0,
+      adapters=adapters,
+      optimizer=optimizer,
+      reference=trained if use_reference else 0,
       kv_cache=kv_cache_bytes(cfg, rows_dev, prompt_tokens, max_new_tokens),
       sample_other=prefill + decode_logits + buffers + prompt_cache + grow,
       reference_pass=ref_pass,
-      gradients=2 * p,  # the accumulator + one micro-batch's gradient
-      activations=activation_bytes(cfg, micro, seq, remat),
+      gradients=2 * trained,  # the accumulator + one micro-batch's gradient
+      activations=activations,
       update_logits=logits_bytes(cfg, micro, budget))
 
 
@@ -278,7 +325,8 @@ def estimate_for_config(config, model_cfg: ModelConfig, mesh) -> Estimate:
       grad_accum=rc.grad_accum, use_reference=rc.beta > 0,
       batch_devices=shape.get('data', 1) * shape.get('fsdp', 1),
       param_shards=shape.get('fsdp', 1) * shape.get('tensor', 1),
-      decode_segments=sc.decode_segments)
+      decode_segments=sc.decode_segments,
+      lora=lora_lib.from_config(config.model))
 
 
 def over_budget_message(est: Estimate, limit: int, where: str,
@@ -297,6 +345,10 @@ def over_budget_message(est: Estimate, limit: int, where: str,
       'update': 'a micro-batch is rows / (rl.num_minibatches x '
                 'rl.grad_accum); raise either, or set model.remat=True',
   }[phase]
+  if not est.adapters and est.resident > est.phases[phase]:
+    hint += ('; the resident weights are most of it: train LoRA adapters '
+             '(model.lora.rank > 0) on a frozen bfloat16 base '
+             "(model.param_dtype='bfloat16')")
   total = (f'{_fmt(est.total)} per device' if devices == 1 else
            f'{_fmt(est.total)} per device x {devices} devices')
   return (f'estimated peak memory {total} exceeds {where} '

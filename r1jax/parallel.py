@@ -50,6 +50,13 @@ DEFAULT_RULES: Rules = (
      P('fsdp', 'tensor')),                                       # [D, X]
     (r'(^|/)(o_proj|down_proj)/kernel$', P('tensor', 'fsdp')),   # [X, D]
     (r'(^|/)(q_proj|k_proj|v_proj)/bias$', P('tensor')),         # [X]
+    # LoRA adapters (r1jax/model/lora.py): A [in, r], B [r, out], each laid
+    # out as its kernel along in / out, the rank replicated.
+    (r'(^|/)(q_proj|k_proj|v_proj|gate_proj|up_proj)/lora_a$', P('fsdp')),
+    (r'(^|/)(q_proj|k_proj|v_proj|gate_proj|up_proj)/lora_b$',
+     P(None, 'tensor')),
+    (r'(^|/)(o_proj|down_proj)/lora_a$', P('tensor')),
+    (r'(^|/)(o_proj|down_proj)/lora_b$', P(None, 'fsdp')),
     (r'norm/weight$', P()),                                      # [D]
 )
 

@@ -100,7 +100,8 @@ def test_eval_section_refuses_an_unknown_field():
 ZERO_ARGS = ('', 'runlocal', 'model=smollm2-135m', 'model=tiny',
              'model=qwen2.5-math-1.5b,data=math', 'data=gsm8k', 'data=math',
              'data=synthetic', 'model=smollm2-135m,data=gsm8k',
-             'model=qwen2.5-0.5b,data=gsm8k,runlocal', 'model=qwen2.5-7b')
+             'model=qwen2.5-0.5b,data=gsm8k,runlocal', 'model=qwen2.5-7b',
+             'runlocal,lora=4', 'model=qwen2.5-1.5b,lora=16')
 DOCUMENTED = {
     'zero': ZERO_ARGS, 'dapo': ZERO_ARGS, 'dr_grpo': ZERO_ARGS,
     'reasoning_rl': ZERO_ARGS, 'rejection': ZERO_ARGS, 'r1': ZERO_ARGS,

@@ -157,6 +157,10 @@ def test_row_coupled_losses_are_refused():
     grpo.validate_config(c)
   with pytest.raises(errors.ConfigError, match='one process'):
     grpo.validate_config(_config(), process_count=2)
+  c = _config()
+  c.model.lora.rank = 4
+  with pytest.raises(errors.ConfigError, match='model.lora.rank=4'):
+    grpo.validate_config(c)
   with pytest.raises(errors.ConfigError, match='length_buckets=-1'):
     grpo.validate_config(_config(length_buckets=-1))
   grpo.validate_config(_config())

@@ -59,11 +59,18 @@ _RESUME_KW = dict(train__steps=6, train__checkpoint_every=2,
 _TIMING = ('time/', 'train/tokens_per_s', 'train/compiles', 'time')
 
 
+# LoRA: adapters, their optimizer state and reference adapters in the
+# checkpoints; dropout masks drawn from the step's key.
+_LORA_KW = dict(model__lora__rank=4, model__lora__dropout=0.1)
+
+
 @pytest.mark.slow
-def test_sigkill_and_resume_equals_uninterrupted_run(base_dir, tmp_path):
+@pytest.mark.parametrize('lora', [False, True], ids=['full', 'lora'])
+def test_sigkill_and_resume_equals_uninterrupted_run(base_dir, tmp_path, lora):
   full, killed = tmp_path / 'full', tmp_path / 'killed'
-  cmd_full = _run_cmd(tmp_path, base_dir, full, _RESUME_KW)
-  cmd_killed = _run_cmd(tmp_path, base_dir, killed, _RESUME_KW)
+  kw = dict(_RESUME_KW, **(_LORA_KW if lora else {}))
+  cmd_full = _run_cmd(tmp_path, base_dir, full, kw)
+  cmd_killed = _run_cmd(tmp_path, base_dir, killed, kw)
   ref = subprocess.Popen(cmd_full, env=_env(1), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
   # Kill the other run at a random step after its first checkpoint.
@@ -93,6 +100,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(base_dir, tmp_path):
   assert ref.returncode == 0, err[-3000:]
 
   a, b = H.final_params(full), H.final_params(killed)
+  assert all(('lora_' in k) == lora for k in a)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   rows_a, rows_b = H.read_rows(full), H.read_rows(killed)

@@ -4,6 +4,8 @@
     logits, _ = apply(graphdef, params, tokens_BxT, positions_BxT, mask_BxTxT)
 
 The policy and a frozen reference are two `params` trees of one `graphdef`.
+With LoRA (r1jax/model/lora.py) `params` are the adapters and the frozen base
+is a second tree, `frozen`, of the LoRA graphdef (`abstract_lora`).
 """
 
 from typing import Any
@@ -12,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from r1jax.model import lora as lora_lib
 from r1jax.model.config import ModelConfig
 from r1jax.model.transformer import Cache, Transformer
 
@@ -33,10 +36,24 @@ def abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, Params]:
   return nnx.split(nnx.eval_shape(lambda: build(cfg, 0)))
 
 
+def abstract_lora(cfg: ModelConfig, lora: lora_lib.LoRAConfig
+                  ) -> tuple[nnx.GraphDef, Params]:
+  """The LoRA model's graph definition and its adapters' shapes. Its frozen
+  tree is the plain model's params (`abstract(cfg)`), path for path."""
+  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0), lora=lora))
+  graphdef, adapters, _ = nnx.split(model, lora_lib.LoRAParam, ...)
+  return graphdef, adapters
+
+
 def apply(graphdef: nnx.GraphDef, params: Params, tokens_BxT, positions_BxT,
-          mask_BxTxS, cache: Cache | None = None, cache_index: Any = 0):
-  """Forward pass: (logits_BxTxV float32, updated cache or None)."""
-  model = nnx.merge(graphdef, params)
+          mask_BxTxS, cache: Cache | None = None, cache_index: Any = 0, *,
+          frozen: Params | None = None, dropout_key: jax.Array | None = None):
+  """Forward pass: (logits_BxTxV float32, updated cache or None).
+
+  `frozen`: the base params of a LoRA graphdef (then `params` are the
+  adapters); `dropout_key`: LoRA dropout (training only).
+  """
+  model = lora_lib.merge(graphdef, params, frozen, dropout_key)
   return model(tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index)
 
 

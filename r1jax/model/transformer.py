@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from r1jax.model.config import ModelConfig
+from r1jax.model.lora import LoRAConfig, LoRALinear
 
 # A per-layer key/value cache over S slots:
 #   {'k': [B, K, H, S], 'v': [B, K, S, H]}
@@ -99,21 +100,27 @@ class RMSNorm(nnx.Module):
 
 
 def _linear(cfg: ModelConfig, d_in: int, d_out: int, bias: bool,
-            rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, use_bias=bias, dtype=cfg.dtype,
-                    param_dtype=cfg.param_dtype, kernel_init=_INIT, rngs=rngs)
+            rngs: nnx.Rngs, lora: LoRAConfig | None = None,
+            name: str = '') -> nnx.Linear:
+  """A projection; a `LoRALinear` when `lora` targets `name`."""
+  kw = dict(use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            kernel_init=_INIT, rngs=rngs)
+  if lora is not None and lora.targets_projection(name):
+    return LoRALinear(d_in, d_out, lora=lora, **kw)
+  return nnx.Linear(d_in, d_out, **kw)
 
 
 class Attention(nnx.Module):
   """Grouped-query attention with rotary positions and an optional KV cache."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs,
+               lora: LoRAConfig | None = None):
     d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.cfg = cfg
-    self.q_proj = _linear(cfg, d, n * h, cfg.qkv_bias, rngs)
-    self.k_proj = _linear(cfg, d, k * h, cfg.qkv_bias, rngs)
-    self.v_proj = _linear(cfg, d, k * h, cfg.qkv_bias, rngs)
-    self.o_proj = _linear(cfg, n * h, d, False, rngs)
+    self.q_proj = _linear(cfg, d, n * h, cfg.qkv_bias, rngs, lora, 'q_proj')
+    self.k_proj = _linear(cfg, d, k * h, cfg.qkv_bias, rngs, lora, 'k_proj')
+    self.v_proj = _linear(cfg, d, k * h, cfg.qkv_bias, rngs, lora, 'v_proj')
+    self.o_proj = _linear(cfg, n * h, d, False, rngs, lora, 'o_proj')
 
   def __call__(self, x_BxTxD, rope, mask_BxTxS, cache: LayerCache | None,
                cache_index):
@@ -205,11 +212,12 @@ def _rows(x: jax.Array) -> jax.Array:
 class MLP(nnx.Module):
   """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs,
+               lora: LoRAConfig | None = None):
     d, f = cfg.hidden_size, cfg.intermediate_size
-    self.gate_proj = _linear(cfg, d, f, False, rngs)
-    self.up_proj = _linear(cfg, d, f, False, rngs)
-    self.down_proj = _linear(cfg, f, d, False, rngs)
+    self.gate_proj = _linear(cfg, d, f, False, rngs, lora, 'gate_proj')
+    self.up_proj = _linear(cfg, d, f, False, rngs, lora, 'up_proj')
+    self.down_proj = _linear(cfg, f, d, False, rngs, lora, 'down_proj')
 
   def __call__(self, x_BxTxD):
     x = _rows(x_BxTxD)
@@ -220,12 +228,13 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
   """Pre-norm decoder block."""
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs,
+               lora: LoRAConfig | None = None):
     eps, pd, dt = cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype
     self.input_layernorm = RMSNorm(cfg.hidden_size, eps, pd, dt)
-    self.self_attn = Attention(cfg, rngs)
+    self.self_attn = Attention(cfg, rngs, lora)
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps, pd, dt)
-    self.mlp = MLP(cfg, rngs)
+    self.mlp = MLP(cfg, rngs, lora)
 
   def __call__(self, x_BxTxD, rope, mask_BxTxS, cache, cache_index):
     attn_out, new_cache = self.self_attn(
@@ -246,14 +255,19 @@ _run_block_remat = nnx.remat(_run_block, graph_updates=False)
 
 
 class Transformer(nnx.Module):
-  """The decoder: embed -> blocks -> final norm -> logits (float32)."""
+  """The decoder: embed -> blocks -> final norm -> logits (float32).
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+  With `lora`, the projections it targets carry adapters (r1jax/model/lora.py).
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs,
+               lora: LoRAConfig | None = None):
     self.cfg = cfg
     self.embed_tokens = nnx.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype,
         param_dtype=cfg.param_dtype, embedding_init=_INIT, rngs=rngs)
-    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.layers = nnx.List([Block(cfg, rngs, lora)
+                            for _ in range(cfg.num_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype,
                         cfg.dtype)
     if not cfg.tie_embeddings:

@@ -4,6 +4,9 @@ and the stages).
   * `checks`: config checks that fail at start-up with one line naming the key;
   * `loading`: the model + tokenizer a run starts from, sharded on its mesh;
   * `train_state`: the optimizer, the train state, resume;
+  * `adapters`: LoRA (config.model.lora): what a stage trains and what it
+    keeps frozen, the base's fingerprint on resume, the merged and PEFT
+    exports;
   * `records`: what a workdir records (run config, done.json, metrics and
     completions files, the exported model) and the file names;
   * `problems`: the train and held-out problems of a config;

@@ -1,8 +1,10 @@
 """Start-up checks that the files and directories a config names exist:
 model.hf_path (an HF directory or a finished stage's workdir), model.gguf_path,
 tokenizer.path, data.path (a JSONL file or a rejection_sampling workdir),
-data.local_dir, distill.teacher; and that a checkpoint has the architecture
-model.preset names (from its config only, before any weight loads)."""
+data.local_dir, distill.teacher, model.lora.adapter_path (a PEFT directory
+whose rank, alpha and targets are the config's); and that a checkpoint has
+the architecture model.preset names (from its config only, before any weight
+loads)."""
 
 import json
 import pathlib
@@ -11,6 +13,9 @@ import ml_collections
 
 from r1jax.errors import MissingFileError
 from r1jax.model import hf
+from r1jax.model import lora as lora_lib
+from r1jax.model import peft
+from r1jax.run import adapters
 from r1jax.run import checks
 from r1jax.run import loading
 from r1jax.run import records as run_records
@@ -78,6 +83,10 @@ def check_files(config: ml_collections.ConfigDict,
                    'is not a directory; point it at the raw data set files '
                    "(e.g. ../shared/data), or set it to '' to use "
                    '$R1JAX_DATA_DIR or download them', prefix)
+  lcfg = lora_lib.from_config(config.get('model'), f'{prefix}.model.lora')
+  if lcfg is not None and lcfg.adapter_path:
+    peft.check_adapter_config(adapters.adapter_dir(lcfg.adapter_path), lcfg,
+                              f'{prefix}.model.lora.adapter_path')
   teacher = _set(config, 'distill.teacher')
   if teacher and not pathlib.Path(teacher).exists():
     raise _missing('distill.teacher', teacher,

@@ -25,6 +25,11 @@ sampling.max_new_tokens), so after the first step nothing compiles again.
 A checkpoint holds params, optimizer state, reference params, the RNG, the
 data position and the step: a run killed at any moment continues, from its
 last checkpoint, exactly as if it had not been.
+
+With config.model.lora (r1jax/run/adapters.py) the params, their optimizer
+state and the checkpoints are the adapters'; the base is frozen and the
+reference is the base with the adapters switched off (zero adapters; after
+a reference reset, a copy of the adapters), never a second copy of the base.
 """
 
 import dataclasses
@@ -43,9 +48,10 @@ from r1jax import rl
 from r1jax.data import batching
 from r1jax.model import config as model_config
 from r1jax.model import functional as fn
-from r1jax.model import hf
+from r1jax.model import lora as lora_lib
 from r1jax import errors
 from r1jax import evaluate
+from r1jax.run import adapters
 from r1jax.run import checks
 from r1jax.run import console
 from r1jax.run import loading
@@ -89,6 +95,7 @@ def validate_config(config: ml_collections.ConfigDict,
   """
   rc, sc, tc = config.rl, config.sampling, config.train
   g, p = rc.group_size, rc.prompts_per_step
+  lora_lib.from_config(config.model)  # LoRA keys: refused naming the key
   rows = p * g
   per_device = rows // max(num_devices_batch, 1)
   checks.check_known(config, 'rl.advantage', rl.ADVANTAGES.names())
@@ -250,6 +257,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
              f'{fn.count_params(params):,} params, vocab '
              f'{tokenizer.vocab_size}; {jax.device_count()} devices, mesh '
              f'{dict(mesh.shape)}')
+  # With config.model.lora: the adapters are trained, the base is frozen.
+  w = adapters.attach(config, model_cfg, graphdef, params, mesh, writer.log)
+  graphdef, params = w.graphdef, w.params
 
   # ------------------------------------------------------------------ data
   batcher = make_batcher(config, tokenizer, problems.train_records(config))
@@ -271,11 +281,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state, shardings = train_state.init_train_state(params, optimizer, config.seed,
                                              mesh)
   use_ref = rc.beta > 0
-  ref_params = grpo_update.copy_tree(state['params']) if use_ref else None
+  ref_params = w.reference(state['params']) if use_ref else None
   ckpt_state = lambda: ({**state, 'ref_params': ref_params} if use_ref
                         else dict(state))
   ckpt_shardings = ({**shardings, 'ref_params': shardings['params']}
                     if use_ref else shardings)
+  adapters.check_resume(checkpointer, w)
   restored, extra, latest = train_state.restore_latest(
       checkpointer, ckpt_state(), ckpt_shardings,
       {'data_state': batcher.get_state()})
@@ -296,7 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       graphdef, optimizer, loss_config=loss,
       num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
       grad_accum=rc.grad_accum, mesh=mesh,
-      scoring=grpo_update.Scoring.from_config(config.sampling))
+      scoring=grpo_update.Scoring.from_config(config.sampling),
+      frozen=w.frozen, lora_dropout=w.dropout)
   # In the update's micro-batches: never more logits at once than an update.
   num_chunks = rc.num_minibatches * rc.grad_accum
   logprobs_fn = grpo_update.make_logprobs_fn(
@@ -321,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       return
     t0 = time.perf_counter()
     stats = evaluate.evaluate_config(
-        config.eval, sampler, state['params'], tokenizer, eval_recs,
+        config.eval, sampler, w.full(state['params']), tokenizer, eval_recs,
         accuracy_reward=config.eval.reward or config.rewards.accuracy,
         log=lambda s: writer.log(f'step {step}: {s}'))
     writer.write(step, evaluate.summarize(stats), prefix='eval/')
@@ -344,11 +356,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     while step < tc.steps:
       t_step = time.perf_counter()
       key = jax.random.fold_in(base_key, step)
-      host = rollout(state['params'], key, timer)           # sample + reward
+      policy = w.full(state['params'])   # with LoRA: adapters on the base
+      host = rollout(policy, key, timer)                    # sample + reward
       batch, batch_metrics = grpo_update.make_batch(        # ref, advantages
           host, config, mesh, logprobs_fn=logprobs_fn, timer=timer,
-          ref_params=ref_params,
-          old_params=state['params'] if recompute_old_logp else None)
+          ref_params=None if ref_params is None else w.full(ref_params),
+          old_params=policy if recompute_old_logp else None)
       with timer('update'):
         state, m = update_fn(state, batch)
         m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -387,14 +400,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         run_eval(step)
       if step % tc.checkpoint_every == 0 or step == tc.steps:
         checkpointer.save(step, {**ckpt_state(),
-                                 'data_state': batcher.get_state()})
+                                 'data_state': batcher.get_state()},
+                          metadata=w.metadata())
   checkpointer.wait()
   if start_step >= tc.steps:
     writer.log(f'run already complete at step {start_step}')
   out_dir = run_records.export_dir(config, workdir)
   if config.export.hf:  # every process: params are gathered, process 0 writes
-    hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer)
-    writer.log(f'exported Hugging Face checkpoint to {out_dir}')
+    adapters.export(out_dir, model_cfg, w, state['params'], tokenizer, workdir,
+                    base_name=config.model.hf_path, log=writer.log)
   final['wall_time_s'] = time.perf_counter() - t_start
   final['compiles'] = console.CompileCounter.count()
   final['step'] = step

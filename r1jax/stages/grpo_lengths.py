@@ -37,7 +37,7 @@ metric length_aware_padded_passes counts those.
 Losses whose value depends on which rows share a micro-batch (batch-level
 quantiles or covariances: 'clip_cov', 'kl_cov', rl.loss_options
 top_entropy_quantile and entropy_target) are refused by `check_config`.
-One process only (the planner sees every row); several processes: refused.
+One process only (the planner sees every row), and no LoRA yet: refused.
 """
 
 import dataclasses
@@ -81,6 +81,12 @@ def check_config(config, process_count: int) -> None:
           f'config.rl.length_buckets={n} with config.rl.loss_options.{key}: '
           'it is a statistic of the whole micro-batch, which length-aware '
           'micro-batches change; set rl.length_buckets=0')
+  lora = config.model.get('lora') or {}
+  if int(lora.get('rank', 0) or 0):
+    raise errors.ConfigError(
+        f'config.rl.length_buckets={n} with config.model.lora.rank='
+        f'{lora.get("rank")}: length-aware passes do not train LoRA adapters '
+        'yet; set rl.length_buckets=0')
   if process_count > 1:
     raise errors.ConfigError(
         f'config.rl.length_buckets={n}: length-aware passes run in one '

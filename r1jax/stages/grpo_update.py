@@ -33,14 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax import parallel
 from r1jax import rl
 from r1jax.model.functional import causal_mask, positions_from_mask, token_logprobs
+from r1jax.model import lora as lora_lib
 from r1jax.rl import accumulation
+from r1jax.run import adapters
 from r1jax.run import console
 from r1jax.sampling import controls
 from r1jax.stages import grpo_rollout
@@ -110,16 +111,18 @@ class Scoring:
 
 def completion_logprobs(graphdef, params, completions: Completions, *,
                         with_entropy: bool = False,
-                        scoring: Scoring = Scoring()):
+                        scoring: Scoring = Scoring(), frozen=None,
+                        dropout_key=None):
   """(logp_BxL, entropy_BxL or None) of the completion tokens.
 
   One forward pass over [prompt, completion[:-1]]; the LM head runs only on
   the positions that predict completion tokens. Equal to the sampler's
   log-probs for the same params (the same forward code and positions, the
   same `scoring` of the logits). The entropy is that of the same
-  distribution.
+  distribution. With LoRA, `params` are the adapters and `frozen` the base
+  (`lora.merge`); `dropout_key` turns LoRA dropout on.
   """
-  model = nnx.merge(graphdef, params)
+  model = lora_lib.merge(graphdef, params, frozen, dropout_key)
   prompt_BxP, comp_BxL = completions.prompt_tokens, completions.tokens
   p = prompt_BxP.shape[1]
   tokens_BxS = jnp.concatenate([prompt_BxP, comp_BxL[:, :-1]], axis=1)
@@ -198,15 +201,22 @@ def _combine(name: str, x: jax.Array, w: jax.Array | None = None) -> jax.Array:
   return jnp.sum(x * w, axis=0)
 
 
+# Folded into a step's key for its LoRA dropout keys.
+_DROPOUT_SALT = 0x4C6F5241
+
+
 def make_micro_loss(graphdef, loss_config: rl.LossConfig,
                     scoring: Scoring = Scoring()):
-  """(params, mb: Batch, total_units) -> (loss * w, (metrics, w)): one
-  micro-batch's `rl.grpo_loss`, weighted by its share w of the mini-batch's
-  aggregation units, so the micro-batches' weighted losses (and gradients)
-  sum to the mini-batch's (`rl.accumulation`)."""
-  def micro_loss(params, mb: Batch, total_units):
+  """(params, mb: Batch, total_units, frozen=None, key=None) -> (loss * w,
+  (metrics, w)): one micro-batch's `rl.grpo_loss`, weighted by its share w
+  of the mini-batch's aggregation units, so the micro-batches' weighted
+  losses (and gradients) sum to the mini-batch's (`rl.accumulation`). With
+  LoRA, `params` are the adapters, `frozen` the base and `key` the dropout
+  key (`completion_logprobs`)."""
+  def micro_loss(params, mb: Batch, total_units, frozen=None, key=None):
     logp, entropy = completion_logprobs(graphdef, params, mb.completions,
-                                        with_entropy=True, scoring=scoring)
+                                        with_entropy=True, scoring=scoring,
+                                        frozen=frozen, dropout_key=key)
     loss, metrics = rl.grpo_loss(
         logp, mb.old_logp, mb.ref_logp, mb.adv, mb.loss_mask,
         entropy_BxT=entropy, sampler_logp_BxT=mb.sampler_logp,
@@ -220,8 +230,14 @@ def make_micro_loss(graphdef, loss_config: rl.LossConfig,
 def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                    loss_config: rl.LossConfig, num_iterations: int,
                    num_minibatches: int, grad_accum: int, mesh: Mesh,
-                   scoring: Scoring = Scoring()):
+                   scoring: Scoring = Scoring(), frozen=None,
+                   lora_dropout: bool = False):
   """jit (state, Batch) -> (state, metrics); the state is donated.
+
+  With LoRA, `state['params']` are the adapters and `frozen` the base,
+  passed to every call (never donated, never differentiated); with
+  `lora_dropout` each micro-batch draws its dropout masks from the step's
+  key (state['rng'] folded with the step), so a resumed run draws the same.
 
   `state` holds 'params', 'opt_state' and 'step' (GRPO steps done). Metrics
   are grpo_loss's, averaged over all optimizer steps of the update, plus
@@ -244,17 +260,19 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
   grad_fn = jax.value_and_grad(make_micro_loss(graphdef, loss_config, scoring),
                                has_aux=True)
 
-  def minibatch_step(carry, mb):
+  def minibatch_step(carry, xs, frozen):
     params, opt_state = carry
+    mb, keys = xs  # keys: [grad_accum] dropout keys, or None
     total_units = accumulation.aggregation_units(aggregation, mb.loss_mask)
     micro = split(mb, grad_accum)
 
     def body(g_acc, x):
-      (loss, (metrics, w)), g = grad_fn(params, x, total_units)
+      x, key = x
+      (loss, (metrics, w)), g = grad_fn(params, x, total_units, frozen, key)
       return jax.tree.map(jnp.add, g_acc, g), (loss, metrics, w)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, (losses, metrics, ws) = jax.lax.scan(body, zeros, micro)
+    grads, (losses, metrics, ws) = jax.lax.scan(body, zeros, (micro, keys))
     metrics = {k: _combine(k, v, ws) for k, v in metrics.items()}
     metrics['loss'] = jnp.sum(losses)
     metrics['grad_norm'] = optax.global_norm(grads)
@@ -267,15 +285,22 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
     params = optax.apply_updates(params, updates)
     return (params, opt_state), metrics
 
-  def update(state, batch: Batch):
+  def update(state, batch: Batch, frozen=None):
     minibatches = split(batch, num_minibatches)
+    keys = None
+    if lora_dropout:  # [iterations, minibatches, grad_accum]
+      step_key = jax.random.fold_in(
+          jax.random.wrap_key_data(state['rng']), state['step'])
+      keys = jax.random.split(jax.random.fold_in(step_key, _DROPOUT_SALT),
+                              (num_iterations, num_minibatches, grad_accum))
 
-    def one_pass(carry, _):
-      return jax.lax.scan(minibatch_step, carry, minibatches)
+    def one_pass(carry, keys_M):
+      step = functools.partial(minibatch_step, frozen=frozen)
+      return jax.lax.scan(step, carry, (minibatches, keys_M))
 
     carry = (state['params'], state['opt_state'])
     (params, opt_state), metrics = jax.lax.scan(
-        one_pass, carry, None, length=num_iterations)
+        one_pass, carry, keys, length=num_iterations)
     # [iterations, minibatches] -> scalars.
     metrics = {k: _combine(k, v.reshape(-1)) for k, v in metrics.items()}
     metrics['loss_finite'] = metrics.pop('loss_finite_min')
@@ -283,7 +308,8 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                      step=state['step'] + 1)
     return new_state, metrics
 
-  return jax.jit(update, donate_argnums=0)
+  jitted = jax.jit(update, donate_argnums=0)
+  return jitted if frozen is None else functools.partial(jitted, frozen=frozen)
 
 
 @functools.partial(jax.jit, static_argnames=('group_size', 'estimator', 'eps',
@@ -399,8 +425,4 @@ def make_batch(host: grpo_rollout.HostRollout, config, mesh, *, logprobs_fn,
                sampler_logp=sampler_logp), metrics
 
 
-@jax.jit
-def copy_tree(tree):
-  """A fresh copy of every array (the reference must not alias donated
-  policy buffers)."""
-  return jax.tree.map(jnp.copy, tree)
+copy_tree = adapters.copy_tree  # the reference's copy of the policy

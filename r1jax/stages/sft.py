@@ -32,8 +32,9 @@ from r1jax.data import corpus
 from r1jax.data import batching
 from r1jax.model import config as model_config
 from r1jax.model import functional as fn
-from r1jax.model import hf
+from r1jax.model import lora as lora_lib
 from r1jax.rl import distill as distill_lib
+from r1jax.run import adapters
 from r1jax.run import checks
 from r1jax.run import console
 from r1jax.run import loading
@@ -103,6 +104,7 @@ def validate_config(config: ml_collections.ConfigDict,
         ('tokenizer.vocab_size', config.tokenizer.vocab_size <= vocab,
          f'is more than the model preset {mc.preset!r} has (vocab_size='
          f'{vocab}); lower it or raise config.model.overrides.vocab_size')])
+  lora_lib.from_config(config.model)  # LoRA keys: refused naming the key
   if config.data.source == 'jsonl' and not config.data.path:
     raise errors.ConfigError("config.data.path must name a JSONL file when "
                      "config.data.source='jsonl'")
@@ -244,6 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config, workdir, mesh)
   writer.log(f'model: {model_cfg.num_layers} layers, '
              f'{fn.count_params(params):,} params; vocab {tokenizer.vocab_size}')
+  # With config.model.lora: the adapters are trained, the base is frozen.
+  w = adapters.attach(config, model_cfg, graphdef, params, mesh, writer.log)
+  graphdef, params = w.graphdef, w.params
   # One sampler for the logged samples, the ability checks and the final
   # held-out evaluation: its programs compile once.
   sampler = loading.make_sampler(graphdef, model_cfg, tokenizer, mesh,
@@ -274,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       tc, ability if ability and ability.check else None)
   state, shardings = train_state.init_train_state(params, optimizer, config.seed,
                                              mesh)
+  adapters.check_resume(checkpointer, w)
   state, extra, latest = train_state.restore_latest(
       checkpointer, state, shardings, {'data_state': train_iter.get_state()})
   if latest is not None:
@@ -285,9 +291,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   to_device = lambda b: parallel.host_local_to_global(
       {k: np.asarray(v) for k, v in b.items()}, mesh)
   eval_batches = [to_device(b) for b in eval_batches]
-  train_step = sft_update.make_train_step(graphdef, optimizer,
-                                          tc.grad_accum, teacher)
-  eval_step = sft_update.make_eval_step(graphdef)
+  train_step = sft_update.make_train_step(
+      graphdef, optimizer, tc.grad_accum, teacher, frozen=w.frozen,
+      lora_dropout=w.dropout)
+  eval_step = sft_update.make_eval_step(graphdef, w.frozen)
 
   # ------------------------------------------------------------------- loop
   history = []
@@ -332,18 +339,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           final['eval_loss'] = eval_loss
         if (tc.sample_every and eval_examples and
             (step % tc.sample_every == 0 or step == target)):
-          texts = _sample_texts(config, sampler, state['params'], tokenizer,
-                                eval_examples)
+          texts = _sample_texts(config, sampler, w.full(state['params']),
+                                tokenizer, eval_examples)
           writer.write_texts(step, 'samples', texts)
           writer.log(f'step {step}: sample {texts[0]!r}')
         if step % tc.checkpoint_every == 0 or step == target:
           checkpointer.save(step,
-                            {**state, 'data_state': train_iter.get_state()})
+                            {**state, 'data_state': train_iter.get_state()},
+                            metadata=w.metadata())
     checkpointer.wait()
     if not check_ability:
       break
-    figures, failures = _check_ability(config, sampler, state['params'],
-                                       tokenizer)
+    figures, failures = _check_ability(config, sampler,
+                                       w.full(state['params']), tokenizer)
     writer.write(step, figures, prefix='ability/')
     writer.log(f'step {step}: base ability: {base_ability.describe(figures)}')
     if not failures:
@@ -373,12 +381,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         figures, ability.requirements.to_dict(), failures,
         made_by=dict(base_ability.made_by(config), steps=step))
              } if check_ability else None
-    hf.save_pretrained(out_dir, model_cfg, state['params'], tokenizer=tokenizer,
-                       extra_files=extra)
-    writer.log(f'exported Hugging Face checkpoint to {out_dir}')
+    adapters.export(out_dir, model_cfg, w, state['params'], tokenizer,
+                    workdir, base_name=config.model.get('hf_path', ''),
+                    extra_files=extra, log=writer.log)
   tokenizer.save(workdir / 'tokenizer')
   if config.eval.num_problems > 0:
-    stats = evaluate.evaluate_config(config.eval, sampler, state['params'],
+    stats = evaluate.evaluate_config(config.eval, sampler,
+                                     w.full(state['params']),
                                      tokenizer, problems.eval_records(config),
                                      log=writer.log)
     writer.write(step, evaluate.summarize(stats), prefix='eval/')
