@@ -116,12 +116,12 @@ def main():
   for name, ref_fn, update_fn in (
       ('padded', lambda: padded_ref(params, batch.completions),
        lambda: padded_update(copy(state), batch)),
-      ('length-aware', lambda: la.logprobs(params, batch.completions, chunks),
+      ('length-aware', lambda: la.logprobs(params, batch.completions),
        lambda: la.update(copy(state), batch))):
     ref = timed(lambda: jax.block_until_ready(ref_fn()), args.steps)
     upd = timed(lambda: jax.block_until_ready(update_fn()), args.steps)
     results[name] = (ref, upd)
-  la.logprobs(params, batch.completions, chunks)
+  la.logprobs(params, batch.completions)
   frac = la.stats.pop_metrics()  # of one reference pass
   lengths = np.asarray(jax.device_get(batch.completions.mask)).sum(1)
   print(f'rollout: {rows} rows, prompt width {args.prompt_tokens}, budget '

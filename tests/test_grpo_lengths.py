@@ -94,7 +94,7 @@ def test_reference_pass_equals_the_padded_one(devices):
       graphdef, optax.sgd(1.0), loss_config=rl.LossConfig(),
       num_iterations=1, num_minibatches=2, grad_accum=2, mesh=mesh,
       buckets=4, prompt_len=P, completion_len=L)
-  trimmed = la.logprobs(params, completions, num_chunks=4)
+  trimmed = la.logprobs(params, completions)
   np.testing.assert_allclose(np.asarray(trimmed), np.asarray(padded),
                              atol=1e-5, rtol=0)
   stats = la.stats.pop_metrics()
@@ -180,7 +180,7 @@ def test_a_rollout_at_the_budget_runs_the_padded_program():
       graphdef, optax.sgd(1.0), loss_config=rl.LossConfig(),
       num_iterations=1, num_minibatches=2, grad_accum=2, mesh=mesh,
       buckets=4, prompt_len=P, completion_len=L)
-  got = la.logprobs(params, completions, num_chunks=4)
+  got = la.logprobs(params, completions)
   want = grpo_update.make_logprobs_fn(graphdef, mesh, num_chunks=4)(
       params, completions)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

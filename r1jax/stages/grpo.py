@@ -303,27 +303,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # A rollout correction weighs by pi_old / pi_sampler: pi_old is then the
   # trainer's own pass over the rollout, before the update.
   recompute_old_logp = loss.rollout_correction is not None
-  update_fn = grpo_update.make_update_fn(
-      graphdef, optimizer, loss_config=loss,
-      num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
-      grad_accum=rc.grad_accum, mesh=mesh,
-      scoring=grpo_update.Scoring.from_config(config.sampling),
-      frozen=w.frozen, lora_dropout=w.dropout)
-  # In the update's micro-batches: never more logits at once than an update.
-  num_chunks = rc.num_minibatches * rc.grad_accum
-  logprobs_fn = grpo_update.make_logprobs_fn(
-      graphdef, mesh, num_chunks=num_chunks,
-      scoring=grpo_update.Scoring.from_config(config.sampling))
+  scoring = grpo_update.Scoring.from_config(config.sampling)
   if rc.get('length_buckets', 0):  # over the tokens that exist
     lengths = grpo_lengths.LengthAware(
         graphdef, optimizer, loss_config=loss, num_iterations=rc.num_iterations,
         num_minibatches=rc.num_minibatches, grad_accum=rc.grad_accum,
         mesh=mesh, buckets=rc.length_buckets,
         prompt_len=config.sampling.max_prompt_tokens,
-        completion_len=config.sampling.max_new_tokens,
-        scoring=grpo_update.Scoring.from_config(config.sampling))
-    update_fn = lengths.update
-    logprobs_fn = lambda params, c: lengths.logprobs(params, c, num_chunks)
+        completion_len=config.sampling.max_new_tokens, scoring=scoring)
+    update_fn, logprobs_fn = lengths.update, lengths.logprobs
+  else:
+    update_fn = grpo_update.make_update_fn(
+        graphdef, optimizer, loss_config=loss,
+        num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
+        grad_accum=rc.grad_accum, mesh=mesh, scoring=scoring,
+        frozen=w.frozen, lora_dropout=w.dropout)
+    # In the update's micro-batches: never more logits at once than an update.
+    logprobs_fn = grpo_update.make_logprobs_fn(
+        graphdef, mesh, num_chunks=rc.num_minibatches * rc.grad_accum,
+        scoring=scoring)
   rollout = grpo_rollout.Rollout(config, sampler, tokenizer, batcher)
   timer = console.Timer()
   final: dict[str, Any] = {}

@@ -147,6 +147,14 @@ def _gather(x: np.ndarray, rows: np.ndarray, cols: slice) -> np.ndarray:
   return out
 
 
+def _completion_arrays(c) -> dict:
+  """name -> (host array, which columns it has) of a host Completions."""
+  return {'prompt_tokens': (np.asarray(c.prompt_tokens), 'prompt'),
+          'prompt_mask': (np.asarray(c.prompt_mask), 'prompt'),
+          'tokens': (np.asarray(c.tokens), 'completion'),
+          'mask': (np.asarray(c.mask), 'completion')}
+
+
 @dataclasses.dataclass
 class Stats:
   """What the length-aware passes computed, for the logs: the shapes seen
@@ -191,9 +199,10 @@ class LengthAware:
         graphdef, optimizer, loss_config=loss_config,
         num_iterations=num_iterations, num_minibatches=num_minibatches,
         grad_accum=grad_accum, mesh=mesh, scoring=scoring)
-    self._padded_logprobs = {}
-    self._make_padded_logprobs = lambda n: grpo_update.make_logprobs_fn(
-        graphdef, mesh, num_chunks=n, scoring=scoring)
+    # The padded reference pass holds one update micro-batch at a time.
+    self._padded_logprobs = grpo_update.make_logprobs_fn(
+        graphdef, mesh, num_chunks=num_minibatches * grad_accum,
+        scoring=scoring)
     micro_loss = grpo_update.make_micro_loss(graphdef, loss_config, scoring)
     self._grad = jax.jit(jax.value_and_grad(micro_loss, has_aux=True))
     self._units = jax.jit(accumulation.aggregation_units,
@@ -255,28 +264,22 @@ class LengthAware:
     return False
 
   # ------------------------------------------------------------ log-probs
-  def logprobs(self, params, completions: grpo_update.Completions,
-               num_chunks: int) -> jax.Array:
+  def logprobs(self, params, completions: grpo_update.Completions
+               ) -> jax.Array:
     """logp [B, L] of the completion tokens under `params` (zero outside
     the sampled tokens), as `make_logprobs_fn` gives it, computed
-    micro-batch by micro-batch; `num_chunks`: the padded pass's chunk
-    count, which sets the token budget of a micro-batch."""
-    s = jax.device_get(completions)
-    arrays = {'prompt_tokens': (np.asarray(s.prompt_tokens), 'prompt'),
-              'prompt_mask': (np.asarray(s.prompt_mask), 'prompt'),
-              'tokens': (np.asarray(s.tokens), 'completion'),
-              'mask': (np.asarray(s.mask), 'completion')}
+    micro-batch by micro-batch, each within an update micro-batch's token
+    budget."""
+    arrays = _completion_arrays(jax.device_get(completions))
     b = arrays['tokens'][0].shape[0]
     micros = plan(arrays['mask'][0].sum(axis=1), np.arange(b),
                   prompt_width=self._prompt_width(arrays['prompt_mask'][0]),
                   full_len=self.completion_len, buckets=self.buckets,
-                  budget_tokens=self._budget(b, num_chunks),
+                  budget_tokens=self._budget(
+                      b, self.num_minibatches * self.grad_accum),
                   divisor=self.divisor)
     if not self._worth_it(micros, b):
-      if num_chunks not in self._padded_logprobs:
-        self._padded_logprobs[num_chunks] = self._make_padded_logprobs(
-            num_chunks)
-      return self._padded_logprobs[num_chunks](params, completions)
+      return self._padded_logprobs(params, completions)
     out = np.zeros(arrays['tokens'][0].shape, np.float32)
     for m in micros:
       part = self._put(arrays, m, 'logprobs')
@@ -290,11 +293,7 @@ class LengthAware:
   def update(self, state, batch: grpo_update.Batch):
     """(state, metrics) as `make_update_fn`'s update gives them."""
     host = jax.device_get(batch)
-    c = host.completions
-    arrays = {'prompt_tokens': (np.asarray(c.prompt_tokens), 'prompt'),
-              'prompt_mask': (np.asarray(c.prompt_mask), 'prompt'),
-              'tokens': (np.asarray(c.tokens), 'completion'),
-              'mask': (np.asarray(c.mask), 'completion'),
+    arrays = {**_completion_arrays(host.completions),
               'loss_mask': (np.asarray(host.loss_mask), 'completion'),
               'old_logp': (np.asarray(host.old_logp), 'completion'),
               'adv': (np.asarray(host.adv), 'row')}
@@ -338,8 +337,7 @@ class LengthAware:
               sampler_logp=part.get('sampler_logp'))
           (loss, (metrics, w)), g = self._grad(params, mb, total_units)
           grads = self._add(grads, g)
-          mask = arrays['loss_mask'][0][np.maximum(m.rows, 0)]
-          mask[m.rows < 0] = False
+          mask = _gather(arrays['loss_mask'][0], m.rows, slice(None))
           parts.append((loss, metrics, w, float(mask.sum()),
                         float(mask.any(axis=1).sum())))
         params, opt_state, grad_norm = self._apply(params, opt_state, grads)
