@@ -18,6 +18,7 @@ FLOP conventions (the ones MFU papers use):
 """
 
 import os
+import pathlib
 import statistics
 import time
 from typing import Callable
@@ -438,3 +439,17 @@ def report_r1jax_grpo(args, r_steps, r_info) -> tuple[float, float]:
         f'({peak["flops"] / 1e9:.0f} GFLOP/s); at 100% of it the step '
         f'would take {floor_s:.3f} s')
   return r_med, floor_s
+
+
+def r1jax_grpo_side(args, tmp: pathlib.Path):
+  """The r1jax half of a GRPO comparison: writes the shared model to
+  tmp/model, prints the work and the load, times r1jax's step and reports
+  it. Returns (model_dir, records, median step s, step s at 100% of peak)
+  for the other side."""
+  model_dir = write_grpo_model(args, tmp / 'model')
+  records = grpo_problems(args)
+  print(describe_grpo_work(args, model_dir))
+  print(f'load average before: {load_average()}')
+  r_steps, r_info = bench_r1jax_grpo(args, model_dir, records)
+  r_med, floor_s = report_r1jax_grpo(args, r_steps, r_info)
+  return model_dir, records, r_med, floor_s

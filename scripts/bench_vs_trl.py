@@ -146,12 +146,8 @@ def main(argv=None):
     print(f'TRL side skipped: {missing}')
 
   with tempfile.TemporaryDirectory() as tmp:
-    model_dir = bench_common.write_grpo_model(args, pathlib.Path(tmp) / 'model')
-    records = bench_common.grpo_problems(args)
-    print(bench_common.describe_grpo_work(args, model_dir))
-    print(f'load average before: {bench_common.load_average()}')
-    r_steps, r_info = bench_common.bench_r1jax_grpo(args, model_dir, records)
-    r_med, floor_s = bench_common.report_r1jax_grpo(args, r_steps, r_info)
+    model_dir, records, r_med, floor_s = bench_common.r1jax_grpo_side(
+        args, pathlib.Path(tmp))
     if not args.skip_trl and not missing:
       t_steps, t_info = bench_trl(args, model_dir, records,
                                   pathlib.Path(tmp) / 'trl')
