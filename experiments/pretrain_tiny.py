@@ -8,7 +8,9 @@ figures under the R1-Zero template (pass@1, share and accuracy of
 step-by-step answers against direct ones, single-step accuracy, format) and
 under a plain prompt that asks for steps; while they are below
 `ability.requirements`, pretraining goes on in warm-restart chunks up to
-`ability.max_steps`. `:runlocal` shrinks everything to a ~1 minute smoke run.
+`ability.max_steps`. `:runlocal` shrinks everything to a ~1 minute smoke run;
+`:check` adds documents that check each step by its inverse operation
+(CorpusConfig.p_check; experiments/zero.py:check trains from that base).
 
 The corpus (r1jax/data/corpus.py) mixes direct answers, step-by-step solutions
 (some in <think>/<answer> format under the R1-Zero template) and
@@ -26,7 +28,8 @@ from experiments import common
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   from r1jax.data.corpus import CorpusConfig  # pylint: disable=g-import-not-at-top
-  runlocal = common.parse_arg(arg, runlocal=False).runlocal
+  args = common.parse_arg(arg, runlocal=False, check=False)
+  runlocal = args.runlocal
   c = ml_collections.ConfigDict()
   c.stage = 'sft'
   c.seed = 0
@@ -75,12 +78,19 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       restate=True,
       difficulty=common.tiny_difficulty(),
   )
+  if args.check:
+    # `check`: a third of the plain step-by-step documents check every step
+    # by its inverse operation, and a slip in them is caught and fixed
+    # (CorpusConfig.p_check): a corpus in which checking can pay. Documents
+    # are ~1.5x longer: rows of 256 tokens, half as many per step.
+    corpus.p_check = 1 / 3
+    c.data.seq_len = 256
   c.data.corpus = ml_collections.ConfigDict(dataclasses.asdict(corpus))
 
   # Training
   c.train = ml_collections.ConfigDict()
   c.train.steps = 600 if not runlocal else 60
-  c.train.batch_size = 32        # rows of seq_len tokens per step
+  c.train.batch_size = 32 if not args.check else 16  # rows of seq_len tokens
   c.train.grad_accum = 1         # micro-batches per step
   c.train.lr = 3e-3              # peak learning rate
   c.train.warmup_steps = 30 if not runlocal else 10
@@ -118,7 +128,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.ability.num_problems = 256 if not runlocal else 16
   c.ability.num_samples = 4
   c.ability.temperature = 1.0        # the RL sampling temperature
-  c.ability.max_new_tokens = 64      # the RL completion budget
+  c.ability.max_new_tokens = 64 if not args.check else 128  # RL's budget
   c.ability.reward = 'arithmetic'
   c.ability.extend_steps = 150
   # Each extension is a cosine from extend_lr down to the final lr (a warm

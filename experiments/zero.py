@@ -20,6 +20,10 @@ Variants through the argument after the colon (comma-separated):
                                (data=math by default); likewise qwen2.5-0.5b,
                                qwen2.5-1.5b, qwen2.5-7b, qwen2.5-math-7b
   data=gsm8k | math | synthetic
+  check                        the tiny base of experiments/pretrain_tiny.py:check,
+                               whose corpus checks steps by their inverse
+                               ('3 + 2 = 5, check 5 - 2 = 3') and catches
+                               slips; a 128-token budget. Does checking rise?
   lora=8                       LoRA adapters of rank 8 (alpha 16) on every
                                projection: only they are trained and
                                checkpointed, the base is frozen (bfloat16 for
@@ -47,7 +51,7 @@ from experiments import common
 # one (cold_start, reasoning_rl, rejection, r1, distill, dapo, dr_grpo) take
 # them too. model '' = the tiny CPU model; data '' = the model's own default;
 # lora 0 = full fine-tuning, else the LoRA rank (common.model_section).
-ARGS = dict(runlocal=False, model='', data='', lora=0)
+ARGS = dict(runlocal=False, model='', data='', lora=0, check=False)
 
 
 def parse(arg: str) -> ml_collections.ConfigDict:
@@ -239,8 +243,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.every = 50
 
+  if args.check:
+    if real:
+      raise ValueError('check is a variant of the tiny base model (its '
+                       'pretraining corpus); drop model= or check')
+    c.model.pretrain_arg = 'check'
+    c.sampling.max_new_tokens = 128
+    c.eval.max_new_tokens = 128
+    c.rl.length_buckets = 4          # most completions are far from 128
+
   if args.runlocal:
-    c.model.pretrain_arg = 'runlocal'
+    c.model.pretrain_arg = ','.join(
+        a for a in ('runlocal', 'check' if args.check else '') if a)
     c.rl.prompts_per_step = 8
     c.rl.group_size = 4
     c.rl.num_minibatches = 1

@@ -15,6 +15,9 @@ samples into step-by-step (at least one 'a op b = c') and direct answers:
   plain_steps_accuracy  accuracy when a plain prompt asks for steps (the
                         latent ability, `plain_steps` template)
   format_rate, pass@1   under the RL template
+  check_share           share of samples that check a step by its inverse
+                        (reasoning_stats.checks_a_step); check_accuracy and
+                        unchecked_steps_accuracy: whether checking pays
 
 `check(figures, requirements)` compares them with the minimums a config sets
 and returns the failures as readable lines. The figures are saved beside the
@@ -66,6 +69,7 @@ def measure(sampler, params, tokenizer, records: Sequence[Mapping[str, Any]],
                         for t in texts])
   right, total = reasoning_stats.step_accuracy(
       [t for t, st in zip(texts, stepped) if st])
+  checked = np.asarray([reasoning_stats.checks_a_step(t) for t in texts])
   plain = evaluate.evaluate_problems(sampler, params, tokenizer, records,
                                      template=plain_template, **kw)
   mean = lambda x: float(x.mean()) if x.size else 0.0
@@ -79,6 +83,10 @@ def measure(sampler, params, tokenizer, records: Sequence[Mapping[str, Any]],
       'single_step_accuracy': right / total if total else 0.0,
       'plain_steps_accuracy': float(plain['pass@1']),
       'reflection_rate': float(s['reflection_rate']),
+      # Does checking pay? (the corpus's p_check documents; 0 without them)
+      'check_share': mean(checked.astype(np.float64)),
+      'check_accuracy': mean(correct[checked]),
+      'unchecked_steps_accuracy': mean(correct[stepped & ~checked]),
       'num_problems': float(len(records)),
       'num_samples': float(num_samples),
   }
@@ -102,6 +110,8 @@ def describe(figures: Mapping[str, float]) -> str:
   names = ('pass@1', 'steps_share', 'steps_accuracy', 'direct_accuracy',
            'gap', 'single_step_accuracy', 'plain_steps_accuracy',
            'format_rate', 'mean_length')
+  if figures.get('check_share'):
+    names += ('check_share', 'check_accuracy', 'unchecked_steps_accuracy')
   return ' | '.join(f'{n} {figures[n]:.3f}' for n in names if n in figures)
 
 
@@ -138,6 +148,10 @@ _NOT_IN_KEY = ('export', 'mesh', 'train.log_every', 'train.checkpoint_every',
                'train.keep_checkpoints', 'train.sample_every',
                'train.sample_tokens', 'train.eval_every', 'train.eval_batches',
                'eval.batch_size', 'eval.few_shot', 'eval.few_shot_seed')
+# Corpus fields added after CORPUS_VERSION 2, with the value that leaves the
+# documents unchanged: left out of the key at that value, so the bases made
+# before they existed keep their keys.
+_ADDED_CORPUS_FIELDS = {'p_check': 0.0, 'p_slip': 0.15}
 
 
 def base_key(pre: ml_collections.ConfigDict) -> str:
@@ -151,6 +165,11 @@ def base_key(pre: ml_collections.ConfigDict) -> str:
       d.get(node, {}).pop(rest[0], None)
     else:
       d.pop(node, None)
+  c = d.get('data', {}).get('corpus', {})
+  for name, off in _ADDED_CORPUS_FIELDS.items():
+    if name in c and (c[name] == off or name == 'p_slip' and not c.get(
+        'p_check')):
+      c.pop(name)
   blob = json.dumps([corpus.CORPUS_VERSION, d], sort_keys=True)
   digest = hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()
   return f'seed{pre.seed}-{digest}'

@@ -10,6 +10,9 @@ the GRPO stage's per-step metrics and the base model's ability check
 * Re-checks. A completion re-checks a step when it writes the same left-hand
   side 'a op b' twice (the corpus's 'Wait, 37 + 48 = 85, not 84.' does);
   it corrects one when the two results differ.
+* Checks. A completion checks a step when the next step it writes undoes
+  it: 'a op b = c' then 'c inv b = ...' with inv the inverse operation
+  ('3 + 2 = 5, check 5 - 2 = 3'; the corpus's `p_check` documents).
 * Reflective words. The DeepSeek-R1 paper (Nature version, Fig. 9 / the
   "aha moment" analysis) tracks how often R1-Zero's outputs use the words
   wait, mistake, however, but, retry, error, verify, wrong, evaluate and
@@ -61,9 +64,18 @@ def rechecks(text: str) -> tuple[bool, bool]:
   return again, any(len(cs) > 1 for cs in seen.values())
 
 
+def checks_a_step(text: str) -> bool:
+  """Whether some step is followed by its check by the inverse operation."""
+  found = steps(text)
+  return any(
+      (a2, op2, b2) == (c, synthetic.INVERSE_OP[op], b)
+      for (_, op, b, c), (a2, op2, b2, _) in zip(found, found[1:]))
+
+
 def reflection_stats(texts: Sequence[str]) -> dict[str, float]:
   """Rates over completions: reflection_rate, reflective_words, recheck_rate,
-  correction_rate, step_rate (share written step by step)."""
+  correction_rate, check_rate (share that check a step by its inverse),
+  step_rate (share written step by step)."""
   if not texts:
     return {}
   words = np.asarray([reflective_word_count(t) for t in texts], np.float64)
@@ -74,6 +86,7 @@ def reflection_stats(texts: Sequence[str]) -> dict[str, float]:
       'reflective_words': float(words.mean()),
       'recheck_rate': float(checks[:, 0].mean()),
       'correction_rate': float(checks[:, 1].mean()),
+      'check_rate': float(np.mean([checks_a_step(t) for t in texts])),
       'step_rate': float(stepped.mean()),
   }
 

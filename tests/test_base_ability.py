@@ -43,7 +43,7 @@ def test_rechecks_and_reflective_words():
       [fixed, again, '<answer> 3 </answer>', 'However, I retry.'])
   assert stats == {'reflection_rate': 0.75, 'reflective_words': 1.0,
                    'recheck_rate': 0.5, 'correction_rate': 0.25,
-                   'step_rate': 0.5}
+                   'check_rate': 0.0, 'step_rate': 0.5}
   assert reasoning_stats.reflection_stats([]) == {}
 
 
@@ -263,3 +263,28 @@ def test_ensure_never_moves_a_base_the_user_named(tmp_path, cached_config,
   assert lines == [] and (user / 'model.safetensors').is_file()
   assert sorted(p.name for p in tmp_path.iterdir()) == ['cache', 'my_base'] or (
       sorted(p.name for p in tmp_path.iterdir()) == ['my_base'])
+
+
+def test_checks_a_step_reads_an_inverse_check():
+  assert reasoning_stats.checks_a_step('3 + 2 = 5, check 5 - 2 = 3, so 5.')
+  assert reasoning_stats.checks_a_step(
+      '9 - 4 = 6, check 6 + 4 = 10, not 9. Wait, 9 - 4 = 5.')
+  assert not reasoning_stats.checks_a_step('3 + 2 = 5, so 5 - 2 = 3.'[:9])
+  assert not reasoning_stats.checks_a_step('3 + 2 = 5. 5 + 2 = 7.')
+  assert not reasoning_stats.checks_a_step('3 + 2 = 5. 5 - 3 = 2.')
+  stats = reasoning_stats.reflection_stats(
+      ['3 + 2 = 5, check 5 - 2 = 3', '3 + 2 = 5', 'no steps'])
+  assert stats['check_rate'] == pytest.approx(1 / 3)
+
+
+def test_zero_check_variant_trains_from_the_check_base():
+  c = zero.get_config('check')
+  assert c.model.pretrain_arg == 'check'
+  assert c.sampling.max_new_tokens == c.eval.max_new_tokens == 128
+  pre = pretrain_tiny.get_config('check')
+  assert pre.data.corpus.p_check > 0
+  assert pre.ability.max_new_tokens == 128
+  assert zero.get_config('check,runlocal').model.pretrain_arg == (
+      'runlocal,check')
+  with pytest.raises(ValueError, match='tiny base'):
+    zero.get_config('check,model=smollm2-135m')

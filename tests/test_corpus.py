@@ -168,3 +168,67 @@ def test_reward_library_scores_the_documents():
     assert all(e['problem'] == d['problem'] for e, d in zip(examples, mine))
     acc = rewards.REWARDS.get(task)([d['completion'] for d in mine], examples)
     assert len(mine) > 20 and acc.min() == 1.0
+
+
+# ------------------------------------------------- checks that can pay (p_check)
+
+
+def test_p_check_zero_leaves_the_corpus_unchanged_and_its_key():
+  from experiments import pretrain_tiny  # pylint: disable=g-import-not-at-top
+  from r1jax import base_ability  # pylint: disable=g-import-not-at-top
+  plain = corpus.corpus_records(CorpusConfig(restate=True), 300, seed=3)
+  off = corpus.corpus_records(CorpusConfig(restate=True, p_check=0.0,
+                                           p_slip=0.5), 300, seed=3)
+  assert [d['text'] for d in plain] == [d['text'] for d in off]
+  # The default base keeps its cache key; the check variant has its own.
+  default = base_ability.base_key(pretrain_tiny.get_config(''))
+  assert default == 'seed0-09efd40e35'
+  assert base_ability.base_key(pretrain_tiny.get_config('check')) != default
+
+
+def test_checked_documents_check_every_step_and_catch_each_slip():
+  cfg = CorpusConfig(restate=True, p_check=0.5, p_slip=0.3,
+                     p_self_correct=0.0, difficulty={'arithmetic': dict(
+                         num_operands=(2, 4), max_digits=(1, 2),
+                         operators='+-')})
+  recs = corpus.corpus_records(cfg, 1500, seed=0)
+  stepped = [d for d in recs if d['kind'] in ('steps', 'checked')]
+  share = frac([d['kind'] == 'checked' for d in stepped])
+  assert abs(share - 0.5) < 0.06
+  # Other documents are those of p_check=0 (a stream of its own).
+  base = corpus.corpus_records(dataclasses.replace(cfg, p_check=0.0), 1500, 0)
+  for d, b in zip(recs, base):
+    assert (d['kind'] == 'checked') or d['text'] == b['text']
+    if d['kind'] == 'checked':
+      assert b['kind'] == 'steps' and b['problem'] == d['problem']
+  slips = 0
+  for d in (d for d in recs if d['kind'] == 'checked'):
+    comp, n = d['completion'], len(d['example']['solution_steps'])
+    assert d['completion'].endswith((f' {d["answer"]} </answer>',
+                                     f' {d["answer"]}.'))
+    # Each step sentence: 'a op b = c, check c inv b = a', or a slip:
+    # 'a op b = w, check w inv b = x, not a. Wait, a op b = c'.
+    found = [tuple(s) for s in _STEP_RE.findall(comp)]
+    assert comp.count(', check ') == n
+    ok = lambda s: synthetic.apply_op(int(s[0]), s[1], int(s[2])) == int(s[3])
+    i = 0
+    while i < len(found):
+      a, op, b, c = found[i]
+      ca, cop, cb, cc = found[i + 1]
+      assert (ca, cop, cb) == (c, synthetic.INVERSE_OP[op], b)
+      assert ok(found[i + 1])  # the check is computed right
+      if ok(found[i]):
+        assert cc == a
+        i += 2
+      else:  # a slip: the check shows it, then the step is redone
+        slips += 1
+        assert cc != a and f', not {a}. Wait, {a} {op} {b} = ' in comp
+        assert found[i + 2][:3] == (a, op, b) and ok(found[i + 2])
+        i += 3
+    from r1jax import reasoning_stats  # pylint: disable=g-import-not-at-top
+    assert reasoning_stats.checks_a_step(comp)
+  steps_written = sum(len(d['example']['solution_steps'])
+                      for d in recs if d['kind'] == 'checked')
+  assert abs(slips / steps_written - 0.3) < 0.05
+  with pytest.raises(ValueError, match='p_check'):
+    corpus.corpus_records(CorpusConfig(p_check=2.0), 1, seed=0)

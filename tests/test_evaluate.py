@@ -137,7 +137,7 @@ def test_cons_at_k_pools_equivalent_answers():
   assert set(evaluate.summarize(stats)) == {
       'pass@1', 'pass@4', 'cons@4', 'format_rate', 'mean_length',
       'language_consistency', 'reflection_rate', 'reflective_words',
-      'recheck_rate', 'correction_rate', 'step_rate'}
+      'recheck_rate', 'correction_rate', 'check_rate', 'step_rate'}
   assert stats['language_consistency'] == 1.0   # 'x' is an English word
 
 

@@ -129,7 +129,8 @@ def test_checkpoint_kinds_give_the_same_metrics(three_kinds, data):
     assert set(metrics) == {'pass@1', 'pass@2', 'cons@2', 'format_rate',
                             'language_consistency', 'mean_length',
                             'reflection_rate', 'reflective_words',
-                            'recheck_rate', 'correction_rate', 'step_rate'}
+                            'recheck_rate', 'correction_rate', 'check_rate',
+                            'step_rate'}
     assert 0 < metrics['mean_length'] <= 8
     for kind in ('gguf', 'workdir'):
       other = evaluate.summarize(reports[kind]['results'][name])

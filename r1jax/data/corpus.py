@@ -18,7 +18,10 @@ Every document is a prompt followed by a completion, drawn independently:
                  'a op b = c.' sentence per operation, which becomes
                  'self_correct' with probability p_self_correct: one step is
                  first written wrong, then fixed ('37 + 48 = 84. Wait,
-                 37 + 48 = 85, not 84.').
+                 37 + 48 = 85, not 84.'); else 'checked' with probability
+                 p_check (default 0): every step checked by its inverse,
+                 a slip caught and fixed ('3 + 2 = 6, check 6 - 2 = 4,
+                 not 3. Wait, 3 + 2 = 5.').
   format         under the R1 prompt, tagged with probability p_r1_tags:
                  ' <think> ... </think> <answer> 72 </answer>' (a direct
                  answer thinks a short stock sentence); else plain text
@@ -97,6 +100,16 @@ class CorpusConfig:
   # operands are then the start of the text just written, not the k-th
   # number of a prompt far back, which a tiny model often picks wrongly.
   restate: bool = False
+  # Fraction of step-by-step documents (not self-corrections) that check
+  # every step by its inverse operation ('3 + 2 = 5, check 5 - 2 = 3'); in
+  # them each step's first result is a slip with probability p_slip, which
+  # the check catches and fixes ('3 + 2 = 6, check 6 - 2 = 4, not 3. Wait,
+  # 3 + 2 = 5'). Unlike a self-correction, whose error is written on
+  # purpose, a check computed right catches the model's own slips too, so
+  # checking can pay under RL. Drawn from a stream of its own: 0 leaves
+  # every other document unchanged.
+  p_check: float = 0.0
+  p_slip: float = 0.15
 
   # Prompt formats for documents without the R1 template.
   plain_prompts: tuple[str, ...] = (
@@ -116,7 +129,7 @@ class CorpusConfig:
 
   def validate(self) -> None:
     for name in ('p_r1_prompt', 'p_r1_tags', 'p_direct', 'p_direct_r1',
-                 'p_self_correct', 'p_drill'):
+                 'p_self_correct', 'p_drill', 'p_check', 'p_slip'):
       p = getattr(self, name)
       if p is not None and not 0.0 <= p <= 1.0:
         raise ValueError(f'CorpusConfig.{name}={p} is not in [0, 1].')
@@ -157,6 +170,35 @@ def self_correcting_steps(steps: Sequence[str], rng: random.Random) -> list[str]
   return out
 
 
+def checked_steps(steps: Sequence[str], p_slip: float,
+                  rng: random.Random) -> list[str]:
+  """Each step followed by its check by the inverse operation ('a + b = c,
+  check c - b = a'); with probability `p_slip` a step's first result is
+  wrong, and its check shows it and fixes it ('a + b = w, check w - b = x,
+  not a. Wait, a + b = c'). One sentence per step, as `steps`."""
+  out = []
+  for step in steps:
+    a, op, b, c = synthetic.parse_step(step)
+    inv = synthetic.INVERSE_OP[op]
+    if rng.random() < p_slip:
+      for _ in range(10):
+        w = c + rng.choice((-10, -2, -1, 1, 2, 10))
+        try:
+          x = synthetic.apply_op(w, inv, b)
+        except ValueError:  # an inexact division: another slip
+          continue
+        if (w >= 0 or c < 0) and x != a:
+          out.append(f'{synthetic.step_text(a, op, b, w)}, check '
+                     f'{synthetic.step_text(w, inv, b, x)}, not {a}. Wait, '
+                     f'{step}')
+          break
+      else:
+        out.append(f'{step}, check {synthetic.step_text(c, inv, b, a)}')
+    else:
+      out.append(f'{step}, check {synthetic.step_text(c, inv, b, a)}')
+  return out
+
+
 def remainders(record: dict) -> list[str | None] | None:
   """Per step of a flat +/- arithmetic problem, the expression left after
   it ('5 - 5 + 3' after '3 + 2 = 5' in 'Compute 3 + 2 - 5 + 3'; None after
@@ -187,7 +229,9 @@ def completion(record: dict, kind: str, tagged: bool, r1_prompt: bool,
     return f' The answer is {answer}.' if r1_prompt else f' {answer}'
   steps = list(record['solution_steps'])
   carrier = list(range(len(steps)))  # the sentence holding step k's result
-  if kind == 'self_correct':
+  if kind == 'checked':
+    steps = checked_steps(steps, cfg.p_slip, rng)
+  elif kind == 'self_correct':
     fixed = self_correcting_steps(steps, rng)
     j = next(i for i, (a, b) in enumerate(zip(steps, fixed)) if a != b)
     carrier = [k if k < j else k + 1 for k in carrier]
@@ -226,7 +270,7 @@ def corpus_records(cfg: CorpusConfig, n_docs: int, seed: int) -> list[dict]:
   """`n_docs` documents as dicts, deterministic in (cfg, seed).
 
   Keys: text (= prompt + completion), prompt, completion, kind ('direct',
-  'steps', 'self_correct', 'drill'), format ('r1', 'r1_untagged', 'plain'), task,
+  'steps', 'self_correct', 'checked', 'drill'), format ('r1', 'r1_untagged', 'plain'), task,
   problem, answer, and example (the synthetic record, e.g. for rewards).
   Document i depends only on (cfg, seed, i).
   """
@@ -257,6 +301,9 @@ def corpus_records(cfg: CorpusConfig, n_docs: int, seed: int) -> list[dict]:
       kind = 'direct'
     else:
       kind = 'self_correct' if rng.random() < cfg.p_self_correct else 'steps'
+      if kind == 'steps' and cfg.p_check and random.Random(
+          synthetic.stable_hash('corpus-check', seed, i)).random() < cfg.p_check:
+        kind = 'checked'
     tagged = r1_prompt and rng.random() < cfg.p_r1_tags
     if r1_prompt:
       prompt = render_prompt(cfg.r1_template, record['problem'])

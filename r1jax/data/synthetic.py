@@ -84,6 +84,10 @@ def apply_op(a: int, op: str, b: int) -> int:
   raise ValueError(f'Unknown operator {op!r}')
 
 
+# The operation that undoes each one: a op b = c checks as c inv b = a.
+INVERSE_OP = {'+': '-', '-': '+', '*': '/', '/': '*'}
+
+
 def step_text(a: int, op: str, b: int, c: int) -> str:
   return f'{a} {op} {b} = {c}'
 

@@ -144,7 +144,7 @@ def evaluate_problems(
   record's `target_language`, else `target_language`), the mean completion
   length in tokens, the reflection figures of `r1jax.reasoning_stats`
   (reflection_rate, reflective_words, recheck_rate, correction_rate,
-  step_rate), `num_problems`, `num_samples` and a few sample texts
+  check_rate, step_rate), `num_problems`, `num_samples` and a few sample texts
   (`samples`). With `return_completions`, also 'completions' (every text,
   record-major) and 'correct' ([records, samples] 0/1). `summarize(stats)`
   keeps only the float metrics. `on_batch(n, pass_at_1)`, when given, is
