@@ -29,6 +29,9 @@ setuptools.setup(
         'test': [
             'pytest==9.0.3',
             'pytest-timeout==2.4.0',
+            # Two test processes (pytest.ini): the suite in ~23 min instead
+            # of ~30 on 2 cores, most of a test being one-core compilation.
+            'pytest-xdist==3.8.0',
             'hypothesis==6.155.2',
             'matplotlib==3.11.2',
             # tests/test_notebook.py executes notebooks/r1_zero_colab.ipynb.
