@@ -1,9 +1,10 @@
 """notebooks/r1_zero_colab.ipynb runs top to bottom (smoke mode, on CPU).
 
-The notebook reads R1JAX_NOTEBOOK_SMOKE: no installs, a randomly initialised
-tiny base model, 2 GRPO steps. Every cell must run without an error and the
-outputs must hold what the notebook promises (curves, completions with
-rewards, the base-vs-trained table).
+The notebook reads R1JAX_NOTEBOOK_SMOKE: no installs, no downloads, a randomly
+initialised tiny base model, 2 GRPO steps. Every cell must run without an
+error and the outputs must hold what the notebook promises (the device's
+choice, curves, completions with rewards, the base-vs-trained table). Which
+model a GPU or TPU gets is tested in tests/test_device_choice.py.
 """
 
 import pathlib
@@ -36,6 +37,8 @@ def test_notebook_runs_in_smoke_mode(tmp_path, monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   monkeypatch.setenv('R1JAX_NOTEBOOK_SMOKE', '1')
   monkeypatch.setenv('R1JAX_NOTEBOOK_WORKDIR', str(tmp_path / 'zero'))
+  # No network here: a download that ran by mistake fails instead of hanging.
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   nb = nbformat.read(NOTEBOOK, as_version=4)
   assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code'), (
       'commit the notebook without outputs')
@@ -46,6 +49,10 @@ def test_notebook_runs_in_smoke_mode(tmp_path, monkeypatch):
   elapsed = time.perf_counter() - t0
   text = _text(nb)
   assert 'smoke mode: no installs' in text
+  # The device cell chose on this CPU (no memory limit): the tiny default.
+  assert 'no device memory limit reported (CPU)' in text
+  assert 'no download: smoke mode' in text
+  assert not (tmp_path / 'models').exists()
   assert 'exported Hugging Face checkpoint' in text and 'done in' in text
   assert (tmp_path / 'zero' / 'plots' / 'curves.png').is_file()
   assert any('image/png' in o.get('data', {})
