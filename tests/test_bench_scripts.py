@@ -139,6 +139,70 @@ def test_bench_accelerator_tiny(capsys):
     assert needle in out
 
 
+def test_bench_accelerator_update_flops_match_xla():
+  """The MFU's model FLOPs, full fine-tuning and LoRA (no weight gradient of
+  the frozen base), against XLA's own count of the compiled gradient."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from r1jax.model import functional as fn  # pylint: disable=g-import-not-at-top
+  from r1jax.model import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  from r1jax.stages import grpo_update  # pylint: disable=g-import-not-at-top
+  ba = _script('bench_accelerator')
+  cfg = model_config.get_config(
+      'qwen2.5-0.5b', num_layers=2, hidden_size=256, intermediate_size=768,
+      num_heads=4, num_kv_heads=2, head_dim=64, vocab_size=512,
+      dtype=jnp.float32, param_dtype=jnp.float32)
+  rows, p, l = 4, 32, 64
+  ones = lambda *s: jnp.ones(s, bool)
+  comp = grpo_update.Completions(
+      prompt_tokens=jnp.ones((rows, p), jnp.int32), prompt_mask=ones(rows, p),
+      tokens=jnp.ones((rows, l), jnp.int32), mask=ones(rows, l))
+  graphdef, params = fn.init(cfg)
+  lcfg = lora_lib.LoRAConfig(rank=16, alpha=32.0)
+  lgraphdef, abstract = fn.abstract_lora(cfg, lcfg)
+  adapters = lora_lib.init_adapters(abstract, jax.random.key(0))
+
+  def xla_flops(loss, *args):
+    cost = jax.jit(jax.grad(loss)).lower(*args).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)['flops']
+
+  full = xla_flops(lambda w: grpo_update.completion_logprobs(
+      graphdef, w, comp)[0].sum(), params)
+  lora = xla_flops(lambda a, base: grpo_update.completion_logprobs(
+      lgraphdef, a, comp, frozen=base)[0].sum(), adapters, params)
+  seq = p + l - 1
+  assert ba.update_flops(cfg, rows, seq, l) == pytest.approx(full, rel=0.1)
+  assert ba.update_flops(cfg, rows, seq, l, lcfg) == pytest.approx(lora,
+                                                                   rel=0.1)
+  assert ba.update_flops(cfg, rows, seq, l, lcfg) < 0.8 * ba.update_flops(
+      cfg, rows, seq, l)
+
+
+class _Device:
+  def __init__(self, stats):
+    self.stats = stats
+
+  def memory_stats(self):
+    return self.stats
+
+
+def test_bench_accelerator_peak_memory_against_the_estimate():
+  ba = _script('bench_accelerator')
+  gib = 2 ** 30
+  assert ba.peak_bytes([_Device(None), _Device({})]) is None  # CPU
+  devices = [_Device({'peak_bytes_in_use': 3 * gib, 'bytes_limit': 60 * gib}),
+             _Device({'peak_bytes_in_use': 5 * gib}), _Device(None)]
+  assert ba.peak_bytes(devices) == 5 * gib  # the fullest device
+  line = ba.peak_memory_line(5 * gib, 6 * gib, 60 * gib)
+  assert line.startswith('peak memory: 5.00 GiB per device')
+  assert 'estimate / peak 1.20, the estimate covers it' in line
+  assert 'device limit 60.00 GiB' in line
+  assert 'ABOVE the estimate' in ba.peak_memory_line(5 * gib, 4 * gib, None)
+  assert ba.peak_memory_line(None, 6 * gib, None) == (
+      'peak memory: n/a (these devices keep no memory statistics); '
+      'estimate 6.00 GiB per device')
+
+
 def test_bench_accelerator_default_is_qwen_half_b():
   cfg = model_config.get_config('qwen2.5-0.5b')
   assert 490e6 < cfg.num_params() < 500e6
