@@ -1,4 +1,5 @@
-"""Each benchmark script runs end to end at a tiny size (`--tiny`).
+"""Each benchmark script runs end to end at a tiny size (`--tiny`), and so
+does the accelerator check (scripts/device_check.py --tiny).
 
 In-process main() calls (no new interpreter, jax already imported); the
 figures themselves are benchmarks, not tested. The TRL / transformers sides
@@ -8,9 +9,11 @@ tunix.
 """
 
 import importlib
+import json
 import os
 import pathlib
 import re
+import subprocess
 import sys
 
 import pytest
@@ -201,6 +204,63 @@ def test_bench_accelerator_peak_memory_against_the_estimate():
   assert ba.peak_memory_line(None, 6 * gib, None) == (
       'peak memory: n/a (these devices keep no memory statistics); '
       'estimate 6.00 GiB per device')
+
+
+def test_device_check_tiny(capsys):
+  results = _script('device_check').main(['--tiny'])
+  out = capsys.readouterr().out
+  assert [mode for mode, _, _ in results] == ['full fine-tuning', 'LoRA r=16']
+  full, lora = (r for _, r, _ in results)
+  assert 'error' not in full and 'error' not in lora
+  # Each mode prints its estimate before it runs, then its figures.
+  for mode in ('full fine-tuning', 'LoRA r=16'):
+    section = out.split(f'=== device check: {mode} ===')[1].split('===')[0]
+    for needle in ('memory estimate per device (r1jax.memory)', 'sampler:',
+                   'MFU', 'tokens/s/device', 'peak memory: n/a'):
+      assert needle in section, (mode, needle)
+    assert section.index('memory estimate') < section.index('sampler:')
+  assert 'LoRA rank 16, alpha 32 on q,k,v,o,gate,up,down' in out
+  assert '| mode | sampler tokens/s | update MFU' in out
+  assert re.search(r'^\| full fine-tuning \| \d+ \| n/a; [\d.]+% \| \d+ \| '
+                   r'n/a \| [\d.]+ MiB \| n/a \|', out, re.M), out
+  assert re.search(r'^\| LoRA r=16 \| \d+ \|', out, re.M)
+  # LoRA: no optimizer state or gradients of the frozen base. (Its update
+  # FLOPs are not fewer here: rank 16 on width 64; see the XLA test above.)
+  assert lora['estimate_bytes'] < full['estimate_bytes']
+  assert lora['sampler_tokens_per_s'] > 0 and lora['peak_bytes'] is None
+
+
+def test_device_check_runs_each_mode_in_its_own_process(capsys):
+  mod = _script('device_check')
+  calls = []
+
+  def run(cmd, timeout, env):
+    calls.append((cmd, timeout))
+    if '--lora' in cmd:
+      raise subprocess.TimeoutExpired(cmd, timeout)
+    summary = dict(sampler_tokens_per_s=1000.0, update_mfu=0.25,
+                   update_mfu_measured_peak=0.3, tokens_per_s_per_device=900.0,
+                   peak_bytes=10 * 2**30, estimate_bytes=12 * 2**30,
+                   devices=1, device_kind='NVIDIA H100 80GB HBM3')
+    json_path = cmd[cmd.index('--json') + 1]
+    pathlib.Path(json_path).write_text(json.dumps(summary))
+    assert str(SCRIPTS.parent) in env['PYTHONPATH'].split(os.pathsep)
+    return subprocess.CompletedProcess(cmd, 0)
+
+  results = mod.main(['--timeout_s', '100', '--new_tokens', '256'], run=run)
+  # One fresh interpreter per mode, the flags passed on, a summary file each.
+  bench = [sys.executable, str(SCRIPTS / 'bench_accelerator.py')]
+  steps = ['--warmup', '1', '--steps', '1']
+  assert [c[:-1] for c, _ in calls] == [
+      bench + steps + ['--new_tokens', '256', '--json'],
+      bench + steps + ['--lora', '16', '--new_tokens', '256', '--json']]
+  assert [t for _, t in calls] == [100, 100]
+  assert results[1][1] == {'error': 'stopped after 100 s (--timeout_s)'}
+  out = capsys.readouterr().out
+  assert '1 x NVIDIA H100 80GB HBM3' in out
+  assert ('| full fine-tuning | 1000 | 25.0%; 30.0% | 900 | 10.00 GiB | '
+          '12.00 GiB | 1.20 |') in out
+  assert '| LoRA r=16 | stopped after 100 s (--timeout_s) |' in out
 
 
 def test_bench_accelerator_default_is_qwen_half_b():
