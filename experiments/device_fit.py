@@ -76,9 +76,10 @@ class Candidate:
 
 # Largest first: the first one that fits is chosen. The estimate is mostly
 # the update's [micro_rows, completion, vocab] logits and the KV cache of
-# prompts x group rows. Per device, one device (README's memory table):
-# 27.7, 12.3 and 4.0 GiB; e.g. an 80 GB A100 / H100 runs the first, a 24 GB
-# L4 or a 16 GiB TPU v5e the second, a 16 GB T4 (11 GiB for JAX) the third.
+# prompts x group rows: 27.7, 12.3 and 4.0 GiB on one device (`report()`
+# prints them; estimates, not measured on a device). So an 80 GB A100 / H100
+# runs the first, a 24 GB L4 or a 16 GiB TPU v5e the second, a 16 GB T4
+# (11 GiB for JAX) the third.
 CANDIDATES = (
     Candidate('Qwen/Qwen2.5-Math-1.5B', 'qwen2.5-math-1.5b', lora_rank=32,
               prompts=16, group=8, new_tokens=1024, micro_rows=8),
