@@ -101,14 +101,16 @@ ZERO_ARGS = ('', 'runlocal', 'model=smollm2-135m', 'model=tiny',
              'model=qwen2.5-math-1.5b,data=math', 'data=gsm8k', 'data=math',
              'data=synthetic', 'model=smollm2-135m,data=gsm8k',
              'model=qwen2.5-0.5b,data=gsm8k,runlocal', 'model=qwen2.5-7b',
-             'runlocal,lora=4', 'model=qwen2.5-1.5b,lora=16')
+             'runlocal,lora=4', 'model=qwen2.5-1.5b,lora=16', 'check',
+             'model=smollm2-135m,data=synthetic,cpu',
+             'model=smollm2-135m,data=gsm8k,cpu,lora=8')
 DOCUMENTED = {
     'zero': ZERO_ARGS, 'dapo': ZERO_ARGS, 'dr_grpo': ZERO_ARGS,
     'reasoning_rl': ZERO_ARGS, 'rejection': ZERO_ARGS, 'r1': ZERO_ARGS,
     'cold_start': ZERO_ARGS,
     'distill': ('', 'runlocal', 'compare', 'runlocal,compare',
                 'compare,model=qwen2.5-0.5b'),
-    'pretrain_tiny': ('', 'runlocal'),
+    'pretrain_tiny': ('', 'runlocal', 'check', 'runlocal,check'),
     'variants': ('', 'name=gspo', 'name=dapo,runlocal',
                  'name=cispo,model=qwen2.5-0.5b'),
 }
@@ -189,3 +191,19 @@ def test_config_checks_take_their_schema_from_the_experiments():
   for stage in ('sft', 'grpo', 'rejection_sampling'):
     defaults = config_checks.stage_defaults(stage)
     assert defaults and all(c.stage == stage for c in defaults)
+
+
+def test_cpu_variant_sizes_a_real_model_for_two_cores():
+  from experiments import zero  # pylint: disable=g-import-not-at-top
+  c = zero.get_config('model=smollm2-135m,data=synthetic,cpu')
+  paper = zero.get_config('model=smollm2-135m,data=synthetic')
+  assert c.model.dtype == c.model.param_dtype == 'float32'
+  assert c.rl.beta == 0.0 and paper.rl.beta > 0
+  rows = c.rl.prompts_per_step * c.rl.group_size
+  assert rows < paper.rl.prompts_per_step * paper.rl.group_size
+  assert c.sampling.max_new_tokens == c.eval.max_new_tokens == 48
+  assert c.data.difficulty.arithmetic.num_operands == 2
+  assert c.data.template == c.eval.template == 'r1_zero'
+  assert zero.get_config('model=smollm2-135m,cpu,lora=8').train.lr > c.train.lr
+  with pytest.raises(ValueError, match='real model'):
+    zero.get_config('cpu')
