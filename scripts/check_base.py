@@ -31,9 +31,12 @@ def main() -> None:
   p.add_argument('--num_problems', type=int, default=256)
   p.add_argument('--num_samples', type=int, default=4)
   p.add_argument('--json', action='store_true', help='print JSON only')
+  p.add_argument('--variant', default='',
+                 help="experiments/zero.py's argument whose template and "
+                 "budget to use, e.g. 'check' (128 tokens)")
   args = p.parse_args()
   cfg, graphdef, params, tokenizer = generate.load_checkpoint(args.base)
-  config = zero.get_config('')
+  config = zero.get_config(args.variant)
   config.eval.num_problems = args.num_problems
   records = problems.eval_records(config)
   sampler = Sampler(graphdef, cfg, pad_id=tokenizer.pad_id,
@@ -43,7 +46,7 @@ def main() -> None:
       num_samples=args.num_samples, temperature=config.eval.temperature,
       max_new_tokens=config.eval.max_new_tokens,
       accuracy_reward=config.rewards.accuracy)
-  req = pretrain_tiny.get_config('').ability.requirements.to_dict()
+  req = pretrain_tiny.get_config(config.model.pretrain_arg).ability.requirements.to_dict()
   failures = base_ability.check(figures, req)
   if args.json:
     print(json.dumps({'figures': figures, 'failures': failures}))
