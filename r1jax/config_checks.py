@@ -294,6 +294,8 @@ ADDED_KEYS = {
     'eval.few_shot': 0,
     'eval.few_shot_seed': 0,
     'rl.length_buckets': 0,
+    'data.corpus.p_check': 0.0,      # the checking corpus (pretrain_tiny:check)
+    'data.corpus.p_slip': 0.15,
     **{f'model.lora.{k}': json.loads(json.dumps(v))
        for k, v in lora.DEFAULTS.items()},
 }

@@ -288,3 +288,16 @@ def test_zero_check_variant_trains_from_the_check_base():
       'runlocal,check')
   with pytest.raises(ValueError, match='tiny base'):
     zero.get_config('check,model=smollm2-135m')
+
+
+def test_a_pretraining_saved_before_p_check_resumes():
+  """run_config.json of a pretraining from before CorpusConfig.p_check: the
+  default corpus resumes it; the checking corpus is another config."""
+  from r1jax import config_checks  # pylint: disable=g-import-not-at-top
+  old = pretrain_tiny.get_config('')
+  del old.data.corpus['p_check']
+  del old.data.corpus['p_slip']
+  assert config_checks.run_config_diff(old, pretrain_tiny.get_config('')) == []
+  keys = [k for k, _, _ in config_checks.run_config_diff(
+      old, pretrain_tiny.get_config('check'))]
+  assert 'data.corpus.p_check' in keys
