@@ -180,22 +180,19 @@ def checked_steps(steps: Sequence[str], p_slip: float,
   for step in steps:
     a, op, b, c = synthetic.parse_step(step)
     inv = synthetic.INVERSE_OP[op]
+    text = f'{step}, check {synthetic.step_text(c, inv, b, a)}'
     if rng.random() < p_slip:
-      for _ in range(10):
+      for _ in range(10):  # a slip whose check shows it (else none)
         w = c + rng.choice((-10, -2, -1, 1, 2, 10))
         try:
           x = synthetic.apply_op(w, inv, b)
         except ValueError:  # an inexact division: another slip
           continue
         if (w >= 0 or c < 0) and x != a:
-          out.append(f'{synthetic.step_text(a, op, b, w)}, check '
-                     f'{synthetic.step_text(w, inv, b, x)}, not {a}. Wait, '
-                     f'{step}')
+          text = (f'{synthetic.step_text(a, op, b, w)}, check '
+                  f'{synthetic.step_text(w, inv, b, x)}, not {a}. Wait, {step}')
           break
-      else:
-        out.append(f'{step}, check {synthetic.step_text(c, inv, b, a)}')
-    else:
-      out.append(f'{step}, check {synthetic.step_text(c, inv, b, a)}')
+    out.append(text)
   return out
 
 
