@@ -79,10 +79,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       difficulty=common.tiny_difficulty(),
   )
   if args.check:
-    # `check`: a third of the plain step-by-step documents check every step
-    # by its inverse operation, and a slip in them is caught and fixed
-    # (CorpusConfig.p_check): a corpus in which checking can pay. Documents
-    # are ~1.5x longer: rows of 256 tokens, half as many per step.
+    # `check`: a third of the step-by-step documents (not the
+    # self-corrections) check every step by its inverse operation, and a
+    # slip in them is caught and fixed (CorpusConfig.p_check): a corpus in
+    # which checking can pay. Documents are ~1.5x longer: rows of 256
+    # tokens, half as many per step.
     corpus.p_check = 1 / 3
     c.data.seq_len = 256
   c.data.corpus = ml_collections.ConfigDict(dataclasses.asdict(corpus))
