@@ -7,6 +7,7 @@
                 cache) or a real checkpoint named by `model=`
   eval_section  held-out evaluation (r1jax/evaluate), tiny-model defaults
   tiny_difficulty  the tiny base's problems (its corpus and the RL prompts)
+  tiny_code_difficulty  the same with the synthetic code task (`code` variants)
 
 This module has no get_config: it is not an experiment (r1jax/config_checks.py
 reads the configs of the modules that have one).
@@ -205,6 +206,15 @@ def tiny_difficulty() -> dict[str, Any]:
   """The tiny base's problems: 2 to 4 one-digit operands, + and -."""
   return {'arithmetic': {'num_operands': (2, 4), 'max_digits': 1,
                          'operators': '+-'}}
+
+
+def tiny_code_difficulty() -> dict[str, Any]:
+  """tiny_difficulty plus the synthetic `code` task (write f(x) returning x
+  plus a constant) with the same constants: the `code` variants' problems.
+  Kept apart so that the default base's config, and its cache key, stay."""
+  knobs = tiny_difficulty()
+  knobs['code'] = dict(knobs['arithmetic'])
+  return knobs
 
 
 def eval_section(**overrides: Any) -> ml_collections.ConfigDict:

@@ -10,7 +10,8 @@ under a plain prompt that asks for steps; while they are below
 `ability.requirements`, pretraining goes on in warm-restart chunks up to
 `ability.max_steps`. `:runlocal` shrinks everything to a ~1 minute smoke run;
 `:check` adds documents that check each step by its inverse operation
-(CorpusConfig.p_check; experiments/zero.py:check trains from that base).
+(CorpusConfig.p_check; experiments/zero.py:check trains from that base);
+`:code` mixes in the synthetic code task (experiments/zero.py:data=code).
 
 The corpus (r1jax/data/corpus.py) mixes direct answers, step-by-step solutions
 (some in <think>/<answer> format under the R1-Zero template) and
@@ -28,7 +29,7 @@ from experiments import common
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   from r1jax.data.corpus import CorpusConfig  # pylint: disable=g-import-not-at-top
-  args = common.parse_arg(arg, runlocal=False, check=False)
+  args = common.parse_arg(arg, runlocal=False, check=False, code=False)
   runlocal = args.runlocal
   c = ml_collections.ConfigDict()
   c.stage = 'sft'
@@ -86,6 +87,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # tokens, half as many per step.
     corpus.p_check = 1 / 3
     c.data.seq_len = 256
+  if args.code:
+    # `code`: a fifth of the documents are code problems ('Write f(x) that
+    # returns x + 3 + 4 - 2'), answered like the arithmetic ones: mostly
+    # the folded program at once under the R1 template, else the constant
+    # worked out step by step first (synthetic.code). The program is what
+    # the tests run: experiments/zero.py:data=code raises it by the
+    # sandboxed `code` reward.
+    corpus.task_weights = {'arithmetic': 1.0, 'code': 0.25}
+    corpus.difficulty = common.tiny_code_difficulty()
   c.data.corpus = ml_collections.ConfigDict(dataclasses.asdict(corpus))
 
   # Training

@@ -105,12 +105,14 @@ ZERO_ARGS = ('', 'runlocal', 'model=smollm2-135m', 'model=tiny',
              'model=smollm2-135m,data=synthetic,cpu',
              'model=smollm2-135m,data=gsm8k,cpu,lora=8')
 DOCUMENTED = {
-    'zero': ZERO_ARGS, 'dapo': ZERO_ARGS, 'dr_grpo': ZERO_ARGS,
+    'zero': ZERO_ARGS + ('data=code', 'data=mixed', 'data=code,runlocal'),
+    'dapo': ZERO_ARGS, 'dr_grpo': ZERO_ARGS,
     'reasoning_rl': ZERO_ARGS, 'rejection': ZERO_ARGS, 'r1': ZERO_ARGS,
     'cold_start': ZERO_ARGS,
     'distill': ('', 'runlocal', 'compare', 'runlocal,compare',
                 'compare,model=qwen2.5-0.5b'),
-    'pretrain_tiny': ('', 'runlocal', 'check', 'runlocal,check'),
+    'pretrain_tiny': ('', 'runlocal', 'check', 'runlocal,check', 'code',
+                      'runlocal,code'),
     'variants': ('', 'name=gspo', 'name=dapo,runlocal',
                  'name=cispo,model=qwen2.5-0.5b'),
 }

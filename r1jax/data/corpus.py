@@ -197,12 +197,17 @@ def checked_steps(steps: Sequence[str], p_slip: float,
 
 
 def remainders(record: dict) -> list[str | None] | None:
-  """Per step of a flat +/- arithmetic problem, the expression left after
-  it ('5 - 5 + 3' after '3 + 2 = 5' in 'Compute 3 + 2 - 5 + 3'; None after
-  the last step); None for other problems."""
-  if record.get('task') != 'arithmetic':
+  """Per step of a flat +/- arithmetic problem (or a code problem's
+  constant, its `expression`), the expression left after it ('5 - 5 + 3'
+  after '3 + 2 = 5' in 'Compute 3 + 2 - 5 + 3'; None after the last step);
+  None for other problems."""
+  if record.get('task') == 'code':
+    expression = record['expression']
+  elif record.get('task') == 'arithmetic':
+    expression = record['problem'].removeprefix('Compute ')
+  else:
     return None
-  parts = record['problem'].removeprefix('Compute ').split(' ')
+  parts = expression.split(' ')
   nums, ops = parts[0::2], parts[1::2]
   steps = record['solution_steps']
   if '*' in ops or len(ops) != len(steps):
@@ -215,10 +220,18 @@ def remainders(record: dict) -> list[str | None] | None:
   return out
 
 
+def answer_text(record: dict) -> str:
+  """What a document gives as the answer: the integer, or for a `code`
+  problem its program in a fenced block ('```python\\ndef f(x): ...```')."""
+  if record.get('task') == 'code':
+    return f"```python\n{record['answer']}\n```"
+  return record['answer']
+
+
 def completion(record: dict, kind: str, tagged: bool, r1_prompt: bool,
                cfg: CorpusConfig, rng: random.Random) -> str:
   """The text after the prompt, starting with a space."""
-  answer = record['answer']
+  answer = answer_text(record)
   if kind == 'direct':
     if tagged:
       thought = rng.choice(cfg.direct_thoughts)

@@ -8,15 +8,20 @@ Every record is a plain dict (JSON-friendly):
   task, split    the task name and the split it belongs to.
   problem        the question text.
   answer         arithmetic: the integer as a string; countdown: one valid
-                 equation (its left-hand side, e.g. '25 * (7 - 3) - 25').
-  numbers        the operands (arithmetic) or the numbers to use (countdown).
+                 equation (its left-hand side, e.g. '25 * (7 - 3) - 25');
+                 code: the solution program ('def f(x):\n    return x + 5').
+  tests, entry_point, expression, value
+                 code only: what the `code` reward runs (asserts on f), the
+                 constant part of the function and its value.
+  numbers        the operands (arithmetic, code) or the numbers to use
+                 (countdown).
   target         countdown only: the number to reach.
   solution_steps one 'a op b = c' string per binary operation, in an order that
                  evaluates the solution.
   difficulty     the knob values this problem was drawn with.
 
 Held-out splits. A problem's split is a pure function of its canonical key
-(`split_of`): the expression for arithmetic, (sorted numbers, target) for
+(`split_of`): the expression for arithmetic and code, (sorted numbers, target) for
 countdown. A generator for split S keeps only problems whose key hashes into
 S, so train never contains a test problem, whatever seeds either side used.
 
@@ -287,6 +292,50 @@ def countdown(rng: random.Random, *,
                 target=target, solution_steps=steps,
                 difficulty=dict(num_numbers=k, max_number=hi))
   return record, f'{numbers}->{target}'
+
+
+# ----------------------------------------------------------------------------
+# Code: write f(x) that returns x plus a constant expression, checked by tests.
+# ----------------------------------------------------------------------------
+
+# The function every `code` problem asks for (the tests call it).
+CODE_ENTRY_POINT = 'f'
+
+
+def code_program(value: int) -> str:
+  """The solution of a `code` problem whose constant comes to `value`."""
+  body = f'x + {value}' if value >= 0 else f'x - {-value}'
+  return f'def {CODE_ENTRY_POINT}(x):\n    return {body}'
+
+
+@TASKS.register('code')
+def code(rng: random.Random, *, num_tests: int = 3,
+         test_range: Sequence[int] = (-20, 20),
+         **arithmetic_knobs) -> tuple[dict, str]:
+  """'Write f(x) that returns x + 3 + 4 - 2', scored by hidden tests.
+
+  The constant part is an `arithmetic` problem (its knobs pass through);
+  the solution folds it (`def f(x):\n    return x + 5`), working it out step
+  by step like the arithmetic problem (the same `solution_steps`). The record
+  carries what the `code` reward runs: `tests` (`num_tests` asserts on
+  distinct x in `test_range`), `entry_point` 'f', and `expression` (the
+  constant part). Its `answer` is the solution program; `value` the
+  constant. Held out by the expression, like arithmetic.
+  """
+  rec, expr = arithmetic(rng, **arithmetic_knobs)
+  value = int(rec['answer'])
+  lo, hi = test_range
+  if num_tests < 1 or hi - lo + 1 < num_tests:
+    raise ValueError(f'code needs 1 <= num_tests <= the size of test_range '
+                     f'(got {num_tests}, {test_range}).')
+  xs = rng.sample(range(lo, hi + 1), num_tests)
+  tests = [f'assert {CODE_ENTRY_POINT}({x}) == {x + value}' for x in xs]
+  record = dict(problem=f'Write {CODE_ENTRY_POINT}(x) that returns x + {expr}',
+                answer=code_program(value), value=value, expression=expr,
+                numbers=rec['numbers'], solution_steps=rec['solution_steps'],
+                tests=tests, entry_point=CODE_ENTRY_POINT,
+                difficulty=rec['difficulty'])
+  return record, expr
 
 
 # ----------------------------------------------------------------------------

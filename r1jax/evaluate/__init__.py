@@ -242,7 +242,7 @@ def evaluate_model(sampler, params, tokenizer, records: Sequence[dict], *,
   Records are grouped by their 'task' (`default_task` for records without
   one, e.g. a named data set) and each group is scored by
   `evaluate_problems` with the group's reward (`accuracy_reward` overrides
-  it). Keys: every float metric of `evaluate_problems` (pass@1, pass@k for
+  it, unless it is '' or 'task', the reward of each record's own task). Keys: every float metric of `evaluate_problems` (pass@1, pass@k for
   k in `ks`, cons@<num_samples>, format_rate, language_consistency,
   mean_length, reflection figures) as the problem-weighted mean over tasks;
   greedy_accuracy (temperature 0, when `greedy`); '<task>/<metric>' per task;
@@ -263,7 +263,8 @@ def evaluate_model(sampler, params, tokenizer, records: Sequence[dict], *,
   weighted: dict[str, list[tuple[int, float]]] = {}
   for task, recs in by_task.items():
     kw = dict(template=template, max_new_tokens=max_new_tokens,
-              accuracy_reward=accuracy_reward or recs[0].get('task') or 'math',
+              accuracy_reward=(recs[0].get('task') or 'math')
+              if accuracy_reward in ('', rw.by_task.NAME) else accuracy_reward,
               batch_size=batch_size, seed=seed)
     s = evaluate_problems(sampler, params, tokenizer, recs,
                           num_samples=num_samples, temperature=temperature,

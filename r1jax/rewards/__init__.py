@@ -18,6 +18,8 @@ where `examples[i]` is the dataset record completion i answers. Registered:
   'countdown'     numbers, target     1 for a valid equation equal to target
   'arithmetic'    answer              1 for the exact integer
   'overlong'      - (token lengths)   DAPO soft length penalty in [-1, 0]
+  'task'          task (+ its fields)  the reward `task` names (mixed pools:
+                                      math and code in one run)
 
 `compute_rewards` combines them by weights from the config. Symbolic math
 checks run in a process pool (`math_verify_pool`) and programs in a sandbox
@@ -34,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 # Importing the modules registers their rewards.
+from r1jax.rewards import by_task
 from r1jax.rewards import code_sandbox
 from r1jax.rewards import format as format_rewards
 from r1jax.rewards import language
@@ -51,7 +54,8 @@ from r1jax.rewards.registry import REWARDS
 from r1jax.rewards.registry import RewardFn
 
 __all__ = [
-    'REWARDS', 'RewardFn', 'compute_rewards', 'extract_answer', 'code_sandbox',
+    'REWARDS', 'RewardFn', 'compute_rewards', 'extract_answer', 'by_task',
+    'code_sandbox',
     'format_rewards', 'language', 'math_reward', 'overlong', 'synthetic',
     'answers_equal', 'fast_equal', 'verify_answers', 'overlong_penalty',
     'truncation_mask', 'shutdown_pool',
