@@ -183,6 +183,15 @@ def test_code_experiments(arg, tasks, accuracy):
     zero.get_config(arg + ',model=smollm2-135m')
 
 
+def test_code_base_is_checked_on_the_code_task():
+  c = pretrain_tiny.get_config('code')
+  assert c.eval.tasks == ('code',) and c.ability.reward == 'code'
+  assert c.ability.max_new_tokens == zero.get_config(
+      'data=code').sampling.max_new_tokens
+  assert c.ability.requirements.min_gap == 0.2
+  assert pretrain_tiny.get_config('').eval.tasks == ('arithmetic',)
+
+
 def test_code_block_of_a_corpus_answer():
   program = synthetic.code_program(-3)
   assert program == 'def f(x):\n    return x - 3'
