@@ -88,6 +88,11 @@ def check_datasets(names: Sequence[str]) -> list[str]:
   return list(dict.fromkeys(names))
 
 
+# `synthetic`'s tasks unless --synthetic_tasks names others: the reasoning
+# tasks with a final answer ('code', the synthetic program task, on request).
+DEFAULT_SYNTHETIC_TASKS = ('arithmetic', 'countdown')
+
+
 def dataset_records(name: str, *, limit: int = 0, data_dir: str = '',
                     tfds_dir: str = '', synthetic_tasks: Sequence[str] = (),
                     synthetic_problems: int = 200, few_shot: int = 0,
@@ -96,7 +101,7 @@ def dataset_records(name: str, *, limit: int = 0, data_dir: str = '',
   `few_shot` = K, each carries K worked examples from its train split
   (`shots`), none of them a problem of the test split."""
   if name == 'synthetic':
-    tasks = list(synthetic_tasks) or synthetic.TASKS.names()
+    tasks = list(synthetic_tasks) or list(DEFAULT_SYNTHETIC_TASKS)
     per_task = -(-synthetic_problems // len(tasks))
     by_task = [synthetic.generate(t, per_task, seed=SYNTHETIC_SEED,
                                   split='test') for t in tasks]
@@ -389,7 +394,9 @@ def _parser() -> argparse.ArgumentParser:
                  help='prepared data sets (default $R1JAX_TFDS_DIR or '
                  '~/.cache/r1jax/tfds)')
   p.add_argument('--synthetic_tasks', default='',
-                 help='comma-separated synthetic tasks (default: all)')
+                 help='comma-separated synthetic tasks (default: '
+                 f'{",".join(DEFAULT_SYNTHETIC_TASKS)}; known: '
+                 f'{", ".join(synthetic.TASKS.names())})')
   p.add_argument('--synthetic_problems', type=int, default=200)
   p.add_argument('--dtype', default='', choices=('',) + _DTYPES,
                  help='compute/param dtype (default float32, or a workdir '

@@ -278,7 +278,7 @@ def test_bad_input_fails_with_one_line(three_kinds, base_dir, tmp_path,
   assert "--template='r2' is not a prompt template; known:" in line
   line = _error([hf_dir, '--datasets=synthetic',
                  '--synthetic_tasks=arithmetic,sudoku'], capsys)
-  assert 'unknown task sudoku; known: arithmetic, countdown' in line
+  assert 'unknown task sudoku; known: arithmetic, code, countdown' in line
   # An empty TFDS dir too: a copy prepared earlier on this machine (in the
   # default ~/.cache/r1jax/tfds) would otherwise be evaluated in full.
   line = _error([hf_dir, '--datasets=gsm8k',

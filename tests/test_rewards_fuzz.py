@@ -89,10 +89,16 @@ EXAMPLES = {
     'countdown': [{'numbers': [1, 2, 3], 'target': 6}],
     'language': [{}, {'target_language': 'zh'}],
     'code': [{}],  # no tests: the host-side part; the sandbox is tested below
+    # Each record scored by the reward its task names (a record without one
+    # is an error in the data: refused, tests/test_code_task.py).
+    'task': [{'task': 'arithmetic', 'answer': '7'},
+             {'task': 'math', 'answer': '7'}, {'task': 'code'},
+             {'task': 'countdown', 'numbers': [1, 2, 3], 'target': 6}],
 }
 OPTIONS = {
     'math': {'use_math_verify': False},  # the pool path is tested below
     'overlong': {'max_len': 100, 'buffer': 20},
+    'task': {'options': {'math': {'use_math_verify': False}}},
 }
 
 

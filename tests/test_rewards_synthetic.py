@@ -185,7 +185,7 @@ def test_all_rewards_registered_and_batch_shaped():
       'math', 'format', 'format_lenient', 'language', 'code', 'countdown',
       'arithmetic', 'overlong'}
   example = {'answer': '3', 'numbers': [1, 2], 'target': 3,
-             'tests': [{'input': '', 'output': '3'}]}
+             'tests': [{'input': '', 'output': '3'}], 'task': 'arithmetic'}
   completions = ['<think>1 plus 2</think><answer>1 + 2</answer>',
                  '```python\nprint(3)\n```']
   for name in REWARDS.names():
