@@ -242,8 +242,9 @@ def evaluate_model(sampler, params, tokenizer, records: Sequence[dict], *,
   Records are grouped by their 'task' (`default_task` for records without
   one, e.g. a named data set) and each group is scored by
   `evaluate_problems` with the group's reward (`accuracy_reward` overrides
-  it, unless it is '' or 'task', the reward of each record's own task). Keys: every float metric of `evaluate_problems` (pass@1, pass@k for
-  k in `ks`, cons@<num_samples>, format_rate, language_consistency,
+  it, unless it is '' or 'task', the reward of each record's own task).
+  Keys: every float metric of `evaluate_problems` (pass@1, pass@k for k in
+  `ks`, cons@<num_samples>, format_rate, language_consistency,
   mean_length, reflection figures) as the problem-weighted mean over tasks;
   greedy_accuracy (temperature 0, when `greedy`); '<task>/<metric>' per task;
   'by_task' ({task: metrics + num_problems}); 'samples' (a few completions);
