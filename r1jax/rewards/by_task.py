@@ -51,7 +51,7 @@ def task_reward(
           f'which names no reward to score it by; known: '
           f'{", ".join(n for n in REWARDS.names() if n != NAME)}')
     groups.setdefault(task, []).append(i)
-  unused = set(options) - set(groups) - set(REWARDS.names())
+  unused = set(options) - set(REWARDS.names())  # every group's task is one
   if unused:
     raise ValueError(f'reward {NAME!r}: options for {sorted(unused)}, which '
                      'name no reward')
