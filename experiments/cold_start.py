@@ -59,6 +59,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.data.languages = ml_collections.ConfigDict(
       {'en': 0.5, 'ru': 0.5})        # prompt languages
   c.data.p_mixed = 0.5               # English connectives in non-English traces
+  # Each step restates what is left ('First, 4 + 9 = 13, so 13 - 7.'), as
+  # the tiny base's corpus does (its CorpusConfig.restate): without it the
+  # cold start taught a procedure the 4-layer base executes worse (the next
+  # step's operands are then the k-th number of the prompt).
+  c.data.restate = True
   c.data.num_eval_docs = 64          # held-out examples for the eval loss
   c.data.seq_len = 192               # tokens per row
   c.data.pack = True

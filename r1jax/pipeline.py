@@ -19,6 +19,20 @@ sub-workdir holds: a stage whose config changed is refused, or with
 --overwrite moved aside (with every later stage's run, which it fed) to
 WORKDIR/<name>/overwritten-<time>/ and run again. Files a stage reads are
 checked when it starts (an earlier stage may write them).
+
+'@best:a,b' names, of the finished stages a and b, the one with the higher
+held-out pass@1 (done.json's eval/pass@1; the first on a tie): a
+distillation study's teacher is the strongest model the study made.
+
+With `seeds` (a tuple of ints; empty or absent: one run, no seed folders),
+the whole order runs once per seed, seed after seed, in WORKDIR/seed<S>/,
+with every stage's `seed` field set to S (so the tiny base each stage starts
+from is that seed's, r1jax/tiny_base.py). A restarted study skips the seeds
+and stages that finished. At the end it prints, and writes to
+WORKDIR/study.md and study.json, every stage's figures as mean +- standard
+deviation over the seeds that finished it, and draws WORKDIR/study.png: the
+held-out curves of its GRPO stages, one line per seed (when matplotlib is
+installed).
 """
 
 import difflib
@@ -29,6 +43,7 @@ from typing import Any
 
 from absl import app, flags, logging
 import ml_collections
+import numpy as np
 
 from r1jax import config_checks
 from r1jax import errors
@@ -61,20 +76,27 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                         'config?')
     for key, value in _strings(config[name]):
       if value.startswith('@'):
-        ref = value[1:]
-        if ref not in names[:i]:
-          raise errors.ConfigError(
-              f'config.{name}.{key}={value!r} refers to stage {ref!r}, which '
-              f'is not an earlier stage; earlier: {names[:i]}')
+        for ref in _refs(value):
+          if ref not in names[:i]:
+            raise errors.ConfigError(
+                f'config.{name}.{key}={value!r} refers to stage {ref!r}, which '
+                f'is not an earlier stage; earlier: {names[:i]}')
   if len(set(names)) != len(names):
     raise errors.ConfigError(f'config.order={tuple(names)} repeats a stage name')
+  seeds = config.get('seeds', ())
+  if not isinstance(seeds, (tuple, list)) or not all(
+      isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+    raise errors.ConfigError(f'config.seeds={seeds!r} must be a tuple of '
+                             'whole numbers (empty: one run, no seed folders)')
+  if len(set(seeds)) != len(seeds):
+    raise errors.ConfigError(f'config.seeds={tuple(seeds)} repeats a seed')
   for key in config.keys():  # stage sections left out of order may stay
-    if key != 'order' and key not in names and not (
+    if key not in ('order', 'seeds') and key not in names and not (
         isinstance(config[key], ml_collections.ConfigDict)
         and 'stage' in config[key]):
-      close = difflib.get_close_matches(key, ['order'] + names, n=1)
+      close = difflib.get_close_matches(key, ['order', 'seeds'] + names, n=1)
       hint = (f'did you mean config.{close[0]}?' if close else
-              f'the keys of a pipeline config are order and its stages '
+              f'the keys of a pipeline config are order, seeds and its stages '
               f'{names}')
       raise errors.ConfigError(f'unknown key config.{key}; {hint}')
 
@@ -132,9 +154,37 @@ def _strings(node, prefix: str = ''):
       yield dotted, value
 
 
+BEST = 'best:'  # '@best:a,b': the finished stage of a, b with the best pass@1
+BEST_KEY = 'eval/pass@1'
+
+
+def _refs(value: str) -> list[str]:
+  """The stage names an '@...' string refers to."""
+  ref = value[1:]
+  if ref.startswith(BEST):
+    return [r.strip() for r in ref[len(BEST):].split(',') if r.strip()]
+  return [ref]
+
+
+def best_stage(names: list[str], dirs: dict[str, pathlib.Path]) -> str:
+  """Of `names`, the finished stage with the highest held-out pass@1 (the
+  first of a tie); the first name while none has finished (a pipeline checks
+  configs before the stages run; the stage that uses it resolves it again
+  when it starts, after they finished)."""
+  best, best_score = names[0], None
+  for name in names:
+    done = run_records.read_done(dirs[name]) or {}
+    score = done.get(BEST_KEY)
+    if isinstance(score, (int, float)) and (best_score is None
+                                            or score > best_score):
+      best, best_score = name, float(score)
+  return best
+
+
 def resolve(stage_config: ml_collections.ConfigDict,
             dirs: dict[str, pathlib.Path]) -> ml_collections.ConfigDict:
-  """A copy of `stage_config` with '@name' strings made stage workdirs."""
+  """A copy of `stage_config` with '@name' strings made stage workdirs
+  ('@best:a,b': the workdir of `best_stage`)."""
   out = ml_collections.ConfigDict(stage_config.to_dict())
   for key, value in list(_strings(out)):
     if value.startswith('@'):
@@ -142,21 +192,79 @@ def resolve(stage_config: ml_collections.ConfigDict,
       *parents, leaf = key.split('.')
       for p in parents:
         node = node[p]
-      node[leaf] = str(dirs[value[1:]])
+      refs = _refs(value)
+      node[leaf] = str(dirs[best_stage(refs, dirs) if len(refs) > 1
+                            or value[1:].startswith(BEST) else refs[0]])
   tiny_base.resolve(out)  # model.hf_path's {base_key}: the cached tiny base
   return out
 
 
+def with_seed(config: ml_collections.ConfigDict,
+              seed: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with every stage's `seed` set to `seed`."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  for name in out.order:
+    if 'seed' in out[name]:
+      out[name].seed = int(seed)
+  return out
+
+
+def seed_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path
+              ) -> list[tuple[int | None, ml_collections.ConfigDict,
+                              pathlib.Path]]:
+  """(seed, config, workdir) of each run: one per seed of config.seeds in
+  WORKDIR/seed<S>, or the config itself in WORKDIR when it has no seeds."""
+  seeds = tuple(config.get('seeds', ()) or ())
+  if not seeds:
+    return [(None, config, workdir)]
+  return [(s, with_seed(config, s), workdir / f'seed{s}') for s in seeds]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str,
         only: tuple[str, ...] = (), overwrite: bool = False) -> dict[str, Any]:
-  """Checks every stage (see `check`), then runs the stages in order;
-  returns {stage: its final metrics}."""
+  """Checks every stage of every seed (see `check`), then runs the stages in
+  order, seed after seed; returns {stage: its final metrics} (with seeds:
+  {seed: {stage: ...}})."""
+  validate_config(config)
   for name in only:
     if name not in config.order:
       raise errors.ConfigError(
           f'--only names {name!r}; stages: {list(config.order)}')
   workdir = pathlib.Path(workdir)
-  check(config, workdir, overwrite)
+  runs = seed_runs(config, workdir)
+  for _, cfg, wd in runs:
+    check(cfg, wd, overwrite)
+  t0 = time.perf_counter()
+  per_seed = {}
+  for seed, cfg, wd in runs:
+    if seed is not None:
+      print(f'##### seed {seed} ({runs.index((seed, cfg, wd)) + 1} of '
+            f'{len(runs)}) in {wd}', flush=True)
+    per_seed[seed] = _run_stages(cfg, wd, only)
+  if runs[0][0] is None:
+    return per_seed[None]
+  summary = {'seeds': {str(s): r for s, r in per_seed.items()},
+             'wall_time_s': time.perf_counter() - t0,
+             'stages_wall_time_s': sum(
+                 float(d.get('wall_time_s', 0.0))
+                 for r in per_seed.values() for d in r.values())}
+  table = study_table(config, per_seed)
+  run_records.write_text_atomic(workdir / 'study.json',
+                                json.dumps(summary, indent=1, default=str))
+  run_records.write_text_atomic(workdir / 'study.md', table + '\n')
+  print(table)
+  png = draw_study(config, workdir, [s for s, _, _ in runs])
+  print(f'##### study done: {len(runs)} seeds in '
+        f'{console.format_seconds(summary["wall_time_s"])} (the stages\' own '
+        f'wall time in all: '
+        f'{console.format_seconds(summary["stages_wall_time_s"])}); tables in '
+        f'{workdir / "study.md"}' + (f', curves in {png}' if png else ''))
+  return per_seed
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                only: tuple[str, ...]) -> dict[str, Any]:
+  """Runs (or skips, or resumes) the stages of one checked run in order."""
   workdir.mkdir(parents=True, exist_ok=True)
   dirs = stage_dirs(config, workdir)
   results: dict[str, Any] = {}
@@ -224,6 +332,125 @@ def stage_table(config: ml_collections.ConfigDict,
       cells.append(f'{r.get("step", "")} steps')
     lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
   return '\n'.join(lines)
+
+
+# Columns of the study table: (header, done.json key); 'cons' is the
+# cons@k of the run's eval.num_samples.
+_STUDY_COLUMNS = (
+    ('pass@1', 'eval/pass@1'),
+    ('cons@k', 'cons'),
+    ('greedy', 'eval/greedy_accuracy'),
+    ('format', 'eval/format_rate'),
+    ('language', 'eval/language_consistency'),
+    ('length', 'eval/mean_length'),
+    ('reflection', 'eval/reflection_rate'),
+    ('wall time (min)', 'wall_time_s'),
+)
+
+
+def _value(done: dict[str, Any], key: str) -> float | None:
+  if key == 'cons':
+    key = next((k for k in sorted(done) if k.startswith('eval/cons@')), '')
+  v = done.get(key)
+  if isinstance(v, bool) or not isinstance(v, (int, float)):
+    return None
+  return float(v) / 60 if key == 'wall_time_s' else float(v)
+
+
+def mean_std(values: list[float]) -> str:
+  """'m +- s' over the values (the population std; 'm' alone for one)."""
+  if not values:
+    return ''
+  m = float(np.mean(values))
+  if len(values) == 1:
+    return f'{m:.3f}'
+  return f'{m:.3f} ± {float(np.std(values)):.3f}'
+
+
+def study_table(config: ml_collections.ConfigDict,
+                per_seed: dict[Any, dict[str, dict[str, Any]]]) -> str:
+  """Markdown: each stage's held-out figures, mean +- std over the seeds
+  that finished it (their count in `seeds`); rejection stages give the
+  samples they kept and their pass@1 instead."""
+  head = ['stage', 'kind', 'seeds'] + [c for c, _ in _STUDY_COLUMNS]
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for name in config.order:
+    dones = [r[name] for r in per_seed.values() if r.get(name)]
+    if not dones:
+      continue
+    kind = config[name].stage
+    cells = [name, kind, str(len(dones))]
+    for header, key in _STUDY_COLUMNS:
+      if kind == 'rejection_sampling' and key != 'wall_time_s':
+        if header == 'pass@1':  # the samples', not a held-out figure
+          cells.append(mean_std([float(d.get('pass@1', 0.0)) for d in dones])
+                       + ' (samples)')
+        elif header == 'cons@k':
+          cells.append('kept ' + mean_std([float(d.get('kept', 0))
+                                           for d in dones]))
+        else:
+          cells.append('')
+        continue
+      values = [v for v in (_value(d, key) for d in dones) if v is not None]
+      cells.append(mean_std(values))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+# Panels of study.png: (title, metrics.jsonl key) for each GRPO stage.
+_CURVES = (('held-out pass@1', 'eval/pass@1'),
+           ('language consistency', 'eval/language_consistency'),
+           ('mean length', 'eval/mean_length'))
+
+
+def draw_study(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+               seeds: list[int]) -> pathlib.Path | None:
+  """WORKDIR/study.png: per GRPO stage (a row) the held-out curves of
+  `_CURVES` over its steps, one line per seed; None without matplotlib or
+  without a curve to draw."""
+  from r1jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  rows = []
+  for name in config.order:
+    if config[name].stage != 'grpo':
+      continue
+    curves = {}
+    for seed in seeds:
+      path = workdir / f'seed{seed}' / name / run_records.METRICS_FILE
+      points = [(r['step'], r) for r in metrics_lib.read_jsonl(path)
+                if 'eval/pass@1' in r]
+      if points:
+        curves[seed] = points
+    if curves:
+      rows.append((name, curves))
+  if not rows:
+    return None
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print('study.png not drawn: matplotlib is not installed (pip install '
+          'matplotlib)')
+    return None
+  fig, axes = plt.subplots(len(rows), len(_CURVES), squeeze=False,
+                           figsize=(4 * len(_CURVES), 2.6 * len(rows)))
+  for r, (name, curves) in enumerate(rows):
+    for c, (title, key) in enumerate(_CURVES):
+      ax = axes[r][c]
+      for seed, points in curves.items():
+        xs = [step for step, row in points if key in row]
+        ys = [row[key] for _, row in points if key in row]
+        ax.plot(xs, ys, marker='o', label=f'seed {seed}')
+      ax.set_title(f'{name}: {title}', fontsize=9)
+      ax.set_xlabel('GRPO step', fontsize=8)
+      ax.grid(alpha=0.3)
+      if r == 0 and c == 0:
+        ax.legend(fontsize=7)
+  fig.tight_layout()
+  out = workdir / 'study.png'
+  fig.savefig(out, dpi=90)
+  plt.close(fig)
+  return out
 
 
 def main(argv):

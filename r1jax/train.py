@@ -33,6 +33,7 @@ from r1jax import errors
 from r1jax import tiny_base
 from r1jax.run import checks
 from r1jax.run import file_checks
+from r1jax.stages import evaluate as evaluate_stage
 from r1jax.stages import grpo
 from r1jax.stages import rejection
 from r1jax.stages import sft
@@ -43,6 +44,7 @@ STAGES = {
     'sft': sft,
     'grpo': grpo,
     'rejection_sampling': rejection,
+    'evaluate': evaluate_stage,
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

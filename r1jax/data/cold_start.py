@@ -129,39 +129,61 @@ def cold_start_examples(records: Iterable[Mapping[str, str]], source: str,
 
 
 # The connecting words of a synthetic chain of thought, per language:
-# (first step, later steps, the closing summary before the answer).
+# (first step, later steps, the closing summary before the answer, the word
+# before what is left to compute).
 CONNECTIVES = {
-    'en': ('First,', 'Then,', 'So the answer is'),
-    'ru': ('сперва', 'затем', 'итак, ответ'),
+    'en': ('First,', 'Then,', 'So the answer is', 'so'),
+    'ru': ('сперва', 'затем', 'итак, ответ', 'значит'),
 }
 
 
 def synthetic_trace(steps: Sequence[str], answer: str, language: str,
-                    rng=None, p_mixed: float = 0.0) -> str:
+                    rng=None, p_mixed: float = 0.0,
+                    rest: Sequence[str | None] | None = None) -> str:
   """A readable chain of thought for a synthetic problem, with a summary:
 
       <think> First, 9 - 2 = 7. Then, 7 + 5 = 12. So the answer is 12.
       </think> <answer> 12 </answer>   (one line)
 
-  With `p_mixed` > 0 each connective is, with that probability, written in
-  English instead of `language`: the language mixing that R1's language
+  `rest` (per step, the expression left after it, or None) restates it
+  after the step, as the tiny base's corpus does ('First, 9 - 2 = 7, so
+  7 + 5.'; `corpus.remainders`): the next step's operands are then next to
+  it. With `p_mixed` > 0 each connective is, with that probability, written
+  in English instead of `language`: the language mixing that R1's language
   reward removes.
   """
   own = CONNECTIVES[language]
   pick = lambda i: (CONNECTIVES['en'][i] if rng is not None and
                     rng.random() < p_mixed else own[i])
-  parts = [f'{pick(0 if j == 0 else 1)} {step}.' for j, step in enumerate(steps)]
+  parts = []
+  for j, step in enumerate(steps):
+    left = rest[j] if rest else None
+    tail = f', {pick(3)} {left}' if left else ''
+    parts.append(f'{pick(0 if j == 0 else 1)} {step}{tail}.')
   parts.append(f'{pick(2)} {answer}.')
   return f'<think> {" ".join(parts)} </think> <answer> {answer} </answer>'
 
 
+def _remainders(rec: Mapping) -> list[str | None] | None:
+  """`corpus.remainders` of a record asked in any language."""
+  from r1jax.data import corpus  # pylint: disable=g-import-not-at-top
+  lang = rec.get('target_language') or 'en'
+  problem = rec['problem']
+  prefix = synthetic.PROBLEM_PREFIX.get(lang, '')
+  if lang != 'en' and problem.startswith(prefix):
+    problem = synthetic.PROBLEM_PREFIX['en'] + problem[len(prefix):]
+  return corpus.remainders({**rec, 'problem': problem})
+
+
 def synthetic_examples(records: Iterable[Mapping], template: str,
                        p_mixed: float = 0.0, seed: int = 0,
-                       tokenizer=None) -> list[dict[str, str]]:
+                       tokenizer=None, restate: bool = False
+                       ) -> list[dict[str, str]]:
   """Cold-start SFT examples for synthetic problems (`solution_steps`).
 
   A record's `target_language` (see `synthetic.localize`) sets the language
-  of its connectives; English ones are never mixed.
+  of its connectives; English ones are never mixed. `restate`: each step is
+  followed by what is left to compute (`synthetic_trace`'s `rest`).
   """
   tmpl = templates.get_template(template)
   out = []
@@ -172,7 +194,8 @@ def synthetic_examples(records: Iterable[Mapping], template: str,
                        f'{lang!r}; known: {sorted(CONNECTIVES)}')
     rng = random.Random(synthetic.stable_hash('cold-start', seed, rec['id']))
     trace = synthetic_trace(rec['solution_steps'], rec['answer'], lang, rng,
-                            p_mixed if lang != 'en' else 0.0)
+                            p_mixed if lang != 'en' else 0.0,
+                            rest=_remainders(rec) if restate else None)
     out.append(dict(id=rec['id'], prompt=tmpl.render(rec['problem'], tokenizer),
                     completion=tmpl.completion_prefix + trace,
                     answer=rec['answer']))

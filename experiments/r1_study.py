@@ -1,0 +1,185 @@
+r"""The tiny-scale R1 study: R1-Zero against R1, language mixing, distillation
+against RL, prompt sensitivity, for several seeds, in one resumable command.
+
+    python -m r1jax.pipeline --config=experiments/r1_study.py --workdir=runs/study
+    python -m r1jax.pipeline --config=experiments/r1_study.py:runlocal \
+        --workdir=/tmp/study --config.seeds='(0,)'          # a smoke run
+    python -m r1jax.pipeline --config=experiments/r1_study.py \
+        --workdir=runs/study --only=zero                     # one comparison
+
+Per seed S (WORKDIR/seedS/<stage>; every stage's seed is S, so each seed has
+its own tiny base, pretrained into the cache when missing):
+
+  zero            R1-Zero: experiments/zero.py's GRPO from the base on the
+                  bilingual prompts (half English, half Russian), accuracy +
+                  format rewards only; its language consistency over
+                  training is the language mixing R1 set out to fix
+  cold_start      R1 stage 1: SFT of the base on readable traces (every
+                  connective in the problem's language; p_mixed 0)
+  reasoning_rl    R1 stage 2: GRPO, accuracy + format + language consistency
+  rejection       R1 stage 3 data: correct, readable samples of reasoning_rl
+  sft             R1 stage 3: SFT of the *base* on them
+  final_rl        R1 stage 4: GRPO from sft, every reward
+  zero_shots<k>   R1-Zero's final model with k worked examples in front of
+  r1_shots<k>     each held-out problem (k = 1, 2, 4); R1 final's likewise
+                  (0 shots: the stages' own evaluations)
+  teacher_traces  rejection sampling from the strongest model of the study,
+                  '@best:final_rl,zero' (the higher held-out pass@1)
+  student_base    the student: the tiny architecture at half the width (4
+                  layers, hidden 96), pretrained on the same corpus with the
+                  teacher's tokenizer
+  student_sft     (a) SFT of the student on the teacher's traces (the paper's
+                  distillation)
+  student_kd      (b) token-level distillation: the same traces, loss = KL to
+                  the teacher's logits on the fly (distill.kind forward)
+  student_rl      (c) GRPO from the student's base, with the evaluation at
+                  half its steps ~ (a)'s wall time and at the end ~ 2x
+
+Every row is scored on the same held-out set (zero.py's 256 test problems,
+asked half in Russian, 4 samples at temperature 1, 96 new tokens, greedy too):
+one `eval` section (`held_out` below) is copied into every stage. At the end
+the pipeline prints each stage's figures as mean +- std over the seeds
+(WORKDIR/study.md, study.json) and draws the GRPO stages' curves
+(WORKDIR/study.png). The same command resumes a killed study: finished
+seeds and stages are skipped, a killed stage resumes from its checkpoint.
+"""
+
+import ml_collections
+
+from experiments import common
+from experiments import distill
+from experiments import r1
+from experiments import zero
+
+LANGUAGES = {'en': 0.5, 'ru': 0.5}
+SHOTS = (1, 2, 4)
+
+
+def held_out(args) -> ml_collections.ConfigDict:
+  """The one held-out evaluation of every row."""
+  e = common.eval_section(dataset='synthetic', num_problems=256,
+                          max_new_tokens=96)
+  e.ks = (1, 4)
+  e.greedy = True
+  e.every = 0
+  e.at_start = False
+  e.num_texts = 2
+  e.languages = ml_collections.ConfigDict(LANGUAGES)
+  if args.runlocal:
+    e.num_problems = 16
+    e.max_new_tokens = 48
+  return e
+
+
+def _set_eval(stage: ml_collections.ConfigDict,
+              ev: ml_collections.ConfigDict) -> None:
+  """The stage's eval section becomes `ev`, keeping the stage's own
+  schedule fields (every, at_start)."""
+  keep = {k: stage.eval[k] for k in ('every', 'at_start', 'num_texts')
+          if k in stage.eval}
+  stage.eval = ml_collections.ConfigDict(ev.to_dict())
+  for k in list(stage.eval.keys()):
+    if k in ('every', 'at_start', 'num_texts') and k not in keep:
+      del stage.eval[k]
+  for k, v in keep.items():
+    stage.eval[k] = v
+
+
+def _evaluate_stage(model: str, ev: ml_collections.ConfigDict, shots: int,
+                    arg: str) -> ml_collections.ConfigDict:
+  """An `evaluate` stage of `model` ('@stage') with `shots` worked examples."""
+  rl = zero.get_config(arg)
+  c = ml_collections.ConfigDict()
+  c.stage = 'evaluate'
+  c.seed = 0
+  c.model = rl.model
+  c.model.hf_path = model
+  c.model.gguf_path = ''
+  c.model.pretrain_if_missing = False
+  del c.model['lora']
+  c.tokenizer = rl.tokenizer
+  c.data = rl.data                   # the difficulty the shots are drawn at
+  c.rewards = rl.rewards
+  c.sampling = ml_collections.ConfigDict()
+  # Few-shot prompts are long: 4 worked examples are ~250 tokens.
+  c.sampling.max_prompt_tokens = 64 + 72 * shots
+  c.sampling.decode_segments = 4
+  c.eval = ml_collections.ConfigDict(ev.to_dict())
+  for k in ('every', 'at_start', 'num_texts'):
+    del c.eval[k]
+  c.eval.few_shot = shots
+  c.mesh = rl.mesh
+  return c
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  args = zero.parse(arg)
+  if args.model or args.data or args.lora or args.check:
+    raise ValueError('experiments/r1_study.py is the tiny model\'s study on '
+                     'the synthetic bilingual problems; it takes runlocal '
+                     'only')
+  runlocal = args.runlocal
+  ev = held_out(args)
+  c = ml_collections.ConfigDict()
+  c.seeds = (0, 1, 2)
+
+  # R1-Zero on the bilingual prompts: no language reward.
+  c.zero = zero.get_config(arg)
+  c.zero.data.languages = ml_collections.ConfigDict(LANGUAGES)
+  c.zero.sampling.max_new_tokens = 96 if not runlocal else 48
+  c.zero.sampling.max_prompt_tokens = 64
+  c.zero.rl.length_buckets = 4
+  _set_eval(c.zero, ev)
+  c.zero.eval.every = 40 if not runlocal else 0
+  c.zero.eval.at_start = True
+
+  # The R1 pipeline (experiments/r1.py), scored on the same set.
+  pipe = r1.get_config(arg)
+  for name in pipe.order:
+    c[name] = pipe[name]
+    if 'eval' in c[name]:
+      _set_eval(c[name], ev)
+  c.cold_start.data.p_mixed = 0.0    # readable: the paper's cold start
+  c.cold_start.data.languages = ml_collections.ConfigDict(LANGUAGES)
+  for name in ('reasoning_rl', 'final_rl'):
+    c[name].rl.length_buckets = 4
+    c[name].eval.every = 30 if not runlocal else 0
+  c.final_rl.train.steps = 60 if not runlocal else 2
+
+  # Prompt sensitivity: R1-Zero and R1 final at 1, 2, 4 shots.
+  shots = SHOTS if not runlocal else (1,)
+  for k in shots:
+    c[f'zero_shots{k}'] = _evaluate_stage('@zero', ev, k, arg)
+    c[f'r1_shots{k}'] = _evaluate_stage('@final_rl', ev, k, arg)
+
+  # Distillation from the study's strongest model.
+  dist = distill.get_config(common.pack_arg(compare=True, runlocal=runlocal))
+  c.teacher_traces = dist.teacher_traces
+  c.teacher_traces.model.hf_path = '@best:final_rl,zero'
+  c.teacher_traces.data.languages = ml_collections.ConfigDict(LANGUAGES)
+  c.student_base = dist.student_base
+  # Half the width, the same depth: a 2-layer student (README, before this
+  # study) could not execute the procedure at all.
+  c.student_base.model.overrides = ml_collections.ConfigDict(
+      {'hidden_size': 96, 'intermediate_size': 256, 'num_heads': 3,
+       'num_kv_heads': 1})
+  c.student_base.train.steps = 600 if not runlocal else 20
+  c.student_sft = dist.student_sft
+  _set_eval(c.student_sft, ev)
+  c.student_kd = ml_collections.ConfigDict(dist.student_sft.to_dict())
+  c.student_kd.distill.teacher = '@best:final_rl,zero'
+  c.student_rl = dist.student_rl
+  c.student_rl.data.languages = ml_collections.ConfigDict(LANGUAGES)
+  c.student_rl.rl.length_buckets = 4
+  _set_eval(c.student_rl, ev)
+  c.student_rl.train.steps = 80 if not runlocal else 2
+  c.student_rl.eval.every = 40 if not runlocal else 0
+  c.student_rl.eval.at_start = True
+
+  c.order = (('zero',) + tuple(pipe.order)
+             + tuple(f'{m}_shots{k}' for m in ('zero', 'r1') for k in shots)
+             + ('teacher_traces', 'student_base', 'student_sft', 'student_kd',
+                'student_rl'))
+  if runlocal:
+    c.seeds = (0, 1)
+  return c
