@@ -164,6 +164,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       {'hidden_size': 96, 'intermediate_size': 256, 'num_heads': 3,
        'num_kv_heads': 1})
   c.student_base.train.steps = 600 if not runlocal else 20
+  _set_eval(c.student_base, ev)      # the student's own row of the table
   c.student_sft = dist.student_sft
   _set_eval(c.student_sft, ev)
   c.student_kd = ml_collections.ConfigDict(dist.student_sft.to_dict())

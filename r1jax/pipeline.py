@@ -47,6 +47,7 @@ import numpy as np
 
 from r1jax import config_checks
 from r1jax import errors
+from r1jax import metrics as metrics_lib
 from r1jax import tiny_base
 from r1jax import train
 from r1jax.run import console
@@ -408,7 +409,6 @@ def draw_study(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   """WORKDIR/study.png: per GRPO stage (a row) the held-out curves of
   `_CURVES` over its steps, one line per seed; None without matplotlib or
   without a curve to draw."""
-  from r1jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   rows = []
   for name in config.order:
     if config[name].stage != 'grpo':

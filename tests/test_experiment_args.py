@@ -113,6 +113,7 @@ DOCUMENTED = {
                 'compare,model=qwen2.5-0.5b'),
     'pretrain_tiny': ('', 'runlocal', 'check', 'runlocal,check', 'code',
                       'runlocal,code'),
+    'r1_study': ('', 'runlocal'),
     'variants': ('', 'name=gspo', 'name=dapo,runlocal',
                  'name=cispo,model=qwen2.5-0.5b'),
 }
@@ -136,7 +137,7 @@ def test_documented_arguments_build(name, arg):
   c = importlib.import_module(f'experiments.{name}').get_config(arg)
   stages = [c[s] for s in c.order] if 'order' in c else [c]
   for stage in stages:
-    assert stage.stage in ('grpo', 'sft', 'rejection_sampling')
+    assert stage.stage in ('grpo', 'sft', 'rejection_sampling', 'evaluate')
     if 'runlocal' in arg and stage.get('train'):
       assert stage.train.steps <= 60
 

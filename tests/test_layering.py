@@ -41,6 +41,7 @@ STAGE_GROUPS = {
     'grpo': ('r1jax.stages.grpo', 'r1jax.stages.grpo_rollout',
              'r1jax.stages.grpo_update', 'r1jax.stages.grpo_lengths'),
     'rejection': ('r1jax.stages.rejection',),
+    'evaluate': ('r1jax.stages.evaluate',),
 }
 
 # Imports that may stay inside a function: optional or slow to import.
@@ -49,6 +50,8 @@ LAZY_OK = {
     'r1jax.data.builders.raw': 'the package imports tensorflow_datasets',
     'r1jax.model.gguf': 'the gguf package, only for GGUF files',
     'tensorboardX': 'optional TensorBoard output',
+    'matplotlib': 'optional: a study\'s plot (r1jax.pipeline)',
+    'matplotlib.pyplot': 'optional: a study\'s plot (r1jax.pipeline)',
     'math_verify': 'runs in the math-verify worker processes',
     'jinja2': 'only for a tokenizer with a chat template',
     'inspect': 'the standard library',

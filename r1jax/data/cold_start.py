@@ -34,6 +34,7 @@ import random
 import re
 from typing import Iterable, Mapping, Sequence
 
+from r1jax.data import corpus
 from r1jax.data import synthetic
 from r1jax.data import templates
 
@@ -166,7 +167,6 @@ def synthetic_trace(steps: Sequence[str], answer: str, language: str,
 
 def _remainders(rec: Mapping) -> list[str | None] | None:
   """`corpus.remainders` of a record asked in any language."""
-  from r1jax.data import corpus  # pylint: disable=g-import-not-at-top
   lang = rec.get('target_language') or 'en'
   problem = rec['problem']
   prefix = synthetic.PROBLEM_PREFIX.get(lang, '')

@@ -140,8 +140,8 @@ def worked_example(record: Mapping) -> dict | None:
   answer = str(record.get('answer') or '').strip()
   steps = record.get('solution_steps')
   if steps:
-    first, then, _ = cold_start.CONNECTIVES.get(
-        record.get('target_language') or 'en', cold_start.CONNECTIVES['en'])
+    first, then = cold_start.CONNECTIVES.get(
+        record.get('target_language') or 'en', cold_start.CONNECTIVES['en'])[:2]
     reasoning = ' '.join(f'{first if j == 0 else then} {step}.'
                          for j, step in enumerate(steps))
   else:
