@@ -21,8 +21,9 @@ its own tiny base, pretrained into the cache when missing):
   sft             R1 stage 3: SFT of the *base* on them
   final_rl        R1 stage 4: GRPO from sft, every reward
   zero_shots<k>   R1-Zero's final model with k worked examples in front of
-  r1_shots<k>     each held-out problem (k = 1, 2, 4); R1 final's likewise
-                  (0 shots: the stages' own evaluations)
+  r1_shots<k>     each held-out problem (k = 0, 1, 2, 4); R1 final's likewise
+                  (k = 0 repeats the stage's own evaluation, by the same
+                  path as the other k)
   teacher_traces  rejection sampling from the strongest model of the study,
                   '@best:final_rl,zero' (the higher held-out pass@1)
   student_base    the student: the tiny architecture at half the width (4
@@ -52,7 +53,7 @@ from experiments import r1
 from experiments import zero
 
 LANGUAGES = {'en': 0.5, 'ru': 0.5}
-SHOTS = (1, 2, 4)
+SHOTS = (0, 1, 2, 4)
 
 
 def held_out(args) -> ml_collections.ConfigDict:

@@ -136,7 +136,8 @@ def test_cons_at_k_pools_equivalent_answers():
   assert stats['cons@4'] == 1.0
   assert set(evaluate.summarize(stats)) == {
       'pass@1', 'pass@4', 'cons@4', 'format_rate', 'mean_length',
-      'language_consistency', 'reflection_rate', 'reflective_words',
+      'language_consistency', 'language_consistency_worded',
+      'reflection_rate', 'reflective_words',
       'recheck_rate', 'correction_rate', 'check_rate', 'step_rate'}
   assert stats['language_consistency'] == 1.0   # 'x' is an English word
 
@@ -155,6 +156,26 @@ def test_language_consistency_uses_each_record_target():
   stats = evaluate.evaluate_problems(_ScriptedSampler(tok, texts), None, tok,
                                      records, template='r1_zero')
   assert stats['language_consistency'] == pytest.approx((0.5 + 1.0) / 2)
+  # Per prompt language ('' = the default, English here).
+  assert stats['unset/language_consistency'] == 0.5
+  assert stats['ru/language_consistency'] == 1.0
+  assert stats['ru/pass@1'] == 1.0 and stats['unset/pass@1'] == 1.0
+
+
+def test_worded_consistency_leaves_out_chains_without_words():
+  """A chain of thought of arithmetic alone counts as consistent in
+  language_consistency, and is left out of language_consistency_worded."""
+  from r1jax.tokenizer import train_bpe
+  texts = ['<think> 2 + 3 = 5. </think> <answer> 5 </answer>',
+           '<think> 2 + 3 = 5, so 5. </think> <answer> 5 </answer>']
+  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
+                                           'pad_token': '<|pad|>'})
+  records = [{'problem': 'Вычисли 2 + 3.', 'answer': '5', 'task': 'math',
+              'target_language': 'ru'}] * 2
+  stats = evaluate.evaluate_problems(_ScriptedSampler(tok, texts), None, tok,
+                                     records, template='r1_zero')
+  assert stats['language_consistency'] == pytest.approx(0.5)
+  assert stats['language_consistency_worded'] == 0.0
 
 
 def test_code_records_are_scored_in_the_sandbox():

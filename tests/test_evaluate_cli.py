@@ -127,7 +127,8 @@ def test_checkpoint_kinds_give_the_same_metrics(three_kinds, data):
   for name in _DATASETS:
     metrics = evaluate.summarize(base[name])
     assert set(metrics) == {'pass@1', 'pass@2', 'cons@2', 'format_rate',
-                            'language_consistency', 'mean_length',
+                            'language_consistency',
+                            'language_consistency_worded', 'mean_length',
                             'reflection_rate', 'reflective_words',
                             'recheck_rate', 'correction_rate', 'check_rate',
                             'step_rate'}

@@ -174,10 +174,11 @@ def evaluate_problems(
     acc = rw.REWARDS.get(reward_name)(completions, examples)
     fmt = rw.REWARDS.get(format_reward)(completions, examples)
     # A record's target_language wins; a chain of thought with no words
-    # (only arithmetic) counts as consistent.
+    # (only arithmetic) counts as consistent (-1 here, a score no worded
+    # one gets: `worded` below).
     lang = rw.REWARDS.get('language')(completions, examples,
                                       target_language=target_language,
-                                      empty_score=1.0)
+                                      empty_score=-1.0)
     rows = slice(start, start + len(chunk))
     correct[rows] = np.asarray(acc, np.float32).reshape(len(chunk), num_samples)
     formatted[rows] = np.asarray(fmt, np.float32).reshape(len(chunk), num_samples)
@@ -192,15 +193,32 @@ def evaluate_problems(
     if on_batch is not None:
       on_batch(len(chunk), float(correct[:start + len(chunk)].mean()))
 
+  worded = language >= 0
+  language = np.where(worded, language, 1.0)
   stats: dict[str, Any] = {
       'pass@1': float(correct.mean()),
       'format_rate': float((formatted >= 1.0).mean()),
       'language_consistency': float(language.mean()),
+      # Over the chains of thought that have words at all (1 when none has):
+      # a model that writes only arithmetic cannot mix languages.
+      'language_consistency_worded': (float(language[worded].mean())
+                                      if worded.any() else 1.0),
       'mean_length': float(lengths.mean()),
       'num_problems': len(records),
       'num_samples': num_samples,
   }
   stats.update(reasoning_stats.reflection_stats(every_text))
+  # A mixed-language set: pass@1 and consistency per prompt language.
+  langs = np.asarray([r.get('target_language') or '' for r in records])
+  if len(set(langs.tolist())) > 1:
+    for name in sorted(set(langs.tolist())):
+      rows = langs == name
+      key = name or 'unset'
+      stats[f'{key}/pass@1'] = float(correct[rows].mean())
+      stats[f'{key}/language_consistency'] = float(language[rows].mean())
+      w = worded[rows]
+      stats[f'{key}/language_consistency_worded'] = (
+          float(language[rows][w].mean()) if w.any() else 1.0)
   for k in ks:
     if k <= num_samples:
       c = correct.sum(axis=1).astype(int)
