@@ -140,6 +140,21 @@ def test_task_reward_refuses_a_record_it_cannot_score():
                         options={'cod': {}})
 
 
+def test_task_and_weighted_rewards_check_a_reward_shape_alike(monkeypatch):
+  """Both call a reward through registry.call_reward: a reward returning
+  another shape than [B] is an error naming it, on either path."""
+  # Registered for this test only (other tests call every reward).
+  for table in ('_entries', '_inputs', '_options'):
+    monkeypatch.setattr(REWARDS, table, dict(getattr(REWARDS, table)))
+  REWARDS.add('test_bad_shape',
+              lambda completions, examples: np.zeros(len(completions) + 1))
+  records = [{'task': 'test_bad_shape', 'answer': '1'}] * 2
+  with pytest.raises(ValueError, match="'test_bad_shape' returned shape"):
+    REWARDS.get('task')(['x', 'y'], records)
+  with pytest.raises(ValueError, match="'test_bad_shape' returned shape"):
+    compute_rewards(['x', 'y'], records, {'test_bad_shape': 1.0})
+
+
 def test_evaluation_scores_each_task_by_its_own_reward():
   # accuracy_reward 'task' (the mixed run's rewards.accuracy) or '' picks
   # each group's own reward; code is scored by running its tests.

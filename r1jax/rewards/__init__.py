@@ -52,10 +52,11 @@ from r1jax.rewards.overlong import overlong_penalty
 from r1jax.rewards.overlong import truncation_mask
 from r1jax.rewards.registry import REWARDS
 from r1jax.rewards.registry import RewardFn
+from r1jax.rewards.registry import call_reward
 
 __all__ = [
-    'REWARDS', 'RewardFn', 'compute_rewards', 'extract_answer', 'by_task',
-    'code_sandbox',
+    'REWARDS', 'RewardFn', 'call_reward', 'compute_rewards', 'extract_answer',
+    'by_task', 'code_sandbox',
     'format_rewards', 'language', 'math_reward', 'overlong', 'synthetic',
     'answers_equal', 'fast_equal', 'verify_answers', 'overlong_penalty',
     'truncation_mask', 'shutdown_pool',
@@ -100,19 +101,8 @@ def compute_rewards(
   per_reward: dict[str, np.ndarray] = {}
   metrics: dict[str, float] = {}
   for name, weight in weights.items():
-    fn = REWARDS.get(name)
-    kwargs = dict(options.get(name, {}))
-    counters: dict[str, float] = {}
-    inputs = REWARDS.inputs(name)  # declared at registration
-    if 'metrics' in inputs:
-      kwargs['metrics'] = counters
-    if 'lengths_B' in inputs:
-      kwargs['lengths_B'] = lengths_B
-    reward_B = np.asarray(fn(completions, examples, **kwargs), np.float32)
-    if reward_B.shape != (len(completions),):
-      raise ValueError(
-          f'reward {name!r} returned shape {reward_B.shape}, expected '
-          f'({len(completions)},)')
+    reward_B, counters = call_reward(name, completions, examples,
+                                     options.get(name), lengths_B=lengths_B)
     per_reward[name] = reward_B
     total_B += np.float32(weight) * reward_B
     metrics[f'reward/{name}'] = float(reward_B.mean()) if len(reward_B) else 0.0

@@ -19,6 +19,7 @@ import numpy as np
 
 from r1jax.rewards.registry import Completions, Examples, Metrics, check_batch
 from r1jax.rewards.registry import REWARDS
+from r1jax.rewards.registry import call_reward
 
 NAME = 'task'
 
@@ -57,13 +58,9 @@ def task_reward(
                      'name no reward')
   out = np.zeros(len(completions), np.float32)
   for task, idx in groups.items():
-    kwargs = dict(options.get(task, {}))
-    counters: dict[str, float] = {}
-    if 'metrics' in REWARDS.inputs(task):
-      kwargs['metrics'] = counters
-    scores = np.asarray(REWARDS.get(task)(
-        [completions[i] for i in idx], [examples[i] for i in idx], **kwargs),
-        np.float32)
+    scores, counters = call_reward(task, [completions[i] for i in idx],
+                                   [examples[i] for i in idx],
+                                   options.get(task))
     out[idx] = scores
     if metrics is not None:
       metrics[task] = float(scores.mean())

@@ -87,3 +87,30 @@ def score_each(
     _log.warning('reward %r: %d of %d completions failed and scored 0; %s',
                  reward, errors, n, first)
   return out
+
+
+def call_reward(name: str, completions: Completions, examples: Examples,
+                options: Mapping[str, Any] | None = None, *,
+                lengths_B: np.ndarray | None = None
+                ) -> tuple[np.ndarray, dict[str, float]]:
+  """(float32[B] scores, counters) of reward `name` on one batch.
+
+  Passes `options` as keywords, and the inputs the reward declared at
+  registration: a counters dict for 'metrics' (returned), `lengths_B` for
+  'lengths_B'. The one way every caller (the weighted sum, the `task`
+  reward's per-task groups) calls a reward: a reward that returns another
+  shape than [B] is a ValueError naming it.
+  """
+  kwargs = dict(options or {})
+  counters: dict[str, float] = {}
+  inputs = REWARDS.inputs(name)
+  if 'metrics' in inputs:
+    kwargs['metrics'] = counters
+  if 'lengths_B' in inputs:
+    kwargs['lengths_B'] = lengths_B
+  reward_B = np.asarray(REWARDS.get(name)(completions, examples, **kwargs),
+                        np.float32)
+  if reward_B.shape != (len(completions),):
+    raise ValueError(f'reward {name!r} returned shape {reward_B.shape}, '
+                     f'expected ({len(completions)},)')
+  return reward_B, counters
