@@ -112,3 +112,39 @@ def test_all_real_solutions_keep_their_answers(shared_data, relpath, source,
       assert format_rewards.strict_format_ok(completion, opens), rec['id']
       if source == 'gsm8k':
         assert '<<' not in completion and '####' not in completion, rec['id']
+
+
+def test_synthetic_traces_restate_what_is_left_in_the_prompt_language():
+  """`restate` follows each step but the last with what is left to compute,
+  as the tiny base's corpus does, in the problem's language."""
+  from r1jax.data import cold_start  # pylint: disable=g-import-not-at-top
+  from r1jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from r1jax.rewards import language  # pylint: disable=g-import-not-at-top
+  recs = synthetic.localize(
+      synthetic.generate('arithmetic', 40, seed=3, split='train',
+                         num_operands=(2, 4), max_digits=1),
+      {'en': 0.5, 'ru': 0.5}, seed=3)
+  plain = cold_start.synthetic_examples(recs, 'r1_zero_short')
+  restated = cold_start.synthetic_examples(recs, 'r1_zero_short',
+                                           restate=True)
+  langs = set()
+  for rec, p, r in zip(recs, plain, restated):
+    lang = rec['target_language']
+    langs.add(lang)
+    n = len(rec['solution_steps'])
+    so = cold_start.CONNECTIVES[lang][3]
+    assert r['completion'].count(f', {so} ') == n - 1, r['completion']
+    assert p['completion'].count(f', {so} ') == 0
+    # The restated expression is the rest of the problem after the step.
+    problem = rec['problem'].split(' ', 1)[1]
+    if n >= 2:
+      first = rec['solution_steps'][0]
+      value = first.split(' = ')[1]
+      rest = ' '.join(problem.split(' ')[3:])
+      assert f'{first}, {so} {value} {rest}.' in r['completion']
+    assert r['answer'] == rec['answer'] and r['prompt'] == p['prompt']
+    # Every word of the chain of thought is in the problem's language.
+    assert language.language_consistency(
+        r['completion'].split('</think>')[0].replace('<think>', ''),
+        lang) == 1.0
+  assert langs == {'en', 'ru'}
