@@ -64,6 +64,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # cold start taught a procedure the 4-layer base executes worse (the next
   # step's operands are then the k-th number of the prompt).
   c.data.restate = True
+  # No 'First,' / 'Then,' before the steps, and short words in Russian
+  # ('то', 'ответ'; r1jax/data/cold_start.py COMPACT): the base's tokenizer
+  # spends 2-3 tokens on a Cyrillic letter, and with the connectives a
+  # restated 3-step Russian trace passed the 96-token budget (cold start
+  # mean length 80.5, format 0.60; RL then shortened it and lost accuracy).
+  c.data.connectives = False
   c.data.num_eval_docs = 64          # held-out examples for the eval loss
   c.data.seq_len = 192               # tokens per row
   c.data.pack = True

@@ -125,26 +125,30 @@ def test_synthetic_traces_restate_what_is_left_in_the_prompt_language():
                          num_operands=(2, 4), max_digits=1),
       {'en': 0.5, 'ru': 0.5}, seed=3)
   plain = cold_start.synthetic_examples(recs, 'r1_zero_short')
-  restated = cold_start.synthetic_examples(recs, 'r1_zero_short',
-                                           restate=True)
   langs = set()
-  for rec, p, r in zip(recs, plain, restated):
-    lang = rec['target_language']
-    langs.add(lang)
-    n = len(rec['solution_steps'])
-    so = cold_start.CONNECTIVES[lang][3]
-    assert r['completion'].count(f', {so} ') == n - 1, r['completion']
-    assert p['completion'].count(f', {so} ') == 0
-    # The restated expression is the rest of the problem after the step.
-    problem = rec['problem'].split(' ', 1)[1]
-    if n >= 2:
-      first = rec['solution_steps'][0]
-      value = first.split(' = ')[1]
-      rest = ' '.join(problem.split(' ')[3:])
-      assert f'{first}, {so} {value} {rest}.' in r['completion']
-    assert r['answer'] == rec['answer'] and r['prompt'] == p['prompt']
-    # Every word of the chain of thought is in the problem's language.
-    assert language.language_consistency(
-        r['completion'].split('</think>')[0].replace('<think>', ''),
-        lang) == 1.0
+  for connectives in (True, False):
+    restated = cold_start.synthetic_examples(
+        recs, 'r1_zero_short', restate=True, connectives=connectives)
+    for rec, p, r in zip(recs, plain, restated):
+      lang = rec['target_language']
+      langs.add(lang)
+      n = len(rec['solution_steps'])
+      so = (cold_start.CONNECTIVES[lang][3] if connectives
+            else cold_start.COMPACT[lang][0])
+      assert r['completion'].count(f', {so} ') == n - 1, r['completion']
+      assert p['completion'].count(f', {so} ') == 0
+      assert (cold_start.CONNECTIVES[lang][1] in r['completion']) == (
+          connectives and n > 1)
+      # The restated expression is the rest of the problem after the step.
+      problem = rec['problem'].split(' ', 1)[1]
+      if n >= 2:
+        first = rec['solution_steps'][0]
+        value = first.split(' = ')[1]
+        rest = ' '.join(problem.split(' ')[3:])
+        assert f'{first}, {so} {value} {rest}.' in r['completion']
+      assert r['answer'] == rec['answer'] and r['prompt'] == p['prompt']
+      # Every word of the chain of thought is in the problem's language.
+      assert language.language_consistency(
+          r['completion'].split('</think>')[0].replace('<think>', ''),
+          lang) == 1.0
   assert langs == {'en', 'ru'}

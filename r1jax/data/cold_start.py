@@ -136,11 +136,19 @@ CONNECTIVES = {
     'en': ('First,', 'Then,', 'So the answer is', 'so'),
     'ru': ('сперва', 'затем', 'итак, ответ', 'значит'),
 }
+# Without step connectives (`connectives=False`): the word before what is
+# left and the summary's, short ones. The tiny base's tokenizer never saw
+# Cyrillic (2-3 tokens a letter): 'значит' is 13 tokens, 'то' 5.
+COMPACT = {
+    'en': ('so', 'So the answer is'),
+    'ru': ('то', 'ответ'),
+}
 
 
 def synthetic_trace(steps: Sequence[str], answer: str, language: str,
                     rng=None, p_mixed: float = 0.0,
-                    rest: Sequence[str | None] | None = None) -> str:
+                    rest: Sequence[str | None] | None = None,
+                    connectives: bool = True) -> str:
   """A readable chain of thought for a synthetic problem, with a summary:
 
       <think> First, 9 - 2 = 7. Then, 7 + 5 = 12. So the answer is 12.
@@ -149,18 +157,23 @@ def synthetic_trace(steps: Sequence[str], answer: str, language: str,
   `rest` (per step, the expression left after it, or None) restates it
   after the step, as the tiny base's corpus does ('First, 9 - 2 = 7, so
   7 + 5.'; `corpus.remainders`): the next step's operands are then next to
-  it. With `p_mixed` > 0 each connective is, with that probability, written
-  in English instead of `language`: the language mixing that R1's language
+  it. `connectives=False` leaves out 'First,' and 'Then,' (the base's own
+  steps, '9 - 2 = 7, so 7 + 5.') and uses `COMPACT`'s shorter words. With
+  `p_mixed` > 0 each connective is, with that probability, written in
+  English instead of `language`: the language mixing that R1's language
   reward removes.
   """
-  own = CONNECTIVES[language]
-  pick = lambda i: (CONNECTIVES['en'][i] if rng is not None and
+  words = CONNECTIVES if connectives else {
+      lang: ('', '', summary, so) for lang, (so, summary) in COMPACT.items()}
+  own = words[language]
+  pick = lambda i: (words['en'][i] if rng is not None and
                     rng.random() < p_mixed else own[i])
   parts = []
   for j, step in enumerate(steps):
     left = rest[j] if rest else None
     tail = f', {pick(3)} {left}' if left else ''
-    parts.append(f'{pick(0 if j == 0 else 1)} {step}{tail}.')
+    lead = pick(0 if j == 0 else 1)
+    parts.append(f'{lead} {step}{tail}.' if lead else f'{step}{tail}.')
   parts.append(f'{pick(2)} {answer}.')
   return f'<think> {" ".join(parts)} </think> <answer> {answer} </answer>'
 
@@ -177,13 +190,14 @@ def _remainders(rec: Mapping) -> list[str | None] | None:
 
 def synthetic_examples(records: Iterable[Mapping], template: str,
                        p_mixed: float = 0.0, seed: int = 0,
-                       tokenizer=None, restate: bool = False
-                       ) -> list[dict[str, str]]:
+                       tokenizer=None, restate: bool = False,
+                       connectives: bool = True) -> list[dict[str, str]]:
   """Cold-start SFT examples for synthetic problems (`solution_steps`).
 
   A record's `target_language` (see `synthetic.localize`) sets the language
   of its connectives; English ones are never mixed. `restate`: each step is
-  followed by what is left to compute (`synthetic_trace`'s `rest`).
+  followed by what is left to compute (`synthetic_trace`'s `rest`);
+  `connectives=False`: no 'First,' / 'Then,' (`synthetic_trace`).
   """
   tmpl = templates.get_template(template)
   out = []
@@ -195,7 +209,8 @@ def synthetic_examples(records: Iterable[Mapping], template: str,
     rng = random.Random(synthetic.stable_hash('cold-start', seed, rec['id']))
     trace = synthetic_trace(rec['solution_steps'], rec['answer'], lang, rng,
                             p_mixed if lang != 'en' else 0.0,
-                            rest=_remainders(rec) if restate else None)
+                            rest=_remainders(rec) if restate else None,
+                            connectives=connectives)
     out.append(dict(id=rec['id'], prompt=tmpl.render(rec['problem'], tokenizer),
                     completion=tmpl.completion_prefix + trace,
                     answer=rec['answer']))

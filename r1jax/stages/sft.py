@@ -163,7 +163,8 @@ def build_examples(config, tokenizer) -> tuple[list[dict], list[dict]]:
       examples += cold_start.synthetic_examples(
           problems.synthetic_train_records(dc, config.seed), dc.template,
           p_mixed=dc.get('p_mixed', 0.0), seed=config.seed,
-          restate=dc.get('restate', False))
+          restate=dc.get('restate', False),
+          connectives=dc.get('connectives', True))
       continue
     records = builders.load_dataset(name, 'train', local_dir=dc.local_dir or None)
     examples += cold_start.cold_start_examples(records, source=name,
