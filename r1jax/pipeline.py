@@ -345,6 +345,12 @@ _STUDY_COLUMNS = (
     ('language', 'eval/language_consistency'),
     ('length', 'eval/mean_length'),
     ('reflection', 'eval/reflection_rate'),
+    # A mixed-language held-out set (r1jax/evaluate: per prompt language):
+    # pass@1 per language, and the consistency of the Russian problems'
+    # chains of thought that have words at all.
+    ('en pass@1', 'eval/en/pass@1'),
+    ('ru pass@1', 'eval/ru/pass@1'),
+    ('ru language (worded)', 'eval/ru/language_consistency_worded'),
     ('wall time (min)', 'wall_time_s'),
 )
 
@@ -373,7 +379,10 @@ def study_table(config: ml_collections.ConfigDict,
   """Markdown: each stage's held-out figures, mean +- std over the seeds
   that finished it (their count in `seeds`); rejection stages give the
   samples they kept and their pass@1 instead."""
-  head = ['stage', 'kind', 'seeds'] + [c for c, _ in _STUDY_COLUMNS]
+  columns = [(h, k) for h, k in _STUDY_COLUMNS
+             if not k.startswith('eval/') or k.count('/') < 2 or any(
+                 k in d for r in per_seed.values() for d in r.values())]
+  head = ['stage', 'kind', 'seeds'] + [c for c, _ in columns]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for name in config.order:
     dones = [r[name] for r in per_seed.values() if r.get(name)]
@@ -381,7 +390,7 @@ def study_table(config: ml_collections.ConfigDict,
       continue
     kind = config[name].stage
     cells = [name, kind, str(len(dones))]
-    for header, key in _STUDY_COLUMNS:
+    for header, key in columns:
       if kind == 'rejection_sampling' and key != 'wall_time_s':
         if header == 'pass@1':  # the samples', not a held-out figure
           cells.append(mean_std([float(d.get('pass@1', 0.0)) for d in dones])
