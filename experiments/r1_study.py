@@ -54,6 +54,7 @@ from experiments import zero
 
 LANGUAGES = {'en': 0.5, 'ru': 0.5}
 SHOTS = (0, 1, 2, 4)
+PROMPT_TOKENS = {0: 64, 1: 136, 2: 208, 4: 448}  # the prompt width per k
 
 
 def held_out(args) -> ml_collections.ConfigDict:
@@ -102,8 +103,9 @@ def _evaluate_stage(model: str, ev: ml_collections.ConfigDict, shots: int,
   c.data = rl.data                   # the difficulty the shots are drawn at
   c.rewards = rl.rewards
   c.sampling = ml_collections.ConfigDict()
-  # Few-shot prompts are long: 4 worked examples are ~250 tokens.
-  c.sampling.max_prompt_tokens = 64 + 72 * shots
+  # Few-shot prompts are long: the 4-shot ones reach ~400 tokens (Russian
+  # shots: 2-3 tokens a Cyrillic letter).
+  c.sampling.max_prompt_tokens = PROMPT_TOKENS[shots]
   c.sampling.decode_segments = 4
   c.eval = ml_collections.ConfigDict(ev.to_dict())
   for k in ('every', 'at_start', 'num_texts'):
