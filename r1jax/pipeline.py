@@ -364,14 +364,14 @@ def _value(done: dict[str, Any], key: str) -> float | None:
   return float(v) / 60 if key == 'wall_time_s' else float(v)
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], fmt: str = '.3f') -> str:
   """'m +- s' over the values (the population std; 'm' alone for one)."""
   if not values:
     return ''
   m = float(np.mean(values))
   if len(values) == 1:
-    return f'{m:.3f}'
-  return f'{m:.3f} ± {float(np.std(values)):.3f}'
+    return f'{m:{fmt}}'
+  return f'{m:{fmt}} ± {float(np.std(values)):{fmt}}'
 
 
 def study_table(config: ml_collections.ConfigDict,
@@ -397,7 +397,7 @@ def study_table(config: ml_collections.ConfigDict,
                        + ' (samples)')
         elif header == 'cons@k':
           cells.append('kept ' + mean_std([float(d.get('kept', 0))
-                                           for d in dones]))
+                                           for d in dones], '.0f'))
         else:
           cells.append('')
         continue
