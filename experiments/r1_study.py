@@ -2,10 +2,14 @@ r"""The tiny-scale R1 study: R1-Zero against R1, language mixing, distillation
 against RL, prompt sensitivity, for several seeds, in one resumable command.
 
     python -m r1jax.pipeline --config=experiments/r1_study.py --workdir=runs/study
-    python -m r1jax.pipeline --config=experiments/r1_study.py:runlocal \
-        --workdir=/tmp/study --config.seeds='(0,)'          # a smoke run
     python -m r1jax.pipeline --config=experiments/r1_study.py \
-        --workdir=runs/study --only=zero                     # one comparison
+        --workdir=runs/study --only=zero,zero_shots0         # one comparison
+    python -m r1jax.pipeline --config=experiments/r1_study.py \
+        --workdir=runs/study --config.seeds='(2,)'           # one more seed
+
+`runlocal` shrinks every size for tests (tests/test_study.py); its base,
+pretrained for a minute, keeps no rejection sample, so a runlocal study
+stops at stage `sft` with 'no examples'.
 
 Per seed S (WORKDIR/seedS/<stage>; every stage's seed is S, so each seed has
 its own tiny base, pretrained into the cache when missing):
