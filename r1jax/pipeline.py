@@ -77,6 +77,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                         'config?')
     for key, value in _strings(config[name]):
       if value.startswith('@'):
+        if not _refs(value):
+          raise errors.ConfigError(
+              f'config.{name}.{key}={value!r} names no stage; write '
+              f"'@<stage>' or '@{BEST}<stage>,<stage>'")
         for ref in _refs(value):
           if ref not in names[:i]:
             raise errors.ConfigError(
@@ -237,10 +241,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     check(cfg, wd, overwrite)
   t0 = time.perf_counter()
   per_seed = {}
-  for seed, cfg, wd in runs:
+  for n, (seed, cfg, wd) in enumerate(runs):
     if seed is not None:
-      print(f'##### seed {seed} ({runs.index((seed, cfg, wd)) + 1} of '
-            f'{len(runs)}) in {wd}', flush=True)
+      print(f'##### seed {seed} ({n + 1} of {len(runs)}) in {wd}', flush=True)
     per_seed[seed] = _run_stages(cfg, wd, only)
   if runs[0][0] is None:
     return per_seed[None]

@@ -134,6 +134,9 @@ def test_pipeline_seed_and_reference_errors(base):
   c.c.data.local_dir = '@best:a,zz'
   with pytest.raises(errors.ConfigError, match="stage 'zz'"):
     pipeline.validate_config(c)
+  c.c.data.local_dir = '@best:'
+  with pytest.raises(errors.ConfigError, match='names no stage'):
+    pipeline.validate_config(c)
 
 
 def test_best_stage_reads_done_files(tmp_path):
