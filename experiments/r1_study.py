@@ -67,9 +67,6 @@ def held_out(args) -> ml_collections.ConfigDict:
                           max_new_tokens=96)
   e.ks = (1, 4)
   e.greedy = True
-  e.every = 0
-  e.at_start = False
-  e.num_texts = 2
   e.languages = ml_collections.ConfigDict(LANGUAGES)
   if args.runlocal:
     e.num_problems = 16
@@ -77,18 +74,19 @@ def held_out(args) -> ml_collections.ConfigDict:
   return e
 
 
+# Fields of a GRPO stage's eval section that say when it runs, not what.
+_SCHEDULE = ('every', 'at_start', 'num_texts')
+
+
 def _set_eval(stage: ml_collections.ConfigDict,
               ev: ml_collections.ConfigDict) -> None:
-  """The stage's eval section becomes `ev`, keeping the stage's own
-  schedule fields (every, at_start)."""
-  keep = {k: stage.eval[k] for k in ('every', 'at_start', 'num_texts')
-          if k in stage.eval}
-  stage.eval = ml_collections.ConfigDict(ev.to_dict())
-  for k in list(stage.eval.keys()):
-    if k in ('every', 'at_start', 'num_texts') and k not in keep:
-      del stage.eval[k]
-  for k, v in keep.items():
-    stage.eval[k] = v
+  """The stage's eval section becomes `ev`, with the stage's own schedule
+  fields (`_SCHEDULE`) where it has them."""
+  new = ml_collections.ConfigDict(ev.to_dict())
+  for k in _SCHEDULE:
+    if k in stage.eval:
+      new[k] = stage.eval[k]
+  stage.eval = new
 
 
 def _evaluate_stage(model: str, ev: ml_collections.ConfigDict, shots: int,
@@ -112,8 +110,6 @@ def _evaluate_stage(model: str, ev: ml_collections.ConfigDict, shots: int,
   c.sampling.max_prompt_tokens = PROMPT_TOKENS[shots]
   c.sampling.decode_segments = 4
   c.eval = ml_collections.ConfigDict(ev.to_dict())
-  for k in ('every', 'at_start', 'num_texts'):
-    del c.eval[k]
   c.eval.few_shot = shots
   c.mesh = rl.mesh
   return c
