@@ -198,8 +198,8 @@ def resolve(stage_config: ml_collections.ConfigDict,
       for p in parents:
         node = node[p]
       refs = _refs(value)
-      node[leaf] = str(dirs[best_stage(refs, dirs) if len(refs) > 1
-                            or value[1:].startswith(BEST) else refs[0]])
+      best = value[1:].startswith(BEST)
+      node[leaf] = str(dirs[best_stage(refs, dirs) if best else refs[0]])
   tiny_base.resolve(out)  # model.hf_path's {base_key}: the cached tiny base
   return out
 
@@ -257,7 +257,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                                 json.dumps(summary, indent=1, default=str))
   run_records.write_text_atomic(workdir / 'study.md', table + '\n')
   print(table)
-  png = draw_study(config, workdir, [s for s, _, _ in runs])
+  png = draw_study(config, {s: wd for s, _, wd in runs},
+                   workdir / 'study.png')
   print(f'##### study done: {len(runs)} seeds in '
         f'{console.format_seconds(summary["wall_time_s"])} (the stages\' own '
         f'wall time in all: '
@@ -416,18 +417,20 @@ _CURVES = (('held-out pass@1', 'eval/pass@1'),
            ('mean length', 'eval/mean_length'))
 
 
-def draw_study(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-               seeds: list[int]) -> pathlib.Path | None:
-  """WORKDIR/study.png: per GRPO stage (a row) the held-out curves of
-  `_CURVES` over its steps, one line per seed; None without matplotlib or
-  without a curve to draw."""
+def draw_study(config: ml_collections.ConfigDict,
+               seed_dirs: dict[int, pathlib.Path],
+               out: pathlib.Path) -> pathlib.Path | None:
+  """`out` (a PNG): per GRPO stage (a row) the held-out curves of `_CURVES`
+  over its steps, one line per seed (`seed_dirs`: seed -> its run's
+  workdir, as `seed_runs` names it); None without matplotlib or without a
+  curve to draw."""
   rows = []
   for name in config.order:
     if config[name].stage != 'grpo':
       continue
     curves = {}
-    for seed in seeds:
-      path = workdir / f'seed{seed}' / name / run_records.METRICS_FILE
+    for seed, seed_dir in seed_dirs.items():
+      path = seed_dir / name / run_records.METRICS_FILE
       points = [(r['step'], r) for r in metrics_lib.read_jsonl(path)
                 if 'eval/pass@1' in r]
       if points:
@@ -459,7 +462,6 @@ def draw_study(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       if r == 0 and c == 0:
         ax.legend(fontsize=7)
   fig.tight_layout()
-  out = workdir / 'study.png'
   fig.savefig(out, dpi=90)
   plt.close(fig)
   return out
