@@ -107,6 +107,18 @@ def load_model_and_tokenizer(config, workdir: pathlib.Path, mesh):
   return cfg, graphdef, params, tokenizer
 
 
+def open_sampling_run(config, workdir):
+  """The start-up of a stage that samples and trains nothing (rejection
+  sampling, evaluation): WORKDIR made, its run_config.json written, the
+  mesh of config.mesh, the model and tokenizer on it. Returns (workdir as
+  a Path, mesh, ModelConfig, graphdef, params, Tokenizer)."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  records.write_run_config(config, workdir)
+  mesh = parallel.make_mesh(dict(config.mesh))
+  return (workdir, mesh, *load_model_and_tokenizer(config, workdir, mesh))
+
+
 def tokenizer_for_preset(config, workdir: pathlib.Path) -> Tokenizer:
   tc = config.tokenizer
   saved = workdir / 'tokenizer'

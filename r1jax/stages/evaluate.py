@@ -16,7 +16,6 @@ from the start: there is nothing to resume.
 """
 
 import json
-import pathlib
 import time
 from typing import Any
 
@@ -25,7 +24,6 @@ import ml_collections
 
 from r1jax import errors
 from r1jax import evaluate
-from r1jax import parallel
 from r1jax import rewards as rewards_lib
 from r1jax.run import checks
 from r1jax.run import loading
@@ -63,13 +61,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Evaluates config.model on config.eval; returns done.json's figures."""
   t_start = time.perf_counter()
   validate_config(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  run_records.write_run_config(config, workdir)
   say = print if jax.process_index() == 0 else (lambda *_: None)
-  mesh = parallel.make_mesh(dict(config.mesh))
-  model_cfg, graphdef, params, tokenizer = loading.load_model_and_tokenizer(
-      config, workdir, mesh)
+  workdir, mesh, model_cfg, graphdef, params, tokenizer = (
+      loading.open_sampling_run(config, workdir))
   records = problems.eval_records(config)
   width = config.sampling.max_prompt_tokens
   problems.check_prompt_lengths(records, config.eval.template, tokenizer,

@@ -26,7 +26,6 @@ chunk by chunk, so a run killed half-way continues from the chunks it has.
 
 import collections
 import json
-import pathlib
 import re
 import time
 from typing import Any, Mapping, Sequence
@@ -214,13 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if jax.process_count() > 1:
     raise errors.ConfigError('stage rejection_sampling runs in one process (it is '
                      'sampling only); start it without jax.distributed')
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  run_records.write_run_config(config, workdir)
   say = print if jax.process_index() == 0 else (lambda *_: None)
-  mesh = parallel.make_mesh(dict(config.mesh))
-  model_cfg, graphdef, params, tokenizer = loading.load_model_and_tokenizer(
-      config, workdir, mesh)
+  workdir, mesh, model_cfg, graphdef, params, tokenizer = (
+      loading.open_sampling_run(config, workdir))
   records = problems.train_records(config)
   rc = config.rejection
   if rc.num_prompts:
