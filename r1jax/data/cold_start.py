@@ -143,6 +143,9 @@ COMPACT = {
     'en': ('so', 'So the answer is'),
     'ru': ('то', 'ответ'),
 }
+# COMPACT in CONNECTIVES' layout: no word before a step.
+_COMPACT_WORDS = {lang: ('', '', summary, so)
+                  for lang, (so, summary) in COMPACT.items()}
 
 
 def synthetic_trace(steps: Sequence[str], answer: str, language: str,
@@ -163,8 +166,7 @@ def synthetic_trace(steps: Sequence[str], answer: str, language: str,
   English instead of `language`: the language mixing that R1's language
   reward removes.
   """
-  words = CONNECTIVES if connectives else {
-      lang: ('', '', summary, so) for lang, (so, summary) in COMPACT.items()}
+  words = CONNECTIVES if connectives else _COMPACT_WORDS
   own = words[language]
   pick = lambda i: (words['en'][i] if rng is not None and
                     rng.random() < p_mixed else own[i])
