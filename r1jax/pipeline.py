@@ -33,6 +33,13 @@ WORKDIR/study.md and study.json, every stage's figures as mean +- standard
 deviation over the seeds that finished it, and draws WORKDIR/study.png: the
 held-out curves of its GRPO stages, one line per seed (when matplotlib is
 installed).
+
+`equal_time` (optional, with seeds) maps a GRPO stage to the comma-separated
+stages whose wall time it is compared at, e.g. {'student_rl':
+'teacher_traces,student_sft'}: the study then also prints that stage's
+held-out pass@1 at the others' summed wall time and at twice it (its time is
+the sum of its logged step times, compilation included, evaluations not;
+interpolated between the two evaluations that bracket it).
 """
 
 import difflib
@@ -60,6 +67,13 @@ _ONLY = flags.DEFINE_list('only', [], 'Run only these stages (by name).')
 
 def stage_dirs(config, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
   return {name: workdir / name for name in config.order}
+
+
+_TOP_KEYS = ('order', 'seeds', 'equal_time')
+
+
+def _split(names: str) -> list[str]:
+  return [n.strip() for n in str(names).split(',') if n.strip()]
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -96,14 +110,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if len(set(seeds)) != len(seeds):
     raise errors.ConfigError(f'config.seeds={tuple(seeds)} repeats a seed')
   for key in config.keys():  # stage sections left out of order may stay
-    if key not in ('order', 'seeds') and key not in names and not (
+    if key not in _TOP_KEYS and key not in names and not (
         isinstance(config[key], ml_collections.ConfigDict)
         and 'stage' in config[key]):
-      close = difflib.get_close_matches(key, ['order', 'seeds'] + names, n=1)
+      close = difflib.get_close_matches(key, list(_TOP_KEYS) + names, n=1)
       hint = (f'did you mean config.{close[0]}?' if close else
-              f'the keys of a pipeline config are order, seeds and its stages '
-              f'{names}')
+              f'the keys of a pipeline config are {", ".join(_TOP_KEYS)} and '
+              f'its stages {names}')
       raise errors.ConfigError(f'unknown key config.{key}; {hint}')
+  for name, refs in (config.get('equal_time') or {}).items():
+    if name not in names or config[name].stage != 'grpo':
+      raise errors.ConfigError(
+          f'config.equal_time names {name!r}, which is not a GRPO stage of '
+          f'config.order')
+    for ref in _split(refs):
+      if ref not in names:
+        raise errors.ConfigError(
+            f'config.equal_time.{name}={refs!r} names {ref!r}, which is not '
+            f'a stage of config.order {names}')
 
 
 def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -253,12 +277,16 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                  float(d.get('wall_time_s', 0.0))
                  for r in per_seed.values() for d in r.values())}
   table = study_table(config, per_seed)
+  seed_dirs = {s: wd for s, _, wd in runs}
+  timed = equal_time_rows(config, seed_dirs)
+  if timed:
+    summary['equal_time'] = timed
+    table += '\n\n' + equal_time_table(timed)
   run_records.write_text_atomic(workdir / 'study.json',
                                 json.dumps(summary, indent=1, default=str))
   run_records.write_text_atomic(workdir / 'study.md', table + '\n')
   print(table)
-  png = draw_study(config, {s: wd for s, _, wd in runs},
-                   workdir / 'study.png')
+  png = draw_study(config, seed_dirs, workdir / 'study.png')
   print(f'##### study done: {len(runs)} seeds in '
         f'{console.format_seconds(summary["wall_time_s"])} (the stages\' own '
         f'wall time in all: '
@@ -408,6 +436,83 @@ def study_table(config: ml_collections.ConfigDict,
       values = [v for v in (_value(d, key) for d in dones) if v is not None]
       cells.append(mean_std(values))
     lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def _at_time(points: list[tuple[int, float, float]], t: float
+             ) -> tuple[float, int, int] | None:
+  """pass@1 at time t from (step, time, pass@1) evaluations: interpolated
+  between the two that bracket t; (value, step before, step after), None
+  when t is past the last evaluation."""
+  for (s0, t0, v0), (s1, t1, v1) in zip(points, points[1:]):
+    if t0 <= t <= t1:
+      w = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+      return v0 + w * (v1 - v0), s0, s1
+  return None
+
+
+def equal_time_rows(config: ml_collections.ConfigDict,
+                    seed_dirs: dict[int, pathlib.Path]) -> list[dict]:
+  """For each `config.equal_time` entry and seed that finished its stages:
+  the budget T (the named stages' summed wall time), their last stage's
+  held-out pass@1, and the GRPO stage's pass@1 at T and at 2T (`_at_time`
+  over its evaluations, its time the running sum of its step times)."""
+  rows = []
+  for name, refs in (config.get('equal_time') or {}).items():
+    refs = _split(refs)
+    for seed, seed_dir in seed_dirs.items():
+      dones = [run_records.read_done(seed_dir / r) for r in refs]
+      if any(d is None for d in dones):
+        continue
+      budget = sum(float(d.get('wall_time_s', 0.0)) for d in dones)
+      # By step, the last record winning: a resumed run logs again the
+      # steps after its checkpoint.
+      step_s, evals = {}, {}
+      for r in metrics_lib.read_jsonl(seed_dir / name /
+                                      run_records.METRICS_FILE):
+        if 'time/step' in r:
+          step_s[int(r['step'])] = float(r['time/step'])
+        if 'eval/pass@1' in r:
+          evals[int(r['step'])] = float(r['eval/pass@1'])
+      elapsed = sum(step_s.values())
+      points = [(s, sum(t for k, t in step_s.items() if k <= s), v)
+                for s, v in sorted(evals.items())]
+      row = {'stage': name, 'against': ','.join(refs), 'seed': seed,
+             'budget_s': budget,
+             'against_pass@1': dones[-1].get('eval/pass@1'),
+             'stage_time_s': elapsed}
+      for f in (1, 2):
+        at = _at_time(points, f * budget)
+        row[f'pass@1_at_{f}x'] = None if at is None else at[0]
+        row[f'steps_at_{f}x'] = None if at is None else at[1:]
+      rows.append(row)
+  return rows
+
+
+def equal_time_table(rows: list[dict]) -> str:
+  """Markdown: per seed and mean +- std, a GRPO stage's pass@1 at the
+  wall time of the stages it is compared with, and at twice it."""
+  head = ['stage', 'against', 'seed', 'their time (min)', 'their pass@1',
+          'pass@1 at 1x time (steps)', 'pass@1 at 2x time (steps)']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  def cell(v, steps=None):
+    if v is None:
+      return 'past its last evaluation'
+    return f'{v:.3f}' + (f' ({steps[0]}-{steps[1]})' if steps else '')
+  for (name, against) in dict.fromkeys((r['stage'], r['against'])
+                                       for r in rows):
+    group = [r for r in rows if (r['stage'], r['against']) == (name, against)]
+    for r in group:
+      lines.append('| ' + ' | '.join([
+          name, against, str(r['seed']), f'{r["budget_s"] / 60:.1f}',
+          cell(r['against_pass@1']), cell(r['pass@1_at_1x'], r['steps_at_1x']),
+          cell(r['pass@1_at_2x'], r['steps_at_2x'])]) + ' |')
+    def ms(key, scale=1.0, fmt='.3f'):
+      vals = [r[key] * scale for r in group if r[key] is not None]
+      return mean_std(vals, fmt) if len(vals) == len(group) else ''
+    lines.append('| ' + ' | '.join([
+        name, against, 'mean ± std', ms('budget_s', 1 / 60, '.1f'),
+        ms('against_pass@1'), ms('pass@1_at_1x'), ms('pass@1_at_2x')]) + ' |')
   return '\n'.join(lines)
 
 

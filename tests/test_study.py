@@ -179,6 +179,9 @@ def test_study_config_scores_every_row_on_one_held_out_set():
   assert c.teacher_traces.model.hf_path == '@best:final_rl,zero'
   assert c.student_kd.distill.teacher == '@best:final_rl,zero'
   assert c.student_base.model.overrides.hidden_size == 96
+  # (c) is read at (a)'s wall time: the traces' sampling plus the SFT.
+  assert dict(c.equal_time) == {'student_rl': 'teacher_traces,student_sft'}
+  assert c.student_kd.train.steps == c.student_sft.train.steps
   pipeline.validate_config(c)
 
 
@@ -189,3 +192,55 @@ def test_study_config_stages_pass_their_checks(tmp_path, monkeypatch):
     pipeline.check(cfg, wd)
   with pytest.raises(ValueError, match='runlocal only'):
     r1_study.get_config('model=smollm2-135m')
+
+
+def test_equal_time_reads_the_budget_and_interpolates(tmp_path):
+  """The GRPO stage's pass@1 at the named stages' summed wall time and at
+  twice it: its time is the running sum of its logged step times (a resumed
+  run's repeated steps counted once), interpolated between evaluations."""
+  c = ml_collections.ConfigDict({
+      'order': ('a', 'b', 'rl'), 'seeds': (0,),
+      'a': {'stage': 'rejection_sampling'}, 'b': {'stage': 'sft'},
+      'rl': {'stage': 'grpo'},
+      'equal_time': {'rl': 'a,b'}})
+  pipeline.validate_config(c)
+  seed_dir = tmp_path / 'seed0'
+  for name, done in (('a', {'wall_time_s': 30.0}),
+                     ('b', {'wall_time_s': 30.0, 'eval/pass@1': 0.4})):
+    (seed_dir / name).mkdir(parents=True)
+    run_records.mark_done(seed_dir / name, done)
+  (seed_dir / 'rl').mkdir()
+  rows = [{'step': 0, 'eval/pass@1': 0.1}]
+  rows += [{'step': s, 'time/step': 10.0} for s in range(1, 13)]
+  rows += [{'step': 5, 'time/step': 10.0}]   # resumed: step 5 again
+  rows += [{'step': 4, 'eval/pass@1': 0.2}, {'step': 8, 'eval/pass@1': 0.3},
+           {'step': 12, 'eval/pass@1': 0.5}]
+  (seed_dir / 'rl' / run_records.METRICS_FILE).write_text(
+      ''.join(json.dumps(r) + '\n' for r in rows))
+  (row,) = pipeline.equal_time_rows(c, {0: seed_dir})
+  assert row['budget_s'] == 60.0 and row['against_pass@1'] == 0.4
+  assert row['stage_time_s'] == 120.0
+  # 60 s: between step 4 (40 s, 0.2) and step 8 (80 s, 0.3).
+  assert row['pass@1_at_1x'] == pytest.approx(0.25)
+  assert row['steps_at_1x'] == (4, 8)
+  assert row['pass@1_at_2x'] == pytest.approx(0.5)  # 120 s: step 12 itself
+  table = pipeline.equal_time_table([row, dict(row, seed=1,
+                                               **{'pass@1_at_2x': None})])
+  assert '0.250 (4-8)' in table and 'past its last evaluation' in table
+  # No mean over seeds where one seed has no figure.
+  assert table.splitlines()[-1].endswith('| 0.250 ± 0.000 |  |')
+
+
+def test_equal_time_errors():
+  c = ml_collections.ConfigDict({
+      'order': ('a', 'rl'), 'a': {'stage': 'sft'}, 'rl': {'stage': 'grpo'},
+      'equal_time': {'a': 'rl'}})
+  with pytest.raises(errors.ConfigError, match="'a', which is not a GRPO"):
+    pipeline.validate_config(c)
+  c.equal_time = ml_collections.ConfigDict({'rl': 'a,zz'})
+  with pytest.raises(errors.ConfigError, match="names 'zz'"):
+    pipeline.validate_config(c)
+  c.equal_tim = 1
+  del c['equal_time']
+  with pytest.raises(errors.ConfigError, match='did you mean config.equal_time'):
+    pipeline.validate_config(c)
