@@ -28,6 +28,10 @@ its own tiny base, pretrained into the cache when missing):
   r1_shots<k>     each held-out problem (k = 0, 1, 2, 4); R1 final's likewise
                   (k = 0 repeats the stage's own evaluation, by the same
                   path as the other k)
+  zero_en_shots<k>, r1_en_shots<k>
+                  the length control, k = 0, 1: the English half alone,
+                  English shots, 1-shot prompts within the base's 128-token
+                  pretraining rows
   teacher_traces  rejection sampling from the strongest model of the study,
                   '@best:final_rl,zero' (the higher held-out pass@1)
   student_base    the student: the tiny architecture at half the width (4
@@ -155,6 +159,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   for k in shots:
     c[f'zero_shots{k}'] = _evaluate_stage('@zero', ev, k, arg)
     c[f'r1_shots{k}'] = _evaluate_stage('@final_rl', ev, k, arg)
+  # The length control: English problems and shots alone, whose 1-shot
+  # prompts (~90 tokens) stay within the 128-token pretraining rows, where
+  # the bilingual 1-shot prompts (~130) pass them.
+  en_shots = (0, 1) if not runlocal else (1,)
+  for k in en_shots:
+    for m, ref in (('zero', '@zero'), ('r1', '@final_rl')):
+      c[f'{m}_en_shots{k}'] = _evaluate_stage(ref, ev, k, arg)
+      c[f'{m}_en_shots{k}'].eval.languages = ml_collections.ConfigDict(
+          {'en': 1.0})
 
   # Distillation from the study's strongest model.
   dist = distill.get_config(common.pack_arg(compare=True, runlocal=runlocal))
@@ -191,6 +204,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   c.order = (('zero',) + tuple(pipe.order)
              + tuple(f'{m}_shots{k}' for m in ('zero', 'r1') for k in shots)
+             + tuple(f'{m}_en_shots{k}' for m in ('zero', 'r1')
+                     for k in en_shots)
              + ('teacher_traces', 'student_base', 'student_sft', 'student_kd',
                 'student_rl'))
   if runlocal:

@@ -178,6 +178,32 @@ def test_worded_consistency_leaves_out_chains_without_words():
   assert stats['language_consistency_worded'] == 0.0
 
 
+def test_shot_answer_rate_counts_wrong_answers_copied_from_a_shot():
+  from r1jax.tokenizer import train_bpe
+  texts = ['<think> 1 + 2 = 3 </think> <answer> 3 </answer>',
+           '<think> 2 + 5 = 7 </think> <answer> 7 </answer>',
+           '<think> 1 + 2 = 4 </think> <answer> 4 </answer>',
+           'no answer']
+  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
+                                           'pad_token': '<|pad|>'})
+  shot = {'problem': 'Compute 2 + 5', 'reasoning': '2 + 5 = 7.', 'answer': '7'}
+  records = [{'problem': 'Compute 1 + 2', 'answer': '3', 'task': 'arithmetic',
+              'shots': [shot]}]
+  stats = evaluate.evaluate_problems(_ScriptedSampler(tok, texts), None, tok,
+                                     records, template='r1_zero', num_samples=4)
+  assert stats['pass@1'] == pytest.approx(0.25)
+  assert stats['shot_answer_rate'] == pytest.approx(0.25)  # the '7' alone
+  # A shot whose answer is the problem's own: a right answer is no copy.
+  records[0]['shots'] = [dict(shot, answer='3')]
+  stats = evaluate.evaluate_problems(_ScriptedSampler(tok, texts), None, tok,
+                                     records, template='r1_zero', num_samples=4)
+  assert stats['shot_answer_rate'] == 0.0
+  del records[0]['shots']
+  stats = evaluate.evaluate_problems(_ScriptedSampler(tok, texts), None, tok,
+                                     records, template='r1_zero', num_samples=4)
+  assert 'shot_answer_rate' not in stats
+
+
 def test_code_records_are_scored_in_the_sandbox():
   """Code records (task 'code') go through the code reward: pass@1 over k,
   unbiased pass@k, no cons@k; evaluate_model groups them by task."""

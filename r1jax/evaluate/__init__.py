@@ -145,7 +145,8 @@ def evaluate_problems(
   length in tokens, the reflection figures of `r1jax.reasoning_stats`
   (reflection_rate, reflective_words, recheck_rate, correction_rate,
   check_rate, step_rate), `num_problems`, `num_samples` and a few sample texts
-  (`samples`). With `return_completions`, also 'completions' (every text,
+  (`samples`); with few-shot records (`shots`), shot_answer_rate: the share of
+  samples whose wrong answer is one of the worked examples' answers. With `return_completions`, also 'completions' (every text,
   record-major) and 'correct' ([records, samples] 0/1). `summarize(stats)`
   keeps only the float metrics. `on_batch(n, pass_at_1)`, when given, is
   called after each sampler batch with its number of records and the pass@1 so
@@ -219,6 +220,14 @@ def evaluate_problems(
       w = worded[rows]
       stats[f'{key}/language_consistency_worded'] = (
           float(language[rows][w].mean()) if w.any() else 1.0)
+  if any(r.get('shots') for r in records):
+    # Few-shot prompts: the share of samples that answer a worked example's
+    # answer instead of their own problem's (a wrong answer copied).
+    copied = [[a is not None and not ok and a.strip() in {
+        str(s.get('answer', '')).strip() for s in r.get('shots') or ()}
+               for a, ok in zip(ans, row)]
+              for r, ans, row in zip(records, answers, correct)]
+    stats['shot_answer_rate'] = float(np.mean(copied))
   for k in ks:
     if k <= num_samples:
       c = correct.sum(axis=1).astype(int)
