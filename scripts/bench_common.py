@@ -343,12 +343,13 @@ def _grpo_r1jax_config(args):
   return c
 
 
-def bench_r1jax_grpo(args, model_dir, records):
+def bench_r1jax_grpo(args, model_dir, records, trace_dir=None):
   """r1jax's GRPO step on the shared work: (per-step timing spans after
   --warmup steps, info). Each step is the GRPO stage's loop body
   (stages/grpo.py) minus logging: grpo_rollout.Rollout (Sampler with no stop
   ids + rewards), the reference log-prob program, advantages, the update
-  (num_minibatches 1, grad_accum K)."""
+  (num_minibatches 1, grad_accum K). With `trace_dir`, the timed steps run
+  under jax.profiler's trace, written there."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from r1jax import parallel  # pylint: disable=g-import-not-at-top
   from r1jax.model import functional as fn  # pylint: disable=g-import-not-at-top
@@ -382,6 +383,8 @@ def bench_r1jax_grpo(args, model_dir, records):
   key = jax.random.key(0)
   steps = []
   for step in range(args.warmup + args.steps):
+    if trace_dir is not None and step == args.warmup:
+      jax.profiler.start_trace(str(trace_dir))
     t0 = time.perf_counter()
     # ---- the GRPO stage's loop body (stages/grpo.py), minus logging
     host = rollout(state['params'], jax.random.fold_in(key, step), timer)
@@ -394,6 +397,8 @@ def bench_r1jax_grpo(args, model_dir, records):
     assert float(m['loss_finite']) == 1.0
     assert int(host.sample.lengths.min()) == args.new_tokens  # no early stop
     steps.append(times)
+  if trace_dir is not None:
+    jax.profiler.stop_trace()
   return steps[args.warmup:], dict(width=width, first=steps[0]['step'],
                                    cfg=cfg)
 

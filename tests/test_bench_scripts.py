@@ -85,6 +85,43 @@ def test_bench_vs_trl_tiny_r1jax_side(capsys):
   assert 'r1jax:' in out and 'split (median s): sample' in out
 
 
+def test_profile_grpo_step_sorts_ops_by_program_and_kind(capsys, tmp_path):
+  """Every op of the traced step is found in the HLO dump and sorted into
+  the sampler, reference and update programs; matmuls are found."""
+  prof = _script('profile_grpo_step')
+  hlo = """HloModule jit_f, entry_computation_layout={()->f32[]}
+
+%fused_dot (p0: f32[2,2], p1: f32[2,2]) -> f32[2,2] {
+  %p0 = f32[2,2]{1,0} parameter(0)
+  %p1 = f32[2,2]{1,0} parameter(1)
+  ROOT %dot.1 = f32[2,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}
+}
+
+%fused_max (p0: f32[2,2]) -> f32[2] {
+  %p0 = f32[2,2]{1,0} parameter(0)
+  %c = f32[] constant(0)
+  ROOT %reduce.3 = f32[2]{0} reduce(%p0, %c), dimensions={1}
+}
+
+ENTRY %main.9 (a: f32[2,2]) -> f32[2] {
+  %a = f32[2,2]{1,0} parameter(0)
+  %ynn_fusion = f32[2,2]{1,0} fusion(%a, %a), kind=kCustom, calls=%fused_dot
+  %copy.2 = f32[2,2]{0,1} copy(%ynn_fusion)
+  %while.4 = (f32[2,2]) while(%t), condition=%cond, body=%body
+  ROOT %fusion.7 = f32[2]{0} fusion(%copy.2), kind=kInput, calls=%fused_max
+}
+"""
+  assert prof.parse_hlo(hlo) == {
+      'p0': 'data', 'p1': 'data', 'dot.1': 'matmul', 'c': 'data',
+      'reduce.3': 'reduction', 'a': 'data', 'ynn_fusion': 'matmul',
+      'copy.2': 'data', 'while.4': 'container', 'fusion.7': 'reduction'}
+  prof.main(['--tiny', '--keep', str(tmp_path)])
+  out = capsys.readouterr().out
+  for span in ('sample', 'reference', 'update'):
+    assert re.search(rf'  {span} +[0-9.]+ s: matmul', out), span
+  assert 'not found in the HLO dump' not in out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _has('torch', 'transformers', 'trl', 'datasets'),
                     reason='TRL side needs torch, transformers, trl')
