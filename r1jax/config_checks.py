@@ -334,6 +334,22 @@ def run_config_diff(old: ml_collections.ConfigDict | None,
   return out
 
 
+# Resume-safe for a stage that is still training, but what a finished
+# stage's results are: a pipeline compares them too (it skips finished stages).
+FINISHED_KEYS = ('train.steps',)
+
+
+def finished_run_diff(old: ml_collections.ConfigDict | None,
+                      new: ml_collections.ConfigDict
+                      ) -> list[tuple[str, Any, Any]]:
+  """(key, old value, new value) of each FINISHED_KEYS field that differs."""
+  if old is None:
+    return []
+  a, b = _flat(_as_json(old)), _flat(_as_json(new))
+  return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in FINISHED_KEYS
+          if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+
+
 def describe_diff(diffs, limit: int = 6) -> str:
   shown = [f'{k} {v_old!r} -> {v_new!r}' for k, v_old, v_new in diffs[:limit]]
   if len(diffs) > limit:

@@ -15,7 +15,8 @@ Restarting the same command skips the stages that finished (their
 WORKDIR/<name>/done.json exists) and resumes the one that was killed from its
 last checkpoint. Before any stage runs, every stage's config is checked (keys,
 types, values; r1jax/config_checks.py) and compared with the run its
-sub-workdir holds: a stage whose config changed is refused, or with
+sub-workdir holds (a finished stage's step count included): a stage whose
+config changed is refused, or with
 --overwrite moved aside (with every later stage's run, which it fed) to
 WORKDIR/<name>/overwritten-<time>/ and run again. Files a stage reads are
 checked when it starts (an earlier stage may write them).
@@ -152,8 +153,13 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   for name in config.order:
     diffs = []
     if config_checks.has_saved_work(dirs[name]):
-      diffs = config_checks.run_config_diff(
-          run_records.read_run_config(dirs[name]), resolve(config[name], dirs))
+      old = run_records.read_run_config(dirs[name])
+      new = resolve(config[name], dirs)
+      diffs = config_checks.run_config_diff(old, new)
+      if run_records.read_done(dirs[name]) is not None:
+        # A finished stage is skipped: a new step count would go unseen
+        # (it is resume-safe only for a stage still training).
+        diffs += config_checks.finished_run_diff(old, new)
     if diffs and not overwrite:
       raise errors.ConfigError(
           f'{dirs[name]} holds a run of another config for stage {name} '

@@ -372,6 +372,21 @@ def test_pipeline_refuses_a_changed_stage_and_overwrite_reruns_the_rest(
   pipeline.check(c, tmp_path)
 
 
+def test_pipeline_finished_stage_with_another_step_count_is_refused(
+    base, tmp_path):
+  """A finished stage is skipped, so a new train.steps (resume-safe while a
+  stage trains) would go unseen: it counts as a change."""
+  c = _pipeline_cfg(base)
+  dirs = pipeline.stage_dirs(c, tmp_path)
+  _run_record(dirs['cold_start'], pipeline.resolve(c.cold_start, dirs))
+  c.cold_start.train.steps += 5
+  pipeline.check(c, tmp_path)  # unfinished: it resumes and trains on
+  run_records.mark_done(dirs['cold_start'], {})
+  with pytest.raises(ValueError, match='holds a run of another config for '
+                     r'stage cold_start \(train.steps 4 -> 9\)'):
+    pipeline.check(c, tmp_path)
+
+
 @pytest.mark.parametrize('edit, needle', [
     (lambda c: setattr(c.reasoning_rl.rl, 'advantage', 'grop'),
      "reasoning_rl: config.reasoning_rl.rl.advantage='grop' is not known"),
