@@ -45,6 +45,15 @@ its own tiny base, pretrained into the cache when missing):
                   steps; the study prints its pass@1 at (a)'s wall time
                   (teacher_traces + student_sft) and at 2x (`equal_time`)
 
+With the argument `ablations` (experiments/r1_study.py:ablations), one
+more stage per seed, after the others:
+
+  reasoning_rl_nolang
+                  reasoning_rl with the language reward's weight 0
+
+    python -m r1jax.pipeline --config=experiments/r1_study.py:ablations \
+        --workdir=runs/study --only=reasoning_rl_nolang
+
 Every row is scored on the same held-out set (zero.py's 256 test problems,
 asked half in Russian, 4 samples at temperature 1, 96 new tokens, greedy too):
 one `eval` section (`held_out` below) is copied into every stage. At the end
@@ -121,12 +130,13 @@ def _evaluate_stage(model: str, ev: ml_collections.ConfigDict, shots: int,
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  args = zero.parse(arg)
+  args = common.parse_arg(arg, ablations=False, **zero.ARGS)
   if args.model or args.data or args.lora or args.check:
     raise ValueError('experiments/r1_study.py is the tiny model\'s study on '
                      'the synthetic bilingual problems; it takes runlocal '
-                     'only')
+                     'and ablations only')
   runlocal = args.runlocal
+  arg = common.pack_arg(**{k: args[k] for k in zero.ARGS})  # the stages' own
   ev = held_out(args)
   c = ml_collections.ConfigDict()
   c.seeds = (0, 1, 2)
@@ -208,6 +218,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                      for k in en_shots)
              + ('teacher_traces', 'student_base', 'student_sft', 'student_kd',
                 'student_rl'))
+  if args.ablations:
+    # The paper's 'slight cost' of the language reward: reasoning RL from
+    # the same cold start with the language weight 0.
+    c.reasoning_rl_nolang = ml_collections.ConfigDict(
+        c.reasoning_rl.to_dict())
+    c.reasoning_rl_nolang.rewards.weights.language = 0.0
+    c.order = c.order + ('reasoning_rl_nolang',)
   if runlocal:
     c.seeds = (0, 1)
   return c

@@ -191,8 +191,22 @@ def test_study_config_stages_pass_their_checks(tmp_path, monkeypatch):
   c = r1_study.get_config('')
   for _, cfg, wd in pipeline.seed_runs(c, tmp_path / 'run'):
     pipeline.check(cfg, wd)
-  with pytest.raises(ValueError, match='runlocal only'):
+  with pytest.raises(ValueError, match='runlocal and ablations only'):
     r1_study.get_config('model=smollm2-135m')
+
+
+def test_study_ablations_add_the_no_language_reward_stage():
+  c = r1_study.get_config('ablations')
+  plain = r1_study.get_config('')
+  assert c.order == plain.order + ('reasoning_rl_nolang',)
+  nolang = c.reasoning_rl_nolang.to_dict()
+  assert nolang['rewards']['weights']['language'] == 0.0
+  nolang['rewards']['weights']['language'] = (
+      plain.reasoning_rl.rewards.weights.language)
+  assert nolang == plain.reasoning_rl.to_dict()  # the one change
+  # The stages' configs do not see the study's own argument.
+  assert c.zero.to_dict() == plain.zero.to_dict()
+  pipeline.validate_config(c)
 
 
 def test_equal_time_reads_the_budget_and_interpolates(tmp_path):
