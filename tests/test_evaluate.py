@@ -96,11 +96,16 @@ class _ScriptedSampler:
     return _FakeOut(ids, mask, mask.sum(-1))
 
 
-def test_evaluate_problems_scores_with_rewards():
+def _tokenizer(texts, vocab_size: int = 300):
+  """A BPE tokenizer trained on the scripted completions."""
   from r1jax.tokenizer import train_bpe
+  return train_bpe(texts * 20, vocab_size, config={
+      'eos_token': '<|endoftext|>', 'pad_token': '<|pad|>'})
+
+
+def test_evaluate_problems_scores_with_rewards():
   texts = ['<think> 1 + 2 = 3 </think> <answer> 3 </answer>', 'The answer is 4.']
-  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
-                                           'pad_token': '<|pad|>'})
+  tok = _tokenizer(texts)
   records = [{'problem': 'Compute 1 + 2', 'answer': '3', 'task': 'arithmetic'}]
   # Two samples: one right and formatted, one wrong and unformatted.
   sampler = _ScriptedSampler(tok, [texts[0], texts[1]])
@@ -117,13 +122,11 @@ def test_evaluate_problems_scores_with_rewards():
 
 def test_cons_at_k_pools_equivalent_answers():
   """cons@4 over '0.5', '0.5', '1/2'-style answers beats a 2-vote wrong one."""
-  from r1jax.tokenizer import train_bpe
   texts = ['<think> x </think> <answer> 0.5 </answer>',
            '<think> x </think> <answer> 7 </answer>',
            '<think> x </think> <answer> 1/2 </answer>',
            '<think> x </think> <answer> 7 </answer>']
-  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
-                                           'pad_token': '<|pad|>'})
+  tok = _tokenizer(texts)
   records = [{'problem': 'Half of one?', 'answer': '\\frac{1}{2}',
               'task': 'math'}]
   sampler = _ScriptedSampler(tok, texts)
@@ -145,11 +148,9 @@ def test_cons_at_k_pools_equivalent_answers():
 def test_language_consistency_uses_each_record_target():
   """Half the words of the first chain of thought are Russian; the second
   record asks for Russian and gets it."""
-  from r1jax.tokenizer import train_bpe
   texts = ['<think> first сперва then затем </think> <answer> 5 </answer>',
            '<think> сперва затем </think> <answer> 5 </answer>']
-  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
-                                           'pad_token': '<|pad|>'})
+  tok = _tokenizer(texts)
   records = [{'problem': 'Compute 2 + 3.', 'answer': '5', 'task': 'math'},
              {'problem': 'Вычисли 2 + 3.', 'answer': '5', 'task': 'math',
               'target_language': 'ru'}]
@@ -165,11 +166,9 @@ def test_language_consistency_uses_each_record_target():
 def test_worded_consistency_leaves_out_chains_without_words():
   """A chain of thought of arithmetic alone counts as consistent in
   language_consistency, and is left out of language_consistency_worded."""
-  from r1jax.tokenizer import train_bpe
   texts = ['<think> 2 + 3 = 5. </think> <answer> 5 </answer>',
            '<think> 2 + 3 = 5, so 5. </think> <answer> 5 </answer>']
-  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
-                                           'pad_token': '<|pad|>'})
+  tok = _tokenizer(texts)
   records = [{'problem': 'Вычисли 2 + 3.', 'answer': '5', 'task': 'math',
               'target_language': 'ru'}] * 2
   stats = evaluate.evaluate_problems(_ScriptedSampler(tok, texts), None, tok,
@@ -179,13 +178,11 @@ def test_worded_consistency_leaves_out_chains_without_words():
 
 
 def test_shot_answer_rate_counts_wrong_answers_copied_from_a_shot():
-  from r1jax.tokenizer import train_bpe
   texts = ['<think> 1 + 2 = 3 </think> <answer> 3 </answer>',
            '<think> 2 + 5 = 7 </think> <answer> 7 </answer>',
            '<think> 1 + 2 = 4 </think> <answer> 4 </answer>',
            'no answer']
-  tok = train_bpe(texts * 20, 300, config={'eos_token': '<|endoftext|>',
-                                           'pad_token': '<|pad|>'})
+  tok = _tokenizer(texts)
   shot = {'problem': 'Compute 2 + 5', 'reasoning': '2 + 5 = 7.', 'answer': '7'}
   records = [{'problem': 'Compute 1 + 2', 'answer': '3', 'task': 'arithmetic',
               'shots': [shot]}]
@@ -207,14 +204,12 @@ def test_shot_answer_rate_counts_wrong_answers_copied_from_a_shot():
 def test_code_records_are_scored_in_the_sandbox():
   """Code records (task 'code') go through the code reward: pass@1 over k,
   unbiased pass@k, no cons@k; evaluate_model groups them by task."""
-  from r1jax.tokenizer import train_bpe
   right = ('<think> add one </think> <answer>```python\ndef inc(x):\n'
            '    return x + 1\n```</answer>')
   wrong = ('<think> add one </think> <answer>```python\ndef inc(x):\n'
            '    return x\n```</answer>')
   texts = [right, wrong, wrong, wrong]
-  tok = train_bpe(texts * 20, 400, config={'eos_token': '<|endoftext|>',
-                                           'pad_token': '<|pad|>'})
+  tok = _tokenizer(texts, 400)
   records = [{'problem': 'Write inc.', 'task': 'code',
               'tests': ['assert inc(1) == 2', 'assert inc(-1) == 0']}]
   sampler = _ScriptedSampler(tok, texts)
