@@ -197,6 +197,10 @@ def main(argv=None):
     planes = sorted(trace.glob('**/*.xplane.pb'))
     if not planes:
       raise SystemExit(f'no trace written under {trace}')
+    if not any(dump.glob('*after_optimizations.txt')):
+      raise SystemExit(f'no HLO dumped under {dump}: XLA reads --xla_dump_to '
+                       'when jax starts, so run this script as its own '
+                       'process (not main() after jax has run)')
     report(op_times(planes[-1]), module_categories(dump), args.steps, args.top)
     print(f'load average after: {bench_common.load_average()}')
 

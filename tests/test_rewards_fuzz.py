@@ -176,14 +176,26 @@ def test_every_fragment_repeated(name):
   quadratic path in seconds instead of minutes at 200k.
   """
   call = _helpers if name == 'helpers' else _reward_call(name)
+
+  def timed(completion, bound, tries=3):
+    # The fastest of up to `tries` calls: a busy machine's pause (the full
+    # suite with other jobs beside it took 0.43 s on a 20k call that takes
+    # 0.02 s alone) passes on a retry, a quadratic path fails every try.
+    best = float('inf')
+    for _ in range(tries):
+      t0 = time.perf_counter()
+      call(completion)
+      best = min(best, time.perf_counter() - t0)
+      if best < bound:
+        break
+    return best
+
   for fragment in FRAGMENTS:
     for wrap in WRAPS[:2]:
       for n, bound in ((MAX_CHARS // 10, PER_COMPLETION_S / 5),
                        (MAX_CHARS, PER_COMPLETION_S)):
         completion = wrap((fragment * (n // len(fragment) + 1))[:n])
-        t0 = time.perf_counter()
-        call(completion)
-        seconds = time.perf_counter() - t0
+        seconds = timed(completion, bound)
         assert seconds < bound, (
             f'{name}: {seconds:.2f} s on {fragment!r} * {n} chars, wrapped '
             f'as {wrap("...")!r}')
