@@ -501,9 +501,9 @@ def equal_time_table(rows: list[dict]) -> str:
   head = ['stage', 'against', 'seed', 'their time (min)', 'their pass@1',
           'pass@1 at 1x time (steps)', 'pass@1 at 2x time (steps)']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-  def cell(v, steps=None):
+  def cell(v, steps=None, missing='past its last evaluation'):
     if v is None:
-      return 'past its last evaluation'
+      return missing
     return f'{v:.3f}' + (f' ({steps[0]}-{steps[1]})' if steps else '')
   for (name, against) in dict.fromkeys((r['stage'], r['against'])
                                        for r in rows):
@@ -511,7 +511,8 @@ def equal_time_table(rows: list[dict]) -> str:
     for r in group:
       lines.append('| ' + ' | '.join([
           name, against, str(r['seed']), f'{r["budget_s"] / 60:.1f}',
-          cell(r['against_pass@1']), cell(r['pass@1_at_1x'], r['steps_at_1x']),
+          cell(r['against_pass@1'], missing=''),
+          cell(r['pass@1_at_1x'], r['steps_at_1x']),
           cell(r['pass@1_at_2x'], r['steps_at_2x'])]) + ' |')
     def ms(key, scale=1.0, fmt='.3f'):
       vals = [r[key] * scale for r in group if r[key] is not None]

@@ -146,8 +146,9 @@ def evaluate_problems(
   (reflection_rate, reflective_words, recheck_rate, correction_rate,
   check_rate, step_rate), `num_problems`, `num_samples` and a few sample texts
   (`samples`); with few-shot records (`shots`), shot_answer_rate: the share of
-  samples whose wrong answer is one of the worked examples' answers. With `return_completions`, also 'completions' (every text,
-  record-major) and 'correct' ([records, samples] 0/1). `summarize(stats)`
+  samples whose wrong answer is one of the worked examples' answers. With
+  `return_completions`, also 'completions' (every text, record-major) and
+  'correct' ([records, samples] 0/1). `summarize(stats)`
   keeps only the float metrics. `on_batch(n, pass_at_1)`, when given, is
   called after each sampler batch with its number of records and the pass@1 so
   far.
