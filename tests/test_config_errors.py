@@ -10,7 +10,7 @@ import sys
 import ml_collections
 import pytest
 
-from experiments import cold_start, pretrain_tiny, r1, rejection, zero
+from experiments import cold_start, pretrain_tiny, r1, rejection
 from r1jax import pipeline, train
 from r1jax import config_checks
 from r1jax.run import console
