@@ -317,19 +317,21 @@ def _as_json(config) -> dict[str, Any]:
 
 
 def run_config_diff(old: ml_collections.ConfigDict | None,
-                    new: ml_collections.ConfigDict
+                    new: ml_collections.ConfigDict, finished: bool = False
                     ) -> list[tuple[str, Any, Any]]:
   """(key, old value, new value) of each field that differs between a saved
-  run config and `new`, except the RESUME_SAFE ones."""
+  run config and `new`, except the RESUME_SAFE ones (but FINISHED_KEYS when
+  the saved run has `finished`)."""
   if old is None:
     return []
   a, b = _flat(_as_json(old)), _flat(_as_json(new))
+  safe = [p for p in RESUME_SAFE if not (finished and p in FINISHED_KEYS)]
   out = []
   for key in sorted(set(a) | set(b)):
     va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
     if va == _ABSENT and key in ADDED_KEYS and vb == ADDED_KEYS[key]:
       continue
-    if va != vb and not any(fnmatch.fnmatchcase(key, p) for p in RESUME_SAFE):
+    if va != vb and not any(fnmatch.fnmatchcase(key, p) for p in safe):
       out.append((key, va, vb))
   return out
 
@@ -337,17 +339,6 @@ def run_config_diff(old: ml_collections.ConfigDict | None,
 # Resume-safe for a stage that is still training, but what a finished
 # stage's results are: a pipeline compares them too (it skips finished stages).
 FINISHED_KEYS = ('train.steps',)
-
-
-def finished_run_diff(old: ml_collections.ConfigDict | None,
-                      new: ml_collections.ConfigDict
-                      ) -> list[tuple[str, Any, Any]]:
-  """(key, old value, new value) of each FINISHED_KEYS field that differs."""
-  if old is None:
-    return []
-  a, b = _flat(_as_json(old)), _flat(_as_json(new))
-  return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in FINISHED_KEYS
-          if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 
 
 def describe_diff(diffs, limit: int = 6) -> str:

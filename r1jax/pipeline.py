@@ -153,13 +153,11 @@ def check(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   for name in config.order:
     diffs = []
     if config_checks.has_saved_work(dirs[name]):
-      old = run_records.read_run_config(dirs[name])
-      new = resolve(config[name], dirs)
-      diffs = config_checks.run_config_diff(old, new)
-      if run_records.read_done(dirs[name]) is not None:
-        # A finished stage is skipped: a new step count would go unseen
-        # (it is resume-safe only for a stage still training).
-        diffs += config_checks.finished_run_diff(old, new)
+      # A finished stage is skipped, so a new step count (resume-safe for a
+      # stage still training) would go unseen: it counts as a change.
+      diffs = config_checks.run_config_diff(
+          run_records.read_run_config(dirs[name]), resolve(config[name], dirs),
+          finished=run_records.read_done(dirs[name]) is not None)
     if diffs and not overwrite:
       raise errors.ConfigError(
           f'{dirs[name]} holds a run of another config for stage {name} '
