@@ -29,7 +29,8 @@ LEAVES = ('r1jax.model', 'r1jax.sampling', 'r1jax.rl', 'r1jax.rewards',
 RUN = ('r1jax.run', 'r1jax.memory', 'r1jax.checkpoint_source')
 EVALUATION = ('r1jax.evaluate', 'r1jax.base_ability')
 STAGES = ('r1jax.stages',)
-ENTRY = ('r1jax.train', 'r1jax.pipeline', 'r1jax.evaluate_cli',
+ENTRY = ('r1jax.train', 'r1jax.pipeline', 'r1jax.study',
+         'r1jax.evaluate_cli',
          'r1jax.evaluate.__main__', 'r1jax.runs', 'r1jax.generate',
          'r1jax.config_checks', 'r1jax.tiny_base', 'r1jax')
 LAYERS = (LEAVES, RUN, EVALUATION, STAGES, ENTRY)
@@ -50,8 +51,8 @@ LAZY_OK = {
     'r1jax.data.builders.raw': 'the package imports tensorflow_datasets',
     'r1jax.model.gguf': 'the gguf package, only for GGUF files',
     'tensorboardX': 'optional TensorBoard output',
-    'matplotlib': 'optional: a study\'s plot (r1jax.pipeline)',
-    'matplotlib.pyplot': 'optional: a study\'s plot (r1jax.pipeline)',
+    'matplotlib': 'optional: a study\'s plot (r1jax.study)',
+    'matplotlib.pyplot': 'optional: a study\'s plot (r1jax.study)',
     'math_verify': 'runs in the math-verify worker processes',
     'jinja2': 'only for a tokenizer with a chat template',
     'inspect': 'the standard library',

@@ -12,6 +12,7 @@ import pytest
 from experiments import r1_study
 from r1jax import errors
 from r1jax import pipeline
+from r1jax import study
 from r1jax import train
 from r1jax.run import records as run_records
 from tests import grpo_helpers
@@ -232,14 +233,14 @@ def test_equal_time_reads_the_budget_and_interpolates(tmp_path):
            {'step': 12, 'eval/pass@1': 0.5}]
   (seed_dir / 'rl' / run_records.METRICS_FILE).write_text(
       ''.join(json.dumps(r) + '\n' for r in rows))
-  (row,) = pipeline.equal_time_rows(c, {0: seed_dir})
+  (row,) = study.equal_time_rows(c, {0: seed_dir})
   assert row['budget_s'] == 60.0 and row['against_pass@1'] == 0.4
   assert row['stage_time_s'] == 120.0
   # 60 s: between step 4 (40 s, 0.2) and step 8 (80 s, 0.3).
   assert row['pass@1_at_1x'] == pytest.approx(0.25)
   assert row['steps_at_1x'] == (4, 8)
   assert row['pass@1_at_2x'] == pytest.approx(0.5)  # 120 s: step 12 itself
-  table = pipeline.equal_time_table([row, dict(row, seed=1,
+  table = study.equal_time_table([row, dict(row, seed=1,
                                                **{'pass@1_at_2x': None})])
   assert '0.250 (4-8)' in table and 'past its last evaluation' in table
   # No mean over seeds where one seed has no figure.
