@@ -80,7 +80,10 @@ def test_sigkill_and_resume_equals_uninterrupted_run(base_dir, tmp_path, lora):
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     path = killed / 'metrics.jsonl'
-    committed = list((killed / 'checkpoints').glob(f'*/{ckpt_lib.COMMIT_MARKER}'))
+    # A step is committed once orbax renamed its temporary directory (which
+    # holds the marker a moment before) to the step's number.
+    committed = [m for m in (killed / 'checkpoints').glob(f'*/{ckpt_lib.COMMIT_MARKER}')
+                 if m.parent.name.isdigit()]
     if committed and path.exists() and any(
         f'"step": {kill_after},' in l and 'train/loss' in l
         for l in path.read_text().splitlines()):
