@@ -377,8 +377,9 @@ def bench_r1jax_grpo(args, model_dir, records, trace_dir=None):
   ref_params = grpo_update.copy_tree(state['params']) if args.beta else None
   update_fn = grpo_update.make_update_fn(
       graphdef, opt, loss_config=grpo_loss_config(args), num_iterations=1,
-      num_minibatches=1, grad_accum=args.grad_accum, mesh=mesh)
-  logprobs_fn = grpo_update.make_logprobs_fn(graphdef)
+      num_minibatches=1, grad_accum=args.grad_accum, mesh=mesh,
+      group_size=args.group)
+  logprobs_fn = grpo_update.make_logprobs_fn(graphdef, group_size=args.group)
   timer = console.Timer()
   key = jax.random.key(0)
   steps = []
@@ -429,20 +430,33 @@ def report_r1jax_grpo(args, r_steps, r_info) -> tuple[float, float]:
       f'{k} {v:.3f} ({100 * v / r_med:.0f}%)' for k, v in split.items()))
   print(f'  {rows * args.new_tokens / split["sample"]:.0f} sampled tokens/s')
   # The step's model FLOPs (this module's conventions): sampling, the
-  # reference forward pass, the update's forward + backward.
+  # reference forward pass, the update's forward + backward, over whole
+  # rows (the work as TRL computes it).
   cfg, width, new = r_info['cfg'], r_info['width'], args.new_tokens
   seq = width + new - 1
   step_flops = (
       generate_flops(cfg, rows, width, new, prompts=args.prompts)
       + (forward_flops(cfg, rows, seq, head_positions=new) if args.beta else 0)
       + train_flops(cfg, rows, seq, head_positions=new))
+  # What r1jax computes: each pass runs a group's shared prompt (its first
+  # width - 1 tokens) once per micro-batch part (grpo_update.prompt_group).
+  done_flops = generate_flops(cfg, rows, width, new, prompts=args.prompts)
+  for passes, parts in (((1.0 if args.beta else 0.0), 1),
+                        (3.0, args.grad_accum)):
+    shared = rows if args.group % parts else args.prompts * parts
+    done_flops += passes * (
+        forward_flops(cfg, shared, width - 1, head_positions=0)
+        + forward_flops(cfg, rows, new, head_positions=new, prefix=width - 1))
   peak = matmul_peak(sizes=[128] if args.tiny else [512, 1024, 2048])
   floor_s = step_flops / peak['flops']
-  print(f'  {step_flops / 1e9:.1f} GFLOP (model) per step -> '
-        f'{step_flops / r_med / 1e9:.1f} GFLOP/s = '
+  print(f'  {step_flops / 1e9:.1f} GFLOP of work (model, whole rows) per '
+        f'step -> {step_flops / r_med / 1e9:.1f} GFLOP/s = '
         f'{100 * floor_s / r_med:.0f}% of the measured matmul peak '
         f'({peak["flops"] / 1e9:.0f} GFLOP/s); at 100% of it the step '
         f'would take {floor_s:.3f} s')
+  print(f'  {done_flops / 1e9:.1f} GFLOP computed (each group\'s prompt once '
+        f'per pass part) -> {done_flops / r_med / 1e9:.1f} GFLOP/s = '
+        f'{100 * done_flops / peak["flops"] / r_med:.0f}% of the peak')
   return r_med, floor_s
 
 

@@ -317,11 +317,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         graphdef, optimizer, loss_config=loss,
         num_iterations=rc.num_iterations, num_minibatches=rc.num_minibatches,
         grad_accum=rc.grad_accum, mesh=mesh, scoring=scoring,
-        frozen=w.frozen, lora_dropout=w.dropout)
+        frozen=w.frozen, lora_dropout=w.dropout, group_size=rc.group_size)
     # In the update's micro-batches: never more logits at once than an update.
     logprobs_fn = grpo_update.make_logprobs_fn(
         graphdef, mesh, num_chunks=rc.num_minibatches * rc.grad_accum,
-        scoring=scoring)
+        scoring=scoring, group_size=rc.group_size)
   rollout = grpo_rollout.Rollout(config, sampler, tokenizer, batcher)
   timer = console.Timer()
   final: dict[str, Any] = {}

@@ -40,6 +40,7 @@ from r1jax import parallel
 from r1jax import rl
 from r1jax.model.functional import causal_mask, positions_from_mask, token_logprobs
 from r1jax.model import lora as lora_lib
+from r1jax.model import transformer
 from r1jax.rl import accumulation
 from r1jax.run import adapters
 from r1jax.run import console
@@ -109,10 +110,52 @@ class Scoring:
                                        self.nucleus)
 
 
+def _completion_hidden(model, completions: Completions, prompt_group: int):
+  """Final hidden states [B, L, D] at the positions that predict the
+  completion tokens: those of [prompt, completion[:-1]] from the prompt's
+  last token on.
+
+  prompt_group = 1: one forward pass over the whole rows. prompt_group = g
+  > 1: every g consecutive rows share their prompt (a GRPO group, or its
+  rows in one strided part), and the prompt's first P - 1 tokens go through
+  the model once per g rows: their keys and values fill a cache that each
+  of the g rows' own L tokens then attend to (the sampler's prefill path;
+  the gradient reaches the shared keys and values from all g rows). Same
+  arithmetic up to summation order; it saves (g - 1) / g of the prompt's
+  work, e.g. 31% of the tokens of the main job's update (P = 48, L = 64,
+  g = 4).
+  """
+  prompt_BxP, comp_BxL = completions.prompt_tokens, completions.tokens
+  b, p = prompt_BxP.shape
+  tokens_BxS = jnp.concatenate([prompt_BxP, comp_BxL[:, :-1]], axis=1)
+  mask_BxS = jnp.concatenate(
+      [completions.prompt_mask, completions.mask[:, :-1]], axis=1)
+  positions_BxS = positions_from_mask(mask_BxS)
+  if prompt_group == 1 or p == 1:
+    hidden_BxSxD, _ = model.hidden_states(tokens_BxS, positions_BxS,
+                                          causal_mask(mask_BxS))
+    return hidden_BxSxD[:, p - 1:]
+  if b % prompt_group:
+    raise ValueError(f'{b} rows do not split into groups of {prompt_group}')
+  head = slice(None, None, prompt_group)  # the first row of every group
+  prefix_mask = completions.prompt_mask[head, :p - 1]
+  _, cache = model.hidden_states(
+      prompt_BxP[head, :p - 1], positions_BxS[head, :p - 1],
+      causal_mask(prefix_mask),
+      transformer.init_cache(model.cfg, b // prompt_group, p - 1), 0)
+  cache = transformer.grow_cache(
+      [{k: jnp.repeat(x, prompt_group, axis=0) for k, x in layer.items()}
+       for layer in cache], comp_BxL.shape[1])
+  hidden_BxLxD, _ = model.hidden_states(
+      tokens_BxS[:, p - 1:], positions_BxS[:, p - 1:],
+      causal_mask(mask_BxS)[:, p - 1:], cache, p - 1)
+  return hidden_BxLxD
+
+
 def completion_logprobs(graphdef, params, completions: Completions, *,
                         with_entropy: bool = False,
                         scoring: Scoring = Scoring(), frozen=None,
-                        dropout_key=None):
+                        dropout_key=None, prompt_group: int = 1):
   """(logp_BxL, entropy_BxL or None) of the completion tokens.
 
   One forward pass over [prompt, completion[:-1]]; the LM head runs only on
@@ -120,17 +163,14 @@ def completion_logprobs(graphdef, params, completions: Completions, *,
   log-probs for the same params (the same forward code and positions, the
   same `scoring` of the logits). The entropy is that of the same
   distribution. With LoRA, `params` are the adapters and `frozen` the base
-  (`lora.merge`); `dropout_key` turns LoRA dropout on.
+  (`lora.merge`); `dropout_key` turns LoRA dropout on. `prompt_group` > 1:
+  every that many consecutive rows have the same prompt, computed once
+  (`_completion_hidden`).
   """
   model = lora_lib.merge(graphdef, params, frozen, dropout_key)
-  prompt_BxP, comp_BxL = completions.prompt_tokens, completions.tokens
-  p = prompt_BxP.shape[1]
-  tokens_BxS = jnp.concatenate([prompt_BxP, comp_BxL[:, :-1]], axis=1)
-  mask_BxS = jnp.concatenate(
-      [completions.prompt_mask, completions.mask[:, :-1]], axis=1)
-  hidden_BxSxD, _ = model.hidden_states(
-      tokens_BxS, positions_from_mask(mask_BxS), causal_mask(mask_BxS))
-  logits_BxLxV = model.logits(hidden_BxSxD[:, p - 1:])
+  comp_BxL = completions.tokens
+  logits_BxLxV = model.logits(
+      _completion_hidden(model, completions, prompt_group))
   mode = scoring.mode(logits_BxLxV.shape[-1])
   if mode != controls.Mode():  # temperature 1, no nucleus: the logits as is
     logits_BxLxV = controls.policy_logits(
@@ -150,11 +190,39 @@ def completion_logprobs(graphdef, params, completions: Completions, *,
   return logp_BxL, entropy_BxL
 
 
+def part_prompt_group(group_size: int, parts: int) -> int:
+  """Consecutive rows with one prompt in each of `parts` strided parts
+  (`accumulation.split_rows`) of a rollout of groups of `group_size`
+  consecutive rows: group_size / parts when it divides (part i holds rows
+  i, i + parts, ... of every group, consecutive in the part), else 1."""
+  return group_size // parts if group_size % parts == 0 else 1
+
+
+def check_groups(prompt_tokens_BxP: np.ndarray, prompt_mask_BxP: np.ndarray,
+                 group_size: int) -> None:
+  """ValueError unless every `group_size` consecutive rows share their
+  prompt: the prompt-sharing passes (`prompt_group`) compute it once."""
+  b, p = prompt_tokens_BxP.shape
+  if b % group_size:
+    raise ValueError(f'{b} rollout rows are not groups of {group_size}')
+  for name, x in (('tokens', prompt_tokens_BxP), ('mask', prompt_mask_BxP)):
+    x = np.asarray(x).reshape(b // group_size, group_size, p)
+    bad = np.flatnonzero((x != x[:, :1]).any(axis=(1, 2)))
+    if bad.size:
+      raise ValueError(
+          f'rollout group {bad[0]} (rows {bad[0] * group_size}-'
+          f'{(bad[0] + 1) * group_size - 1}) has different prompt {name} in '
+          f'its rows; the GRPO passes share each group\'s prompt')
+
+
 def make_logprobs_fn(graphdef, mesh=None, num_chunks: int = 1, *,
-                     scoring: Scoring = Scoring()):
+                     scoring: Scoring = Scoring(), group_size: int = 1):
   """jit (params, Completions) -> logp_BxL, zero outside the sampled tokens.
 
   `scoring`: the distribution the rollout was sampled from (`Scoring`).
+  `group_size` > 1: every that many consecutive rows share their prompt (a
+  GRPO rollout; `check_groups`), which each chunk then computes once per
+  group (`completion_logprobs`' prompt_group).
 
   The rows go through in `num_chunks` strided parts, one after another
   (`lax.map`), so the pass holds the logits of B / num_chunks rows at a time:
@@ -165,8 +233,11 @@ def make_logprobs_fn(graphdef, mesh=None, num_chunks: int = 1, *,
   batch_axes = parallel.batch_spec(mesh) if mesh is not None else ()
   row_axis = batch_axes[0] if len(batch_axes) else None
 
+  prompt_group = part_prompt_group(group_size, num_chunks)
+
   def one(params, part):
-    logp, _ = completion_logprobs(graphdef, params, part, scoring=scoring)
+    logp, _ = completion_logprobs(graphdef, params, part, scoring=scoring,
+                                  prompt_group=prompt_group)
     return jnp.where(part.mask, logp, 0.0)
 
   @jax.jit
@@ -206,17 +277,18 @@ _DROPOUT_SALT = 0x4C6F5241
 
 
 def make_micro_loss(graphdef, loss_config: rl.LossConfig,
-                    scoring: Scoring = Scoring()):
+                    scoring: Scoring = Scoring(), prompt_group: int = 1):
   """(params, mb: Batch, total_units, frozen=None, key=None) -> (loss * w,
   (metrics, w)): one micro-batch's `rl.grpo_loss`, weighted by its share w
   of the mini-batch's aggregation units, so the micro-batches' weighted
   losses (and gradients) sum to the mini-batch's (`rl.accumulation`). With
   LoRA, `params` are the adapters, `frozen` the base and `key` the dropout
-  key (`completion_logprobs`)."""
+  key (`completion_logprobs`, as is `prompt_group`)."""
   def micro_loss(params, mb: Batch, total_units, frozen=None, key=None):
     logp, entropy = completion_logprobs(graphdef, params, mb.completions,
                                         with_entropy=True, scoring=scoring,
-                                        frozen=frozen, dropout_key=key)
+                                        frozen=frozen, dropout_key=key,
+                                        prompt_group=prompt_group)
     loss, metrics = rl.grpo_loss(
         logp, mb.old_logp, mb.ref_logp, mb.adv, mb.loss_mask,
         entropy_BxT=entropy, sampler_logp_BxT=mb.sampler_logp,
@@ -231,7 +303,7 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
                    loss_config: rl.LossConfig, num_iterations: int,
                    num_minibatches: int, grad_accum: int, mesh: Mesh,
                    scoring: Scoring = Scoring(), frozen=None,
-                   lora_dropout: bool = False):
+                   lora_dropout: bool = False, group_size: int = 1):
   """jit (state, Batch) -> (state, metrics); the state is donated.
 
   With LoRA, `state['params']` are the adapters and `frozen` the base,
@@ -244,7 +316,9 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
   grad_norm (before clipping; mean and max over the optimizer steps) and
   loss_finite (0 if any loss or gradient was not finite). `scoring`: the
   distribution the rollout was sampled from, which the policy's log-probs
-  (and entropy) are taken under.
+  (and entropy) are taken under. `group_size` > 1: every that many
+  consecutive rows share their prompt, computed once per micro-batch's
+  rows of a group (`make_logprobs_fn`).
   """
   aggregation = loss_config.aggregation
   batch_axes = parallel.batch_spec(mesh)
@@ -257,8 +331,10 @@ def make_update_fn(graphdef, optimizer: optax.GradientTransformation, *,
       return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
     return jax.tree.map(one, tree)
 
-  grad_fn = jax.value_and_grad(make_micro_loss(graphdef, loss_config, scoring),
-                               has_aux=True)
+  prompt_group = part_prompt_group(group_size, num_minibatches * grad_accum)
+  grad_fn = jax.value_and_grad(
+      make_micro_loss(graphdef, loss_config, scoring, prompt_group),
+      has_aux=True)
 
   def minibatch_step(carry, xs, frozen):
     params, opt_state = carry
@@ -394,6 +470,7 @@ def make_batch(host: grpo_rollout.HostRollout, config, mesh, *, logprobs_fn,
   not applied).
   """
   s = host.sample
+  check_groups(s.prompt_tokens, s.prompt_mask, config.rl.group_size)
   put = lambda x: parallel.host_local_to_global(x, mesh)
   completions = put(Completions(
       prompt_tokens=s.prompt_tokens.astype(np.int32),
