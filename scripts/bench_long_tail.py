@@ -8,10 +8,12 @@ distribution (`--dist=long_tail`, the default: 70% uniform in [1, L/4], 25%
 uniform in (L/4, L), 5% exactly L; or `--dist=late`, the main job's after
 its first ~20 steps: 30% at L, the rest uniform in [L/2, L)) and whose prompts are 60-100% of the prompt width,
 on the tiny CPU model (`tiny-cpu`, 1.7M parameters) with random tokens.
-Each side runs the reference pass and the update of the GRPO stage
-(`grpo_update.make_logprobs_fn` + `make_update_fn`, padded, against
-`grpo_lengths.LengthAware` with `--buckets`), on the same rollout and
-params; the figure is the median over `--steps` repetitions after one
+Each side runs the reference pass and the update of the GRPO stage on the
+same rollout (groups of `--group` rows with one prompt) and params: padded
+whole rows (`grpo_update.make_logprobs_fn` + `make_update_fn`), padded with
+each group's prompt computed once per part (`group_size`, what
+`rl.length_buckets=0` runs), and `grpo_lengths.LengthAware` with
+`--buckets`; the figure is the median over `--steps` repetitions after one
 warm-up (compiles excluded; the compiled shapes are counted). Sampling and
 rewards are the same for both and not timed. Both sides run in this one
 process, one after the other; the load average is printed beside the
@@ -35,7 +37,10 @@ from r1jax.stages import grpo_update
 
 
 def rollout(rows: int, prompt_len: int, new_tokens: int, seed: int,
-            vocab: int, dist: str = 'long_tail') -> grpo_update.Batch:
+            vocab: int, dist: str = 'long_tail', group: int = 1
+            ) -> grpo_update.Batch:
+  """Rows in groups of `group` consecutive rows with one prompt (a GRPO
+  rollout's layout)."""
   rng = np.random.default_rng(seed)
   u = rng.random(rows)
   quarter = max(new_tokens // 4, 1)
@@ -46,17 +51,21 @@ def rollout(rows: int, prompt_len: int, new_tokens: int, seed: int,
   else:  # 'late': the main job after ~20 steps (mean ~50 of 64)
     lengths = np.where(u < 0.30, new_tokens, rng.integers(
         new_tokens // 2, new_tokens, rows))
-  prompt_lengths = rng.integers(int(0.6 * prompt_len), prompt_len + 1, rows)
+  prompt_lengths = rng.integers(int(0.6 * prompt_len), prompt_len + 1,
+                                rows // group)
   prompt_mask = np.arange(prompt_len)[None] >= (prompt_len - prompt_lengths
                                                )[:, None]
   mask = np.arange(new_tokens)[None] < lengths[:, None]
   tokens = lambda shape, m: np.where(m, rng.integers(3, vocab, shape), 0
                                      ).astype(np.int32)
+  prompts = np.repeat(tokens((rows // group, prompt_len), prompt_mask), group,
+                      axis=0)
+  prompt_mask = np.repeat(prompt_mask, group, axis=0)
   old = np.where(mask, -rng.random((rows, new_tokens)) * 3, 0
                  ).astype(np.float32)
   return grpo_update.Batch(
       completions=grpo_update.Completions(
-          prompt_tokens=tokens((rows, prompt_len), prompt_mask),
+          prompt_tokens=prompts,
           prompt_mask=prompt_mask, tokens=tokens((rows, new_tokens), mask),
           mask=mask),
       loss_mask=mask, old_logp=old,
@@ -94,7 +103,7 @@ def main():
   rows = args.prompts * args.group
   batch = parallel.host_local_to_global(
       rollout(rows, args.prompt_tokens, args.new_tokens, 0, cfg.vocab_size,
-              args.dist),
+              args.dist, args.group),
       mesh)
   optimizer = optax.adamw(1e-6)
   kw = dict(loss_config=rl.LossConfig(), num_iterations=1,
@@ -105,6 +114,10 @@ def main():
 
   padded_ref = grpo_update.make_logprobs_fn(graphdef, mesh, num_chunks=chunks)
   padded_update = grpo_update.make_update_fn(graphdef, optimizer, **kw)
+  shared_ref = grpo_update.make_logprobs_fn(graphdef, mesh, num_chunks=chunks,
+                                            group_size=args.group)
+  shared_update = grpo_update.make_update_fn(graphdef, optimizer,
+                                             group_size=args.group, **kw)
   la = grpo_lengths.LengthAware(
       graphdef, optimizer, buckets=args.buckets,
       prompt_len=args.prompt_tokens, completion_len=args.new_tokens, **kw)
@@ -116,6 +129,8 @@ def main():
   for name, ref_fn, update_fn in (
       ('padded', lambda: padded_ref(params, batch.completions),
        lambda: padded_update(copy(state), batch)),
+      ('shared prompt', lambda: shared_ref(params, batch.completions),
+       lambda: shared_update(copy(state), batch)),
       ('length-aware', lambda: la.logprobs(params, batch.completions),
        lambda: la.update(copy(state), batch))):
     ref = timed(lambda: jax.block_until_ready(ref_fn()), args.steps)
@@ -138,6 +153,12 @@ def main():
   (pr, pu), (lr, lu) = results['padded'], results['length-aware']
   print(f'speed-up: reference {pr / lr:.2f}x, update {pu / lu:.2f}x, '
         f'reference + update {(pr + pu) / (lr + lu):.2f}x')
+  sr, su = results['shared prompt']
+  print(f'shared prompt (the GRPO stage\'s padded passes, each group\'s '
+        f'prompt once per part): reference {pr / sr:.2f}x, update '
+        f'{pu / su:.2f}x, reference + update {(pr + pu) / (sr + su):.2f}x '
+        f'faster than whole rows; length-aware against it '
+        f'{(sr + su) / (lr + lu):.2f}x')
 
 
 if __name__ == '__main__':

@@ -16,7 +16,10 @@ jitted programs, both over one rollout of fixed shape:
 
 The log-prob passes read `Completions` (B = prompts x group size rows of
 prompt and completion tokens); the update a `Batch` (the completions, the
-loss mask, old-policy and reference log-probs, the advantages).
+loss mask, old-policy and reference log-probs, the advantages). Given the
+group size, both compute a group's prompt once per part (reference chunk,
+update micro-batch) rather than once per row (`completion_logprobs`'
+prompt_group).
 
 Policy, old-policy and reference log-probs are all of one distribution, the
 one the rollout was sampled from (`Scoring`): the policy at the sampling
