@@ -16,6 +16,7 @@ from flax import nnx
 
 from r1jax.model import lora as lora_lib
 from r1jax.model.config import ModelConfig
+from r1jax.model import transformer
 from r1jax.model.transformer import Cache, Transformer
 
 Params = nnx.State
@@ -74,6 +75,47 @@ def causal_mask(input_mask_BxT: jax.Array) -> jax.Array:
   keys_Bx1xT = input_mask_BxT.astype(jnp.bool_)[:, None, :]
   eye_TxT = jnp.eye(t, dtype=jnp.bool_)
   return (causal_TxT[None] & keys_Bx1xT) | eye_TxT[None]
+
+
+def completion_hidden(model: Transformer, prompt_BxP, prompt_mask_BxP,
+                      tokens_BxL, mask_BxL, *, prompt_group: int = 1):
+  """Final hidden states [B, L, D] at the positions that predict the
+  completion tokens: those of [prompt, completion[:-1]] (left-padded prompts)
+  from the prompt's last token on; the LM head of them gives the
+  completion's teacher-forced logits.
+
+  prompt_group = 1: one forward pass over the whole rows. prompt_group = g
+  > 1: every g consecutive rows share their prompt (a GRPO group, or its
+  rows in one strided part), and the prompt's first P - 1 tokens go through
+  the model once per g rows: their keys and values fill a cache that each
+  of the g rows' own L tokens then attend to (the sampler's prefill path;
+  the gradient reaches the shared keys and values from all g rows). Same
+  arithmetic up to summation order; it saves (g - 1) / g of the prompt's
+  work, e.g. 31% of the tokens of the main job's update (P = 48, L = 64,
+  g = 4).
+  """
+  b, p = prompt_BxP.shape
+  tokens_BxS = jnp.concatenate([prompt_BxP, tokens_BxL[:, :-1]], axis=1)
+  mask_BxS = jnp.concatenate([prompt_mask_BxP, mask_BxL[:, :-1]], axis=1)
+  positions_BxS = positions_from_mask(mask_BxS)
+  if prompt_group == 1 or p == 1:
+    hidden_BxSxD, _ = model.hidden_states(tokens_BxS, positions_BxS,
+                                          causal_mask(mask_BxS))
+    return hidden_BxSxD[:, p - 1:]
+  if b % prompt_group:
+    raise ValueError(f'{b} rows do not split into groups of {prompt_group}')
+  head = slice(None, None, prompt_group)  # the first row of every group
+  _, cache = model.hidden_states(
+      prompt_BxP[head, :p - 1], positions_BxS[head, :p - 1],
+      causal_mask(prompt_mask_BxP[head, :p - 1]),
+      transformer.init_cache(model.cfg, b // prompt_group, p - 1), 0)
+  cache = transformer.grow_cache(
+      [{k: jnp.repeat(x, prompt_group, axis=0) for k, x in layer.items()}
+       for layer in cache], tokens_BxL.shape[1])
+  hidden_BxLxD, _ = model.hidden_states(
+      tokens_BxS[:, p - 1:], positions_BxS[:, p - 1:],
+      causal_mask(mask_BxS)[:, p - 1:], cache, p - 1)
+  return hidden_BxLxD
 
 
 def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:

@@ -41,9 +41,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax import parallel
 from r1jax import rl
-from r1jax.model.functional import causal_mask, positions_from_mask, token_logprobs
+from r1jax.model.functional import completion_hidden, token_logprobs
 from r1jax.model import lora as lora_lib
-from r1jax.model import transformer
 from r1jax.rl import accumulation
 from r1jax.run import adapters
 from r1jax.run import console
@@ -113,48 +112,6 @@ class Scoring:
                                        self.nucleus)
 
 
-def _completion_hidden(model, completions: Completions, prompt_group: int):
-  """Final hidden states [B, L, D] at the positions that predict the
-  completion tokens: those of [prompt, completion[:-1]] from the prompt's
-  last token on.
-
-  prompt_group = 1: one forward pass over the whole rows. prompt_group = g
-  > 1: every g consecutive rows share their prompt (a GRPO group, or its
-  rows in one strided part), and the prompt's first P - 1 tokens go through
-  the model once per g rows: their keys and values fill a cache that each
-  of the g rows' own L tokens then attend to (the sampler's prefill path;
-  the gradient reaches the shared keys and values from all g rows). Same
-  arithmetic up to summation order; it saves (g - 1) / g of the prompt's
-  work, e.g. 31% of the tokens of the main job's update (P = 48, L = 64,
-  g = 4).
-  """
-  prompt_BxP, comp_BxL = completions.prompt_tokens, completions.tokens
-  b, p = prompt_BxP.shape
-  tokens_BxS = jnp.concatenate([prompt_BxP, comp_BxL[:, :-1]], axis=1)
-  mask_BxS = jnp.concatenate(
-      [completions.prompt_mask, completions.mask[:, :-1]], axis=1)
-  positions_BxS = positions_from_mask(mask_BxS)
-  if prompt_group == 1 or p == 1:
-    hidden_BxSxD, _ = model.hidden_states(tokens_BxS, positions_BxS,
-                                          causal_mask(mask_BxS))
-    return hidden_BxSxD[:, p - 1:]
-  if b % prompt_group:
-    raise ValueError(f'{b} rows do not split into groups of {prompt_group}')
-  head = slice(None, None, prompt_group)  # the first row of every group
-  prefix_mask = completions.prompt_mask[head, :p - 1]
-  _, cache = model.hidden_states(
-      prompt_BxP[head, :p - 1], positions_BxS[head, :p - 1],
-      causal_mask(prefix_mask),
-      transformer.init_cache(model.cfg, b // prompt_group, p - 1), 0)
-  cache = transformer.grow_cache(
-      [{k: jnp.repeat(x, prompt_group, axis=0) for k, x in layer.items()}
-       for layer in cache], comp_BxL.shape[1])
-  hidden_BxLxD, _ = model.hidden_states(
-      tokens_BxS[:, p - 1:], positions_BxS[:, p - 1:],
-      causal_mask(mask_BxS)[:, p - 1:], cache, p - 1)
-  return hidden_BxLxD
-
-
 def completion_logprobs(graphdef, params, completions: Completions, *,
                         with_entropy: bool = False,
                         scoring: Scoring = Scoring(), frozen=None,
@@ -168,12 +125,13 @@ def completion_logprobs(graphdef, params, completions: Completions, *,
   distribution. With LoRA, `params` are the adapters and `frozen` the base
   (`lora.merge`); `dropout_key` turns LoRA dropout on. `prompt_group` > 1:
   every that many consecutive rows have the same prompt, computed once
-  (`_completion_hidden`).
+  (`functional.completion_hidden`).
   """
   model = lora_lib.merge(graphdef, params, frozen, dropout_key)
   comp_BxL = completions.tokens
-  logits_BxLxV = model.logits(
-      _completion_hidden(model, completions, prompt_group))
+  logits_BxLxV = model.logits(completion_hidden(
+      model, completions.prompt_tokens, completions.prompt_mask, comp_BxL,
+      completions.mask, prompt_group=prompt_group))
   mode = scoring.mode(logits_BxLxV.shape[-1])
   if mode != controls.Mode():  # temperature 1, no nucleus: the logits as is
     logits_BxLxV = controls.policy_logits(
