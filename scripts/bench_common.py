@@ -439,11 +439,13 @@ def report_r1jax_grpo(args, r_steps, r_info) -> tuple[float, float]:
       + (forward_flops(cfg, rows, seq, head_positions=new) if args.beta else 0)
       + train_flops(cfg, rows, seq, head_positions=new))
   # What r1jax computes: each pass runs a group's shared prompt (its first
-  # width - 1 tokens) once per micro-batch part (grpo_update.prompt_group).
+  # width - 1 tokens) once per part's rows of the group
+  # (grpo_update.part_prompt_group).
+  from r1jax.stages import grpo_update  # pylint: disable=g-import-not-at-top
   done_flops = generate_flops(cfg, rows, width, new, prompts=args.prompts)
   for passes, parts in (((1.0 if args.beta else 0.0), 1),
                         (3.0, args.grad_accum)):
-    shared = rows if args.group % parts else args.prompts * parts
+    shared = rows // grpo_update.part_prompt_group(args.group, parts)
     done_flops += passes * (
         forward_flops(cfg, shared, width - 1, head_positions=0)
         + forward_flops(cfg, rows, new, head_positions=new, prefix=width - 1))

@@ -241,7 +241,7 @@ def test_equal_time_reads_the_budget_and_interpolates(tmp_path):
   assert row['steps_at_1x'] == (4, 8)
   assert row['pass@1_at_2x'] == pytest.approx(0.5)  # 120 s: step 12 itself
   table = study.equal_time_table([row, dict(row, seed=1,
-                                               **{'pass@1_at_2x': None})])
+                                            **{'pass@1_at_2x': None})])
   assert '0.250 (4-8)' in table and 'past its last evaluation' in table
   # No mean over seeds where one seed has no figure.
   assert table.splitlines()[-1].endswith('| 0.250 ± 0.000 |  |')

@@ -16,8 +16,7 @@ from flax import nnx
 
 from r1jax.model import lora as lora_lib
 from r1jax.model.config import ModelConfig
-from r1jax.model import transformer
-from r1jax.model.transformer import Cache, Transformer
+from r1jax.model.transformer import Cache, Transformer, grow_cache, init_cache
 
 Params = nnx.State
 
@@ -108,8 +107,8 @@ def completion_hidden(model: Transformer, prompt_BxP, prompt_mask_BxP,
   _, cache = model.hidden_states(
       prompt_BxP[head, :p - 1], positions_BxS[head, :p - 1],
       causal_mask(prompt_mask_BxP[head, :p - 1]),
-      transformer.init_cache(model.cfg, b // prompt_group, p - 1), 0)
-  cache = transformer.grow_cache(
+      init_cache(model.cfg, b // prompt_group, p - 1), 0)
+  cache = grow_cache(
       [{k: jnp.repeat(x, prompt_group, axis=0) for k, x in layer.items()}
        for layer in cache], tokens_BxL.shape[1])
   hidden_BxLxD, _ = model.hidden_states(
