@@ -13,8 +13,9 @@ same rollout (groups of `--group` rows with one prompt) and params: padded
 whole rows (`grpo_update.make_logprobs_fn` + `make_update_fn`), padded with
 each group's prompt computed once per part (`group_size`, what
 `rl.length_buckets=0` runs), and `grpo_lengths.LengthAware` with
-`--buckets`; the figure is the median over `--steps` repetitions after one
-warm-up (compiles excluded; the compiled shapes are counted). Sampling and
+`--buckets` (each group's prompt once per mini-batch, each row trimmed to
+its length's bucket); the figure is the median over `--steps` repetitions
+after one warm-up (compiles excluded; the compiled shapes are counted). Sampling and
 rewards are the same for both and not timed. Both sides run in this one
 process, one after the other; the load average is printed beside the
 figures.
@@ -92,6 +93,8 @@ def main():
   p.add_argument('--num_minibatches', type=int, default=2)
   p.add_argument('--grad_accum', type=int, default=1)
   p.add_argument('--buckets', type=int, default=4)
+  p.add_argument('--call_tokens', type=int, default=None,
+                 help='LengthAware call_tokens (default: its own)')
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--preset', default='tiny-cpu')
   p.add_argument('--dist', default='long_tail', choices=['long_tail', 'late'])
@@ -120,7 +123,10 @@ def main():
                                              group_size=args.group, **kw)
   la = grpo_lengths.LengthAware(
       graphdef, optimizer, buckets=args.buckets,
-      prompt_len=args.prompt_tokens, completion_len=args.new_tokens, **kw)
+      prompt_len=args.prompt_tokens, completion_len=args.new_tokens,
+      group_size=args.group, **kw,
+      **({} if args.call_tokens is None else
+         {'call_tokens': args.call_tokens}))
 
   def copy(s):
     return jax.tree.map(lambda x: x.copy() if hasattr(x, 'copy') else x, s)

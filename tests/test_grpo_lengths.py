@@ -4,7 +4,8 @@ On a rollout with long-tailed lengths (most completions short, a few at the
 budget, prompts of several lengths), the reference pass and the update over
 trimmed, length-sorted micro-batches give the padded pass's log-probs, loss,
 gradient and every logged metric within 1e-5 (float32), for each aggregation
-that depends on lengths, on 1 device and on 8.
+that depends on lengths, on 1 device and on 8; and on a GRPO rollout (groups
+of rows with one prompt), whose prompts the trimmed passes compute once.
 """
 
 import jax
@@ -25,18 +26,19 @@ from r1jax.stages import grpo_update
 B, P, L, V = 32, 12, 24, 64
 
 
-def _rollout(seed=0):
+def _rollout(seed=0, group=1):
+  """Rows of random lengths; every `group` consecutive rows share a prompt."""
   rng = np.random.default_rng(seed)
   # 70% of completions under L/4, 10% at L, the rest in between.
   u = rng.random(B)
   lengths = np.where(u < 0.7, rng.integers(1, L // 4 + 1, B),
                      np.where(u < 0.9, rng.integers(L // 4, L, B), L))
-  prompt_lengths = rng.integers(2, P - 3, B)
+  prompt_lengths = np.repeat(rng.integers(2, P - 3, B // group), group)
   prompt_mask = np.arange(P)[None] >= (P - prompt_lengths)[:, None]
   mask = np.arange(L)[None] < lengths[:, None]
+  prompt_tokens = np.repeat(rng.integers(2, V, (B // group, P)), group, axis=0)
   completions = grpo_update.Completions(
-      prompt_tokens=np.where(prompt_mask, rng.integers(2, V, (B, P)), 0
-                             ).astype(np.int32),
+      prompt_tokens=np.where(prompt_mask, prompt_tokens, 0).astype(np.int32),
       prompt_mask=prompt_mask,
       tokens=np.where(mask, rng.integers(2, V, (B, L)), 0).astype(np.int32),
       mask=mask)
@@ -81,11 +83,45 @@ def test_plan_covers_each_row_once_within_the_budget():
   assert computed < 0.85 * len(rows) * (16 + 64)
 
 
-@pytest.mark.parametrize('devices', [1, 8])
-def test_reference_pass_equals_the_padded_one(devices):
+def _cost(micros, call_tokens):
+  return sum(call_tokens + len(m.rows) * m.completion_width for m in micros)
+
+
+@pytest.mark.parametrize('call_tokens', [0, 40, 500])
+def test_plan_is_the_cheapest_cut(call_tokens):
+  """Against every cut of the sorted rows into runs of 2^k rows (the last
+  may hold filler rows), found by brute force."""
+  rng = np.random.default_rng(call_tokens)
+  lengths = rng.integers(1, 33, 11)
+  widths = np.sort([grpo_lengths.round_up(int(n), 32, 4) for n in lengths]
+                   )[::-1]
+
+  def cheapest(i):
+    if i >= len(widths):
+      return 0
+    costs, r = [], 1
+    while True:
+      if r * (8 + widths[i]) <= 8 * 40:
+        costs.append(call_tokens + r * widths[i] + cheapest(i + r))
+      if r >= len(widths) - i:
+        return min(costs)
+      r *= 2
+
+  micros = grpo_lengths.plan(lengths, np.arange(11), prompt_width=8,
+                             full_len=32, buckets=4, budget_tokens=8 * 40,
+                             divisor=1, call_tokens=call_tokens)
+  got = np.concatenate([m.rows for m in micros])
+  assert sorted(got[got >= 0].tolist()) == list(range(11))
+  assert _cost(micros, call_tokens) == cheapest(0)
+  if call_tokens == 500:  # calls dear: as few as the budget allows
+    assert len(micros) == 2
+
+
+@pytest.mark.parametrize('devices,group', [(1, 1), (8, 1), (1, 4)])
+def test_reference_pass_equals_the_padded_one(devices, group):
   graphdef, params = _model()
   mesh = _mesh(devices)
-  batch = _rollout()
+  batch = _rollout(group=group)
   put = lambda x: parallel.host_local_to_global(x, mesh)
   completions = put(batch.completions)
   padded = grpo_update.make_logprobs_fn(graphdef, mesh, num_chunks=4)(
@@ -93,24 +129,28 @@ def test_reference_pass_equals_the_padded_one(devices):
   la = grpo_lengths.LengthAware(
       graphdef, optax.sgd(1.0), loss_config=rl.LossConfig(),
       num_iterations=1, num_minibatches=2, grad_accum=2, mesh=mesh,
-      buckets=4, prompt_len=P, completion_len=L)
+      buckets=4, prompt_len=P, completion_len=L, group_size=group)
   trimmed = la.logprobs(params, completions)
   np.testing.assert_allclose(np.asarray(trimmed), np.asarray(padded),
                              atol=1e-5, rtol=0)
   stats = la.stats.pop_metrics()
-  assert stats['length_aware_token_frac'] < 0.75
+  # Each distinct prompt once, and the completions' tokens that exist.
+  assert stats['length_aware_token_frac'] < (0.75 if group == 1 else 0.5)
   assert stats['length_aware_shapes'] <= 16
 
 
-@pytest.mark.parametrize('aggregation,devices', [
-    pytest.param('token_mean', 1, marks=pytest.mark.slow),
-    ('seq_mean_token_mean', 1),
-    pytest.param('seq_sum_norm', 1, marks=pytest.mark.slow),
-    pytest.param('seq_mean_token_mean', 8, marks=pytest.mark.slow)])
-def test_update_equals_the_padded_one(aggregation, devices):
-  """The padded update takes each mini-batch whole (grad_accum 1), so its
-  metrics are the mini-batch's own; the length-aware one splits it into
-  several trimmed micro-batches (the budget of grad_accum 4)."""
+@pytest.mark.parametrize('aggregation,devices,group', [
+    pytest.param('token_mean', 1, 4, marks=pytest.mark.slow),
+    pytest.param('seq_mean_token_mean', 1, 1, marks=pytest.mark.slow),
+    ('seq_mean_token_mean', 1, 4),
+    pytest.param('seq_sum_norm', 1, 4, marks=pytest.mark.slow),
+    pytest.param('seq_mean_token_mean', 8, 1, marks=pytest.mark.slow),
+    pytest.param('seq_mean_token_mean', 8, 4, marks=pytest.mark.slow)])
+def test_update_equals_the_padded_one(aggregation, devices, group):
+  """The padded update takes each mini-batch whole (grad_accum 1) and every
+  row's prompt, so its metrics are the mini-batch's own; the length-aware
+  one splits it into several trimmed micro-batches (the budget of
+  grad_accum 4), which attend to each group's prompt computed once."""
   graphdef, params = _model()
   mesh = _mesh(devices)
   loss_config = rl.LossConfig(aggregation=aggregation, beta=0.04)
@@ -123,11 +163,12 @@ def test_update_equals_the_padded_one(aggregation, devices):
     p = jax.tree.map(lambda x: x.copy(), params)
     return {'params': p, 'opt_state': optimizer.init(p), 'step': 0}
 
-  batch = put(_rollout())
+  batch = put(_rollout(group=group))
   padded_state, padded_m = grpo_update.make_update_fn(
       graphdef, optimizer, grad_accum=1, **kw)(fresh_state(), batch)
   la = grpo_lengths.LengthAware(graphdef, optimizer, grad_accum=4, buckets=3,
-                                prompt_len=P, completion_len=L, **kw)
+                                prompt_len=P, completion_len=L,
+                                group_size=group, **kw)
   state, m = la.update(fresh_state(), batch)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       np.asarray(a), np.asarray(b), atol=1e-5, rtol=0),

@@ -86,34 +86,63 @@ def completion_hidden(model: Transformer, prompt_BxP, prompt_mask_BxP,
   prompt_group = 1: one forward pass over the whole rows. prompt_group = g
   > 1: every g consecutive rows share their prompt (a GRPO group, or its
   rows in one strided part), and the prompt's first P - 1 tokens go through
-  the model once per g rows: their keys and values fill a cache that each
-  of the g rows' own L tokens then attend to (the sampler's prefill path;
-  the gradient reaches the shared keys and values from all g rows). Same
-  arithmetic up to summation order; it saves (g - 1) / g of the prompt's
-  work, e.g. 31% of the tokens of the main job's update (P = 48, L = 64,
-  g = 4).
+  the model once per g rows (`prompt_cache`): their keys and values fill a
+  cache that each of the g rows' own L tokens then attend to
+  (`cached_completion_hidden`; the gradient reaches the shared keys and
+  values from all g rows). Same arithmetic up to summation order; it saves
+  (g - 1) / g of the prompt's work, e.g. 31% of the tokens of the main
+  job's update (P = 48, L = 64, g = 4).
   """
   b, p = prompt_BxP.shape
-  tokens_BxS = jnp.concatenate([prompt_BxP, tokens_BxL[:, :-1]], axis=1)
-  mask_BxS = jnp.concatenate([prompt_mask_BxP, mask_BxL[:, :-1]], axis=1)
-  positions_BxS = positions_from_mask(mask_BxS)
   if prompt_group == 1 or p == 1:
-    hidden_BxSxD, _ = model.hidden_states(tokens_BxS, positions_BxS,
-                                          causal_mask(mask_BxS))
+    tokens_BxS = jnp.concatenate([prompt_BxP, tokens_BxL[:, :-1]], axis=1)
+    mask_BxS = jnp.concatenate([prompt_mask_BxP, mask_BxL[:, :-1]], axis=1)
+    hidden_BxSxD, _ = model.hidden_states(
+        tokens_BxS, positions_from_mask(mask_BxS), causal_mask(mask_BxS))
     return hidden_BxSxD[:, p - 1:]
   if b % prompt_group:
     raise ValueError(f'{b} rows do not split into groups of {prompt_group}')
   head = slice(None, None, prompt_group)  # the first row of every group
+  cache = prompt_cache(model, prompt_BxP[head], prompt_mask_BxP[head])
+  cache = [{k: jnp.repeat(x, prompt_group, axis=0) for k, x in layer.items()}
+           for layer in cache]
+  return cached_completion_hidden(model, cache, prompt_BxP, prompt_mask_BxP,
+                                  tokens_BxL, mask_BxL)
+
+
+def prompt_cache(model: Transformer, prompt_NxP, prompt_mask_NxP) -> Cache:
+  """The KV cache [N rows, P - 1 slots] of the prompts' first P - 1 tokens
+  (left-padded prompts, one row per distinct prompt): what
+  `cached_completion_hidden` attends to."""
+  n, p = prompt_NxP.shape
+  mask = prompt_mask_NxP[:, :p - 1]
   _, cache = model.hidden_states(
-      prompt_BxP[head, :p - 1], positions_BxS[head, :p - 1],
-      causal_mask(prompt_mask_BxP[head, :p - 1]),
-      init_cache(model.cfg, b // prompt_group, p - 1), 0)
-  cache = grow_cache(
-      [{k: jnp.repeat(x, prompt_group, axis=0) for k, x in layer.items()}
-       for layer in cache], tokens_BxL.shape[1])
+      prompt_NxP[:, :p - 1], positions_from_mask(mask), causal_mask(mask),
+      init_cache(model.cfg, n, p - 1), 0)
+  return cache
+
+
+def gather_cache(cache: Cache, rows_B: jax.Array) -> Cache:
+  """The cache's rows `rows_B` (int [B]), e.g. each completion's prompt."""
+  return [{k: jnp.take(x, rows_B, axis=0) for k, x in layer.items()}
+          for layer in cache]
+
+
+def cached_completion_hidden(model: Transformer, cache_BxP1: Cache,
+                             prompt_BxP, prompt_mask_BxP, tokens_BxL,
+                             mask_BxL):
+  """`completion_hidden` of B rows whose prompts' first P - 1 tokens are
+  already in `cache_BxP1` (`prompt_cache`, one row per completion, e.g.
+  `gather_cache` of the distinct prompts' cache): only the L tokens
+  [prompt[-1], completion[:-1]] go through the model."""
+  p = prompt_BxP.shape[1]
+  tokens_BxS = jnp.concatenate([prompt_BxP, tokens_BxL[:, :-1]], axis=1)
+  mask_BxS = jnp.concatenate([prompt_mask_BxP, mask_BxL[:, :-1]], axis=1)
+  positions_BxS = positions_from_mask(mask_BxS)
   hidden_BxLxD, _ = model.hidden_states(
       tokens_BxS[:, p - 1:], positions_BxS[:, p - 1:],
-      causal_mask(mask_BxS)[:, p - 1:], cache, p - 1)
+      causal_mask(mask_BxS)[:, p - 1:],
+      grow_cache(cache_BxP1, tokens_BxL.shape[1]), p - 1)
   return hidden_BxLxD
 
 

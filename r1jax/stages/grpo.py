@@ -310,7 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         num_minibatches=rc.num_minibatches, grad_accum=rc.grad_accum,
         mesh=mesh, buckets=rc.length_buckets,
         prompt_len=config.sampling.max_prompt_tokens,
-        completion_len=config.sampling.max_new_tokens, scoring=scoring)
+        completion_len=config.sampling.max_new_tokens, scoring=scoring,
+        group_size=rc.group_size)
     update_fn, logprobs_fn = lengths.update, lengths.logprobs
   else:
     update_fn = grpo_update.make_update_fn(

@@ -14,7 +14,16 @@ memory than the padded pass). Each micro-batch is trimmed to
 
 and holds as many rows as that width allows (a multiple of the data-parallel
 size; the last one is filled with empty rows). So at most
-length_buckets**2 shapes are ever compiled per program (`Stats.compiles`).
+length_buckets**2 shapes are ever compiled per program (`Stats.shapes`).
+
+The prompts are not in the micro-batches: each pass (the reference pass,
+each mini-batch of the update) first runs the distinct prompts of its rows
+once (a GRPO group's rows share one: `group_size`), their first P - 1
+tokens into a KV cache (`grpo_update.prompt_kv_fn`); each micro-batch's rows
+then compute only their L tokens, attending to their own prompt's rows of
+that cache. In the update the cache's gradient is summed over the
+micro-batches and taken back through the prompts' pass once (`jax.vjp`), so
+the mini-batch's gradient is the one of its whole rows.
 
 The results equal the padded computation (within float rounding; tested to
 1e-5 in float32): a row's log-probs do not depend on the rows beside it or on
@@ -109,33 +118,45 @@ class Micro:
 
 
 def plan(lengths_B: np.ndarray, rows: np.ndarray, *, prompt_width: int,
-         full_len: int, buckets: int, budget_tokens: int,
-         divisor: int) -> list[Micro]:
+         full_len: int, buckets: int, budget_tokens: int, divisor: int,
+         call_tokens: int = 0) -> list[Micro]:
   """The micro-batches of `rows` (indices into the rollout), longest first.
 
   `lengths_B`: completion lengths of the whole rollout. Rows are sorted by
-  length; a micro-batch takes the next rows of one width bucket, as many as
-  the largest `divisor` x 2^k that both fits `budget_tokens` (rows x
-  (prompt_width + width)) and does not exceed the rows left in that bucket
-  (at least `divisor`: a bucket with fewer rows lends the micro-batch its
-  shorter neighbours; filler rows only at the very end). Row counts are
-  powers of two times `divisor`, so the shapes stay few.
+  length and cut into consecutive runs, each a micro-batch as wide as its
+  longest row's width bucket, of `divisor` x 2^k rows (so the shapes stay
+  few) that fit `budget_tokens` (rows x (prompt_width + width); at least
+  `divisor` rows); the last may end in empty filler rows. The cut is the
+  one of least cost, a micro-batch costing its rows x width computed tokens
+  plus `call_tokens` (what one more, smaller program call costs, in
+  tokens): with 0, each width bucket's rows go in as few micro-batches as
+  its row count's binary digits; larger values merge short runs into wider
+  micro-batches.
   """
   order = rows[np.argsort(-lengths_B[rows], kind='stable')]
-  widths = np.array([round_up(int(n), full_len, buckets)
-                     for n in lengths_B[order]])
-  out, i = [], 0
-  while i < len(order):
-    width = int(widths[i])
-    same = int((widths[i:] == width).sum())
-    fit = budget_tokens // (prompt_width + width)
-    r = divisor
-    while 2 * r <= min(fit, same):
+  n = len(order)
+  widths = [round_up(int(x), full_len, buckets) for x in lengths_B[order]]
+  # best[i]: (cost, rows of the first micro-batch) of the rows from i on.
+  best = [(0, 0)] * (n + 1)
+  for i in range(n - 1, -1, -1):
+    fit = budget_tokens // (prompt_width + widths[i])
+    r, choice = divisor, None
+    while True:
+      # Ties go to more rows: fewer calls for the same tokens.
+      cost = call_tokens + r * widths[i] + best[min(i + r, n)][0]
+      if choice is None or cost <= choice[0]:
+        choice = (cost, r)
+      if 2 * r > fit or r >= n - i:
+        break
       r *= 2
+    best[i] = choice
+  out, i = [], 0
+  while i < n:
+    r = best[i][1]
     take = order[i:i + r]
     out.append(Micro(
         rows=np.concatenate([take, -np.ones(r - len(take), take.dtype)]),
-        prompt_width=prompt_width, completion_width=width))
+        prompt_width=prompt_width, completion_width=widths[i]))
     i += r
   return out
 
@@ -182,8 +203,10 @@ class LengthAware:
                num_minibatches: int, grad_accum: int, mesh: Mesh,
                buckets: int, prompt_len: int, completion_len: int,
                scoring: grpo_update.Scoring = grpo_update.Scoring(),
-               min_saving: float = 0.15):
-    self.min_saving = min_saving
+               min_saving: float = 0.15, group_size: int = 1,
+               call_tokens: int = 0):
+    self.min_saving, self.group_size = min_saving, group_size
+    self.call_tokens = call_tokens
     if loss_config.max_len is None:  # Dr. GRPO's constant: the budget L
       loss_config = dataclasses.replace(loss_config, max_len=completion_len)
     self.mesh, self.buckets = mesh, buckets
@@ -193,18 +216,42 @@ class LengthAware:
     self.aggregation = loss_config.aggregation
     self.divisor = parallel.batch_size_divisor(mesh)
     self.stats = Stats()
-    self._logprobs = grpo_update.make_logprobs_fn(graphdef, scoring=scoring)
     # The padded programs, for a rollout that trimming would not shrink.
     self._padded_update = grpo_update.make_update_fn(
         graphdef, optimizer, loss_config=loss_config,
         num_iterations=num_iterations, num_minibatches=num_minibatches,
-        grad_accum=grad_accum, mesh=mesh, scoring=scoring)
+        grad_accum=grad_accum, mesh=mesh, scoring=scoring,
+        group_size=group_size)
     # The padded reference pass holds one update micro-batch at a time.
     self._padded_logprobs = grpo_update.make_logprobs_fn(
         graphdef, mesh, num_chunks=num_minibatches * grad_accum,
-        scoring=scoring)
+        scoring=scoring, group_size=group_size)
+    # The trimmed programs: each distinct prompt's first P - 1 tokens go
+    # through the model once per pass (`_prompts`), into a KV cache that
+    # every micro-batch's rows attend to (their own rows of it).
+    kv_fn = grpo_update.prompt_kv_fn(graphdef)
+    self._prompt_kv = jax.jit(kv_fn)
+
+    @jax.jit
+    def prompt_grad(params, prompt, prompt_mask, g_kv):
+      _, vjp = jax.vjp(lambda p: kv_fn(p, prompt, prompt_mask), params)
+      return vjp(g_kv)[0]
+    self._prompt_grad = prompt_grad
+
+    @jax.jit
+    def logprobs(params, kv, cache_rows, completions):
+      logp, _ = grpo_update.completion_logprobs(
+          graphdef, params, completions, scoring=scoring,
+          prompt_kv=(kv, cache_rows))
+      return jnp.where(completions.mask, logp, 0.0)
+    self._logprobs = logprobs
     micro_loss = grpo_update.make_micro_loss(graphdef, loss_config, scoring)
-    self._grad = jax.jit(jax.value_and_grad(micro_loss, has_aux=True))
+
+    def kv_loss(params, kv, cache_rows, mb, total_units):
+      return micro_loss(params, mb, total_units, prompt_kv=(kv, cache_rows))
+    # Gradients with respect to the params and the shared prompt cache.
+    self._grad = jax.jit(jax.value_and_grad(kv_loss, argnums=(0, 1),
+                                            has_aux=True))
     self._units = jax.jit(accumulation.aggregation_units,
                           static_argnums=0)
 
@@ -232,6 +279,37 @@ class LengthAware:
     return round_up(int(prompt_mask.sum(axis=1).max()), self.prompt_len,
                     self.buckets)
 
+  def _prompts(self, arrays: dict, prompt_width: int, rows: np.ndarray):
+    """(prompt_tokens, prompt_mask) of the distinct prompts of `rows` (row
+    i's is that of group i // group_size; empty rows pad them to the
+    data-parallel divisor), trimmed to `prompt_width`, on the mesh; sets
+    arrays['cache_rows'] to each row's row of them."""
+    g, p0 = self.group_size, self.prompt_len - prompt_width
+    groups = np.unique(rows // g)
+    slot = np.zeros(arrays['tokens'][0].shape[0] // g, np.int32)
+    slot[groups] = np.arange(len(groups))
+    arrays['cache_rows'] = (np.repeat(slot, g), 'row')
+    out = [np.asarray(arrays[k][0][groups * g, p0:])
+           for k in ('prompt_tokens', 'prompt_mask')]
+    n = len(out[0])
+    pad = -n % self.divisor
+    out = [np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+           for x in out]
+    self.stats.shapes.add(('prompts', n + pad, prompt_width))
+    return parallel.host_local_to_global(tuple(out), self.mesh)
+
+  def _kv(self, params, prompts):
+    """The prompts' KV cache under `params` (`_prompt_kv`), counted."""
+    self.stats.tokens += prompts[0].shape[0] * prompts[0].shape[1]
+    return self._prompt_kv(params, *prompts)
+
+  def _arrays(self, completions) -> dict:
+    arrays = _completion_arrays(completions)
+    b = arrays['tokens'][0].shape[0]
+    if b % self.group_size:
+      raise ValueError(f'{b} rollout rows are not groups of {self.group_size}')
+    return arrays
+
   def _put(self, arrays: dict, micro: Micro, shape_key: str):
     p0 = self.prompt_len - micro.prompt_width
     cols = {'prompt': slice(p0, None),
@@ -243,23 +321,23 @@ class LengthAware:
                             ).astype(x.dtype))
     self.stats.shapes.add((shape_key, len(micro.rows), micro.prompt_width,
                            micro.completion_width))
-    width = micro.prompt_width + micro.completion_width
-    self.stats.tokens += len(micro.rows) * width
+    self.stats.tokens += len(micro.rows) * micro.completion_width
     self.stats.padded_tokens += int((micro.rows >= 0).sum()) * (
         self.prompt_len + self.completion_len)
     return parallel.host_local_to_global(out, self.mesh)
 
-  def _worth_it(self, micros: list[Micro], rows: int) -> bool:
+  def _worth_it(self, micros: list[Micro], rows: int, parts: int) -> bool:
     """Whether the micro-batches compute at least `min_saving` fewer
-    tokens than the padded pass; if not, the padded program runs (fewer,
-    larger matmuls; the same numbers within rounding)."""
-    tokens = sum(len(m.rows) * (m.prompt_width + m.completion_width)
-                 for m in micros)
-    padded = rows * (self.prompt_len + self.completion_len)
-    if tokens <= (1 - self.min_saving) * padded:
+    completion tokens than the padded pass in `parts` strided parts; if
+    not, the padded program runs (fewer, larger matmuls; the same numbers
+    within rounding). Both compute each part's prompts once per group."""
+    tokens = sum(len(m.rows) * m.completion_width for m in micros)
+    if tokens <= (1 - self.min_saving) * rows * self.completion_len:
       return True
-    self.stats.tokens += padded
-    self.stats.padded_tokens += padded
+    g = grpo_update.part_prompt_group(self.group_size, parts)
+    self.stats.tokens += rows * self.completion_len + (
+        rows // g * self.prompt_len)
+    self.stats.padded_tokens += rows * (self.prompt_len + self.completion_len)
     self.stats.padded_passes += 1
     return False
 
@@ -270,21 +348,24 @@ class LengthAware:
     the sampled tokens), as `make_logprobs_fn` gives it, computed
     micro-batch by micro-batch, each within an update micro-batch's token
     budget."""
-    arrays = _completion_arrays(jax.device_get(completions))
+    arrays = self._arrays(jax.device_get(completions))
     b = arrays['tokens'][0].shape[0]
+    parts = self.num_minibatches * self.grad_accum
+    prompt_width = self._prompt_width(arrays['prompt_mask'][0])
     micros = plan(arrays['mask'][0].sum(axis=1), np.arange(b),
-                  prompt_width=self._prompt_width(arrays['prompt_mask'][0]),
+                  prompt_width=prompt_width,
                   full_len=self.completion_len, buckets=self.buckets,
-                  budget_tokens=self._budget(
-                      b, self.num_minibatches * self.grad_accum),
-                  divisor=self.divisor)
-    if not self._worth_it(micros, b):
+                  budget_tokens=self._budget(b, parts), divisor=self.divisor,
+                  call_tokens=self.call_tokens)
+    if not self._worth_it(micros, b, parts):
       return self._padded_logprobs(params, completions)
+    kv = self._kv(params, self._prompts(arrays, prompt_width, np.arange(b)))
     out = np.zeros(arrays['tokens'][0].shape, np.float32)
     for m in micros:
       part = self._put(arrays, m, 'logprobs')
+      cache_rows = part.pop('cache_rows')
       logp = np.asarray(jax.device_get(self._logprobs(
-          params, grpo_update.Completions(**part))))
+          params, kv, cache_rows, grpo_update.Completions(**part))))
       real = m.rows >= 0
       out[m.rows[real], :m.completion_width] = logp[real]
     return parallel.host_local_to_global(out, self.mesh)
@@ -293,7 +374,7 @@ class LengthAware:
   def update(self, state, batch: grpo_update.Batch):
     """(state, metrics) as `make_update_fn`'s update gives them."""
     host = jax.device_get(batch)
-    arrays = {**_completion_arrays(host.completions),
+    arrays = {**self._arrays(host.completions),
               'loss_mask': (np.asarray(host.loss_mask), 'completion'),
               'old_logp': (np.asarray(host.old_logp), 'completion'),
               'adv': (np.asarray(host.adv), 'row')}
@@ -312,8 +393,10 @@ class LengthAware:
       plans.append((rows, plan(lengths, rows, prompt_width=prompt_width,
                                full_len=self.completion_len,
                                buckets=self.buckets, budget_tokens=budget,
-                               divisor=self.divisor)))
-    if not self._worth_it([m for _, ms in plans for m in ms], b):
+                               divisor=self.divisor,
+                  call_tokens=self.call_tokens)))
+    if not self._worth_it([m for _, ms in plans for m in ms], b,
+                          n * self.grad_accum):
       state, metrics = self._padded_update(state, batch)
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       metrics.update(self.stats.pop_metrics())
@@ -322,11 +405,14 @@ class LengthAware:
     all_metrics = []
     for _ in range(self.num_iterations):
       for rows, micros in plans:
+        prompts = self._prompts(arrays, prompt_width, rows)
         total_units = self._units(self.aggregation, parallel.host_local_to_global(
             arrays['loss_mask'][0][rows], self.mesh))
-        grads, parts = self._zeros(params), []
+        kv = self._kv(params, prompts)
+        grads, g_kv, parts = self._zeros(params), self._zeros(kv), []
         for m in micros:
           part = self._put(arrays, m, 'update')
+          cache_rows = part.pop('cache_rows')
           mb = grpo_update.Batch(
               completions=grpo_update.Completions(
                   prompt_tokens=part['prompt_tokens'],
@@ -335,11 +421,14 @@ class LengthAware:
               loss_mask=part['loss_mask'], old_logp=part['old_logp'],
               adv=part['adv'], ref_logp=part.get('ref_logp'),
               sampler_logp=part.get('sampler_logp'))
-          (loss, (metrics, w)), g = self._grad(params, mb, total_units)
-          grads = self._add(grads, g)
+          (loss, (metrics, w)), (g, g_k) = self._grad(
+              params, kv, cache_rows, mb, total_units)
+          grads, g_kv = self._add((grads, g_kv), (g, g_k))
           mask = _gather(arrays['loss_mask'][0], m.rows, slice(None))
           parts.append((loss, metrics, w, float(mask.sum()),
                         float(mask.any(axis=1).sum())))
+        # The prompts' share: the cache's gradient back through its pass.
+        grads = self._add(grads, self._prompt_grad(params, *prompts, g_kv))
         params, opt_state, grad_norm = self._apply(params, opt_state, grads)
         all_metrics.append(_minibatch_metrics(parts, grad_norm))
     # Over iterations and mini-batches, as make_update_fn combines them.

@@ -41,7 +41,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from r1jax import parallel
 from r1jax import rl
-from r1jax.model.functional import completion_hidden, token_logprobs
+from r1jax.model.functional import (cached_completion_hidden,
+                                    completion_hidden, gather_cache,
+                                    prompt_cache, token_logprobs)
 from r1jax.model import lora as lora_lib
 from r1jax.rl import accumulation
 from r1jax.run import adapters
@@ -115,7 +117,8 @@ class Scoring:
 def completion_logprobs(graphdef, params, completions: Completions, *,
                         with_entropy: bool = False,
                         scoring: Scoring = Scoring(), frozen=None,
-                        dropout_key=None, prompt_group: int = 1):
+                        dropout_key=None, prompt_group: int = 1,
+                        prompt_kv=None):
   """(logp_BxL, entropy_BxL or None) of the completion tokens.
 
   One forward pass over [prompt, completion[:-1]]; the LM head runs only on
@@ -125,13 +128,22 @@ def completion_logprobs(graphdef, params, completions: Completions, *,
   distribution. With LoRA, `params` are the adapters and `frozen` the base
   (`lora.merge`); `dropout_key` turns LoRA dropout on. `prompt_group` > 1:
   every that many consecutive rows have the same prompt, computed once
-  (`functional.completion_hidden`).
+  (`functional.completion_hidden`). `prompt_kv` = (cache, rows_B): the
+  prompts' first P - 1 tokens are already in `cache` (`prompt_kv_fn`, one
+  row per distinct prompt), row i's at cache row rows_B[i].
   """
   model = lora_lib.merge(graphdef, params, frozen, dropout_key)
   comp_BxL = completions.tokens
-  logits_BxLxV = model.logits(completion_hidden(
-      model, completions.prompt_tokens, completions.prompt_mask, comp_BxL,
-      completions.mask, prompt_group=prompt_group))
+  if prompt_kv is None:
+    hidden_BxLxD = completion_hidden(
+        model, completions.prompt_tokens, completions.prompt_mask, comp_BxL,
+        completions.mask, prompt_group=prompt_group)
+  else:
+    cache, rows_B = prompt_kv
+    hidden_BxLxD = cached_completion_hidden(
+        model, gather_cache(cache, rows_B), completions.prompt_tokens,
+        completions.prompt_mask, comp_BxL, completions.mask)
+  logits_BxLxV = model.logits(hidden_BxLxD)
   mode = scoring.mode(logits_BxLxV.shape[-1])
   if mode != controls.Mode():  # temperature 1, no nucleus: the logits as is
     logits_BxLxV = controls.policy_logits(
@@ -149,6 +161,16 @@ def completion_logprobs(graphdef, params, completions: Completions, *,
     else:
       entropy_BxL = (logz[..., 0] - jnp.sum(probs * logits, axis=-1))
   return logp_BxL, entropy_BxL
+
+
+def prompt_kv_fn(graphdef):
+  """(params, prompt_NxP, prompt_mask_NxP) -> the KV cache of the prompts'
+  first P - 1 tokens (`functional.prompt_cache`), for `completion_logprobs`'
+  prompt_kv. Not for LoRA."""
+  def kv(params, prompt_NxP, prompt_mask_NxP):
+    return prompt_cache(lora_lib.merge(graphdef, params, None, None),
+                        prompt_NxP, prompt_mask_NxP)
+  return kv
 
 
 def part_prompt_group(group_size: int, parts: int) -> int:
@@ -244,12 +266,14 @@ def make_micro_loss(graphdef, loss_config: rl.LossConfig,
   of the mini-batch's aggregation units, so the micro-batches' weighted
   losses (and gradients) sum to the mini-batch's (`rl.accumulation`). With
   LoRA, `params` are the adapters, `frozen` the base and `key` the dropout
-  key (`completion_logprobs`, as is `prompt_group`)."""
-  def micro_loss(params, mb: Batch, total_units, frozen=None, key=None):
+  key (`completion_logprobs`, as are `prompt_group` and `prompt_kv`)."""
+  def micro_loss(params, mb: Batch, total_units, frozen=None, key=None,
+                 prompt_kv=None):
     logp, entropy = completion_logprobs(graphdef, params, mb.completions,
                                         with_entropy=True, scoring=scoring,
                                         frozen=frozen, dropout_key=key,
-                                        prompt_group=prompt_group)
+                                        prompt_group=prompt_group,
+                                        prompt_kv=prompt_kv)
     loss, metrics = rl.grpo_loss(
         logp, mb.old_logp, mb.ref_logp, mb.adv, mb.loss_mask,
         entropy_BxT=entropy, sampler_logp_BxT=mb.sampler_logp,
