@@ -18,6 +18,8 @@ from typing import Any
 
 import ml_collections
 
+from r1jax.run import xla_cache
+
 # Real checkpoints `model=` may name (presets of r1jax/model/config.py).
 REAL_MODELS = ('smollm2-135m', 'qwen2.5-0.5b', 'qwen2.5-1.5b', 'qwen2.5-7b',
                'qwen2.5-math-1.5b', 'qwen2.5-math-7b')
@@ -132,8 +134,7 @@ def default_base_dir() -> str:
   """Where the tiny base model is cached: one directory per pretraining
   config and seed ({base_key} is filled in at start-up, see
   r1jax/tiny_base.py)."""
-  cache = os.environ.get('R1JAX_CACHE', os.path.expanduser('~/.cache/r1jax'))
-  return os.path.join(cache, 'tiny_base', '{base_key}')
+  return os.path.join(xla_cache.root(), 'tiny_base', '{base_key}')
 
 
 def is_real(model: str) -> bool:

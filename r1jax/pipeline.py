@@ -59,6 +59,7 @@ from r1jax import tiny_base
 from r1jax import train
 from r1jax.run import console
 from r1jax.run import records as run_records
+from r1jax.run import xla_cache
 
 # --config and --workdir are r1jax.train's flags (one config-file flag per
 # process); the pipeline adds its own.
@@ -371,6 +372,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  xla_cache.enable()  # compiled programs kept for later runs
   with errors.one_line(flags.FLAGS.verbose):  # 'error: ...', no traceback
     run(flags.FLAGS.config, str(pathlib.Path(flags.FLAGS.workdir).absolute()),
         tuple(_ONLY.value), flags.FLAGS.overwrite)

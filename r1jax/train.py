@@ -32,6 +32,7 @@ from r1jax import config_checks
 from r1jax import errors
 from r1jax import tiny_base
 from r1jax.run import checks
+from r1jax.run import xla_cache
 from r1jax.run import file_checks
 from r1jax.stages import evaluate as evaluate_stage
 from r1jax.stages import grpo
@@ -156,6 +157,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     # orbax and absl log every checkpoint step at INFO; progress goes to stdout.
     logging.set_verbosity(logging.WARNING)
+  xla_cache.enable()  # compiled programs kept for later runs
   config = _CONFIG.value
   workdir = os.path.abspath(_WORKDIR.value)
   logging.info('stage=%s workdir=%s', config.get('stage'), workdir)

@@ -11,6 +11,8 @@ and the stages).
     completions files, the exported model) and the file names;
   * `problems`: the train and held-out problems of a config;
   * `console`: the compile counter, the progress line, phase timers.
+  * `xla_cache`: where r1jax caches ($R1JAX_CACHE) and the persistent XLA
+    compilation cache the entry points turn on.
 
 Modules here import the leaves (model, sampling, rl, rewards, data, tokenizer,
 checkpoint, metrics, parallel, errors) and each other, never a stage or an
