@@ -24,6 +24,7 @@ import numpy as np
 
 from r1jax.model import gguf, hf
 from r1jax.run import loading
+from r1jax.run import xla_cache
 from r1jax.sampling import FINISH_STOP
 from r1jax.tokenizer import Tokenizer
 
@@ -146,4 +147,5 @@ def main(argv=None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout):
 
 
 if __name__ == '__main__':
+  xla_cache.enable()  # compiled programs kept for later runs
   sys.exit(main())

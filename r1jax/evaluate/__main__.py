@@ -5,6 +5,8 @@ the package r1jax.evaluate is the library every caller shares."""
 import sys
 
 from r1jax import evaluate_cli
+from r1jax.run import xla_cache
 
 if __name__ == '__main__':
+  xla_cache.enable()  # compiled programs kept for later runs
   sys.exit(evaluate_cli.main())
