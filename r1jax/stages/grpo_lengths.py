@@ -276,8 +276,9 @@ class LengthAware:
     return rows // parts * (self.prompt_len + self.completion_len)
 
   def _prompt_width(self, prompt_mask: np.ndarray) -> int:
-    return round_up(int(prompt_mask.sum(axis=1).max()), self.prompt_len,
-                    self.buckets)
+    # At least 2: the prompt cache holds all but the last prompt token.
+    return min(self.prompt_len, max(2, round_up(
+        int(prompt_mask.sum(axis=1).max()), self.prompt_len, self.buckets)))
 
   def _prompts(self, arrays: dict, prompt_width: int, rows: np.ndarray):
     """(prompt_tokens, prompt_mask) of the distinct prompts of `rows` (row
@@ -394,7 +395,7 @@ class LengthAware:
                                full_len=self.completion_len,
                                buckets=self.buckets, budget_tokens=budget,
                                divisor=self.divisor,
-                  call_tokens=self.call_tokens)))
+                               call_tokens=self.call_tokens)))
     if not self._worth_it([m for _, ms in plans for m in ms], b,
                           n * self.grad_accum):
       state, metrics = self._padded_update(state, batch)
