@@ -305,10 +305,11 @@ class LengthAware:
     return self._prompt_kv(params, *prompts)
 
   def _arrays(self, completions) -> dict:
+    """`_completion_arrays`, once each group's rows are checked to share
+    the prompt the passes compute once for them."""
     arrays = _completion_arrays(completions)
-    b = arrays['tokens'][0].shape[0]
-    if b % self.group_size:
-      raise ValueError(f'{b} rollout rows are not groups of {self.group_size}')
+    grpo_update.check_groups(arrays['prompt_tokens'][0],
+                             arrays['prompt_mask'][0], self.group_size)
     return arrays
 
   def _put(self, arrays: dict, micro: Micro, shape_key: str):
