@@ -213,12 +213,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.equal_time = ml_collections.ConfigDict(
       {'student_rl': 'teacher_traces,student_sft'})
 
-  c.order = (('zero',) + tuple(pipe.order)
+  # Stages run side by side, a core each (r1jax/pipeline_jobs.py): on the
+  # 2-core CPU two tiny-model stages with a core each do 1.5x the work per
+  # second of one stage on both. A stage starts in this order once the
+  # stages it reads have finished: the long ones that need only the base
+  # (R1-Zero, which pretrains it, the student's base and its RL) go first,
+  # so the R1 chain and the distillation fill the other core.
+  c.cores_per_stage = 1
+  c.order = (('zero', 'student_base', 'student_rl') + tuple(pipe.order)
+             + ('teacher_traces', 'student_sft', 'student_kd')
              + tuple(f'{m}_shots{k}' for m in ('zero', 'r1') for k in shots)
              + tuple(f'{m}_en_shots{k}' for m in ('zero', 'r1')
-                     for k in en_shots)
-             + ('teacher_traces', 'student_base', 'student_sft', 'student_kd',
-                'student_rl'))
+                     for k in en_shots))
   if args.ablations:
     # The paper's 'slight cost' of the language reward: reasoning RL from
     # the same cold start with the language weight 0.

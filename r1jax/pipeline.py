@@ -35,6 +35,15 @@ deviation over the seeds that finished it, and draws WORKDIR/study.png: the
 held-out curves of its GRPO stages, one line per seed (when matplotlib is
 installed).
 
+`cores_per_stage` (optional; 0, the default: one stage at a time, in this
+process, on every core) runs stages side by side instead, each in a process
+of its own pinned to that many cores (r1jax/pipeline_jobs.py): a stage
+starts once the stages it reads ('@name') have finished, in stage order,
+then seed order. Each stage's output goes to WORKDIR[/seed<S>]/<stage>.log.
+A stage's figures depend on its core count (XLA's summation order does), so
+they equal those of another run with the same `cores_per_stage`, not those
+of a run one stage at a time.
+
 `equal_time` (optional, with seeds) maps a GRPO stage to the comma-separated
 stages whose wall time it is compared at, e.g. {'student_rl':
 'teacher_traces,student_sft'}: the study then also prints that stage's
@@ -44,6 +53,7 @@ interpolated between the two evaluations that bracket it).
 """
 
 import difflib
+import functools
 import json
 import pathlib
 import time
@@ -54,6 +64,7 @@ import ml_collections
 
 from r1jax import config_checks
 from r1jax import errors
+from r1jax import pipeline_jobs
 from r1jax import study
 from r1jax import tiny_base
 from r1jax import train
@@ -70,7 +81,7 @@ def stage_dirs(config, workdir: pathlib.Path) -> dict[str, pathlib.Path]:
   return {name: workdir / name for name in config.order}
 
 
-_TOP_KEYS = ('order', 'seeds', 'equal_time')
+_TOP_KEYS = ('order', 'seeds', 'equal_time', 'cores_per_stage')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -106,6 +117,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                              'whole numbers (empty: one run, no seed folders)')
   if len(set(seeds)) != len(seeds):
     raise errors.ConfigError(f'config.seeds={tuple(seeds)} repeats a seed')
+  cores = config.get('cores_per_stage', 0)
+  if not isinstance(cores, int) or isinstance(cores, bool) or cores < 0:
+    raise errors.ConfigError(
+        f'config.cores_per_stage={cores!r} must be a whole number >= 0 (0: '
+        'one stage at a time, on every core)')
+  if cores:
+    pipeline_jobs.cpu_slots(cores)  # more cores than the machine: refused
   for key in config.keys():  # stage sections left out of order may stay
     if key not in _TOP_KEYS and key not in names and not (
         isinstance(config[key], ml_collections.ConfigDict)
@@ -252,7 +270,7 @@ def seed_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path
 def run(config: ml_collections.ConfigDict, workdir: str,
         only: tuple[str, ...] = (), overwrite: bool = False) -> dict[str, Any]:
   """Checks every stage of every seed (see `check`), then runs the stages in
-  order, seed after seed; returns {stage: its final metrics} (with seeds:
+  order, seed after seed (or side by side: `cores_per_stage`); returns {stage: its final metrics} (with seeds:
   {seed: {stage: ...}})."""
   validate_config(config)
   for name in only:
@@ -264,11 +282,15 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   for _, cfg, wd in runs:
     check(cfg, wd, overwrite)
   t0 = time.perf_counter()
-  per_seed = {}
-  for n, (seed, cfg, wd) in enumerate(runs):
-    if seed is not None:
-      print(f'##### seed {seed} ({n + 1} of {len(runs)}) in {wd}', flush=True)
-    per_seed[seed] = _run_stages(cfg, wd, only)
+  if config.get('cores_per_stage', 0):
+    per_seed = _run_side_by_side(config, runs, only)
+  else:
+    per_seed = {}
+    for n, (seed, cfg, wd) in enumerate(runs):
+      if seed is not None:
+        print(f'##### seed {seed} ({n + 1} of {len(runs)}) in {wd}',
+              flush=True)
+      per_seed[seed] = _run_stages(cfg, wd, only)
   if runs[0][0] is None:
     return per_seed[None]
   summary = {'seeds': {str(s): r for s, r in per_seed.items()},
@@ -295,6 +317,54 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return per_seed
 
 
+def stage_refs(stage_config: ml_collections.ConfigDict) -> list[str]:
+  """The stages whose workdirs `stage_config` reads ('@name', '@best:a,b')."""
+  return [ref for _, value in _strings(stage_config) if value.startswith('@')
+          for ref in _refs(value)]
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+             name: str) -> tuple[ml_collections.ConfigDict, pathlib.Path]:
+  dirs = stage_dirs(config, workdir)
+  return resolve(config[name], dirs), dirs[name]
+
+
+def _run_side_by_side(config: ml_collections.ConfigDict, runs,
+                      only: tuple[str, ...]) -> dict[Any, dict[str, Any]]:
+  """Runs the unfinished stages of every seed side by side
+  (`cores_per_stage`, module doc); returns {seed: {stage: done.json}}."""
+  jobs = []
+  for i, name in enumerate(config.order):
+    for seed, cfg, wd in runs:
+      key = name if seed is None else f'seed{seed}/{name}'
+      header = f'=== pipeline stage {i + 1}/{len(config.order)}: {key}'
+      if run_records.read_done(wd / name) is not None:
+        print(f'{header} ({cfg[name].stage}): finished before, skipped')
+      elif only and name not in only:
+        print(f'{header}: not in --only, skipped')
+      else:
+        deps = tuple(dict.fromkeys(
+            ref if seed is None else f'seed{seed}/{ref}'
+            for ref in stage_refs(cfg[name])))
+        jobs.append(pipeline_jobs.Job(
+            key, deps, functools.partial(_prepare, cfg, wd, name),
+            wd / f'{name}.log'))
+  keys = {j.key for j in jobs}
+  for j in jobs:  # finished (or left out) stages are not waited for
+    j.deps = tuple(d for d in j.deps if d in keys)
+  t0 = time.perf_counter()
+  if jobs:
+    pipeline_jobs.run_jobs(jobs, int(config.cores_per_stage))
+  per_seed = {}
+  for seed, cfg, wd in runs:
+    dirs = stage_dirs(cfg, wd)
+    results = {name: run_records.read_done(dirs[name])
+               for name in cfg.order}
+    per_seed[seed] = {n: r for n, r in results.items() if r is not None}
+    _seed_summary(cfg, wd, per_seed[seed], time.perf_counter() - t0)
+  return per_seed
+
+
 def _run_stages(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                 only: tuple[str, ...]) -> dict[str, Any]:
   """Runs (or skips, or resumes) the stages of one checked run in order."""
@@ -316,10 +386,19 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     stage_config = resolve(config[name], dirs)
     train.run(stage_config, str(dirs[name]))
     results[name] = run_records.read_done(dirs[name]) or {}
+  _seed_summary(config, workdir, results, time.perf_counter() - t0)
+  return results
+
+
+def _seed_summary(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                  results: dict[str, Any], wall_time_s: float) -> None:
+  """Writes WORKDIR/pipeline.json and prints the stage table."""
+  workdir.mkdir(parents=True, exist_ok=True)
   # This invocation's time, and the stages' own (a restart skips some).
-  summary = {'stages': results, 'wall_time_s': time.perf_counter() - t0,
+  summary = {'stages': results, 'wall_time_s': wall_time_s,
              'stages_wall_time_s': sum(float(r.get('wall_time_s', 0.0))
-                                       for r in results.values())}
+                                       for r in results.values()),
+             'cores_per_stage': int(config.get('cores_per_stage', 0) or 0)}
   run_records.write_text_atomic(workdir / 'pipeline.json',
                                 json.dumps(summary, indent=1, default=str))
   print(stage_table(config, results))
@@ -327,7 +406,6 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         f' (the stages\' own wall time in all: '
         f'{console.format_seconds(summary["stages_wall_time_s"])}); summary in '
         f'{workdir / "pipeline.json"}')
-  return results
 
 
 # Columns of the end-of-run table: (header, done.json key). Every training

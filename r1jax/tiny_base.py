@@ -22,8 +22,13 @@ directory swap (r1jax/atomic.py), so a kill leaves the whole base or none.
     line;
   * failed the ability check: refused, one line with the figures and what to
     change, unless `model.require_ability` is False.
+Processes that need the same missing base (a pipeline's stages run side by
+side, r1jax/pipeline_jobs.py) take turns on a lock file beside it
+(`.<key>.lock`): one pretrains, the others wait and then load it.
 """
 
+import contextlib
+import fcntl
 import pathlib
 import time
 from typing import Callable
@@ -63,6 +68,29 @@ def _set_aside(path: pathlib.Path, why: str) -> pathlib.Path:
   return dest
 
 
+@contextlib.contextmanager
+def _turn(path: pathlib.Path, log: Callable[[str], None]):
+  """Holds the lock file of the base at `path` (module doc); without one
+  where the directory is read-only (a base made there before is only read)."""
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path.parent / f'.{path.name}.lock', 'a')
+  except OSError:
+    yield
+    return
+  with f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      log(f'stage pretrain_tiny: another process is making the base at '
+          f'{path}; waiting for it')
+      fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure(config, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
   """Makes config.model.hf_path a complete, checked base (module doc)."""
   resolve(config)
@@ -71,6 +99,16 @@ def ensure(config, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
     return
   path = pathlib.Path(mc.hf_path)
   tiny = bool(mc.get('pretrain_if_missing', False))
+  if not tiny:
+    _ensure(config, path, tiny, workdir, log)
+    return
+  with _turn(path, log):
+    _ensure(config, path, tiny, workdir, log)
+
+
+def _ensure(config, path: pathlib.Path, tiny: bool, workdir: pathlib.Path,
+            log: Callable[[str], None]) -> None:
+  mc = config.model
   # A directory of the cache (named by this config's key) follows the cache
   # rules; any other directory is the user's and is never moved.
   cached = tiny and path.name == base_ability.base_key(pretrain_config(config))
