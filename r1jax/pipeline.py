@@ -445,6 +445,16 @@ def stage_table(config: ml_collections.ConfigDict,
   return '\n'.join(lines)
 
 
+def run_job(job_file: str) -> None:
+  """A side-by-side stage's process (r1jax/pipeline_jobs.py), once pinned:
+  runs the stage of `job_file`; an error exits with its one line."""
+  job = pipeline_jobs.read_job(job_file)
+  logging.set_verbosity(logging.WARNING)
+  xla_cache.enable()
+  with errors.one_line():
+    train.run(job['config'], job['workdir'])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')

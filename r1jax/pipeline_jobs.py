@@ -38,8 +38,11 @@ from typing import Any, Callable
 
 from r1jax import errors
 
-# The child: pin, then import JAX (r1jax.train) and run the stage.
-_CHILD = 'import sys; from r1jax import pipeline_jobs; pipeline_jobs.child_main(sys.argv[1:])'
+# The child (argv: parent pid, cpus, job file): pin, then import JAX (with
+# r1jax.pipeline) and run the stage.
+_CHILD = ('import sys; from r1jax import pipeline_jobs; '
+          'pipeline_jobs.pin(*sys.argv[1:3]); from r1jax import pipeline; '
+          'pipeline.run_job(sys.argv[3])')
 _POLL_S = 0.5
 
 
@@ -204,18 +207,14 @@ def _die_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def child_main(argv: list[str]) -> None:
-  """A job's process (see `_start`): pins itself, then runs the stage."""
-  parent, cpus, job_file = argv
+def pin(parent: str, cpus: str) -> None:
+  """A stage process's first step (see `_CHILD`): die with the pipeline,
+  run on `cpus` ('0,1')."""
   _die_with_parent(int(parent))
   if hasattr(os, 'sched_setaffinity'):
     os.sched_setaffinity(0, {int(c) for c in cpus.split(',')})
-  job = pickle.loads(pathlib.Path(job_file).read_bytes())
-  # JAX starts here, on the pinned cores.
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  from r1jax import train  # pylint: disable=g-import-not-at-top
-  from r1jax.run import xla_cache  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)
-  xla_cache.enable()
-  with errors.one_line():
-    train.run(job['config'], job['workdir'])
+
+
+def read_job(job_file: str) -> dict[str, Any]:
+  """{'config', 'workdir'} of a job file `_start` wrote."""
+  return pickle.loads(pathlib.Path(job_file).read_bytes())

@@ -6,7 +6,7 @@
   evaluation   r1jax.evaluate, base_ability
   stages       r1jax.stages.* (a stage and its own helper modules; a stage
                never imports another stage)
-  entry points train, pipeline, evaluate_cli, evaluate/__main__, runs,
+  entry points train, pipeline (+ pipeline_jobs), evaluate_cli, evaluate/__main__, runs,
                generate, config_checks, tiny_base: the only modules that
                read experiments/
 
@@ -29,7 +29,8 @@ LEAVES = ('r1jax.model', 'r1jax.sampling', 'r1jax.rl', 'r1jax.rewards',
 RUN = ('r1jax.run', 'r1jax.memory', 'r1jax.checkpoint_source')
 EVALUATION = ('r1jax.evaluate', 'r1jax.base_ability')
 STAGES = ('r1jax.stages',)
-ENTRY = ('r1jax.train', 'r1jax.pipeline', 'r1jax.study',
+ENTRY = ('r1jax.train', 'r1jax.pipeline', 'r1jax.pipeline_jobs',
+         'r1jax.study',
          'r1jax.evaluate_cli',
          'r1jax.evaluate.__main__', 'r1jax.runs', 'r1jax.generate',
          'r1jax.config_checks', 'r1jax.tiny_base', 'r1jax')
