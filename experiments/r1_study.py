@@ -213,15 +213,21 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.equal_time = ml_collections.ConfigDict(
       {'student_rl': 'teacher_traces,student_sft'})
 
-  # Stages run side by side, a core each (r1jax/pipeline_jobs.py): on the
-  # 2-core CPU two tiny-model stages with a core each do 1.5x the work per
-  # second of one stage on both. A stage starts in this order once the
-  # stages it reads have finished: the long ones that need only the base
-  # (R1-Zero, which pretrains it, the student's base and its RL) go first,
-  # so the R1 chain and the distillation fill the other core.
-  c.cores_per_stage = 1
-  c.order = (('zero', 'student_base', 'student_rl') + tuple(pipe.order)
-             + ('teacher_traces', 'student_sft', 'student_kd')
+  # Stages run side by side (r1jax/pipeline_jobs.py). On the 2-core CPU a
+  # GRPO stage on one core beside another does 1.5x the work per second of
+  # one on both cores; SFT does not (pretraining on one core beside another
+  # stage is 2.6x slower), so SFT stages (and the tiny bases) take both
+  # cores and the others one: their figures are those of a run with as many
+  # cores (a 2-core machine's, for SFT). --config.cores_per_stage=0 runs one
+  # stage at a time on every core.
+  c.cores_per_stage = 'sft=2,grpo=1,rejection_sampling=1,evaluate=1'
+  # A stage starts in this order once what it reads is there and its cores
+  # are free: the longest chains first (the R1 chain, then the student's
+  # base and R1-Zero), the short evaluations last, so the cores stay busy.
+  c.order = (tuple(pipe.order[:2]) + ('student_base', 'zero')
+             + tuple(pipe.order[2:4]) + ('student_rl',)
+             + tuple(pipe.order[4:]) + ('teacher_traces', 'student_kd',
+                                        'student_sft')
              + tuple(f'{m}_shots{k}' for m in ('zero', 'r1') for k in shots)
              + tuple(f'{m}_en_shots{k}' for m in ('zero', 'r1')
                      for k in en_shots))

@@ -37,12 +37,15 @@ installed).
 
 `cores_per_stage` (optional; 0, the default: one stage at a time, in this
 process, on every core) runs stages side by side instead, each in a process
-of its own pinned to that many cores (r1jax/pipeline_jobs.py): a stage
-starts once the stages it reads ('@name') have finished, in stage order,
-then seed order. Each stage's output goes to WORKDIR[/seed<S>]/<stage>.log.
-A stage's figures depend on its core count (XLA's summation order does), so
-they equal those of another run with the same `cores_per_stage`, not those
-of a run one stage at a time.
+of its own pinned to that many cores (r1jax/pipeline_jobs.py); a mapping
+gives each stage kind its own count ({'sft': 2, 'grpo': 1}, or the string
+'sft=2,grpo=1'; a kind left out gets 1; a tiny base to pretrain counts as
+'sft'; on the command line --config.cores_per_stage=0 turns it off). A stage starts once the
+stages it reads ('@name') and the tiny base it starts from are there (each
+missing base is a job of its own), in stage order, then seed order. Each
+job's output goes to WORKDIR[/seed<S>]/<stage>.log. A stage's figures depend
+on its core count (XLA's summation order does), so they equal those of
+another run that gave it as many cores.
 
 `equal_time` (optional, with seeds) maps a GRPO stage to the comma-separated
 stages whose wall time it is compared at, e.g. {'student_rl':
@@ -117,13 +120,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                              'whole numbers (empty: one run, no seed folders)')
   if len(set(seeds)) != len(seeds):
     raise errors.ConfigError(f'config.seeds={tuple(seeds)} repeats a seed')
-  cores = config.get('cores_per_stage', 0)
-  if not isinstance(cores, int) or isinstance(cores, bool) or cores < 0:
-    raise errors.ConfigError(
-        f'config.cores_per_stage={cores!r} must be a whole number >= 0 (0: '
-        'one stage at a time, on every core)')
-  if cores:
-    pipeline_jobs.cpu_slots(cores)  # more cores than the machine: refused
+  cores = cores_spec(config)
+  for kind, n in (cores.items() if isinstance(cores, dict) else ()):
+    if kind not in train.STAGES:
+      raise errors.ConfigError(
+          f'config.cores_per_stage names the stage kind {kind!r}; kinds: '
+          f'{", ".join(train.STAGES)}')
+    pipeline_jobs.check_cores(n, f'config.cores_per_stage {kind}')
+  if isinstance(cores, int) and cores:
+    pipeline_jobs.check_cores(cores, 'config.cores_per_stage (0: one stage '
+                              'at a time, on every core)')
   for key in config.keys():  # stage sections left out of order may stay
     if key not in _TOP_KEYS and key not in names and not (
         isinstance(config[key], ml_collections.ConfigDict)
@@ -282,7 +288,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   for _, cfg, wd in runs:
     check(cfg, wd, overwrite)
   t0 = time.perf_counter()
-  if config.get('cores_per_stage', 0):
+  if _side_by_side(config):
     per_seed = _run_side_by_side(config, runs, only)
   else:
     per_seed = {}
@@ -323,38 +329,101 @@ def stage_refs(stage_config: ml_collections.ConfigDict) -> list[str]:
           for ref in _refs(value)]
 
 
-def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-             name: str) -> tuple[ml_collections.ConfigDict, pathlib.Path]:
+def cores_spec(config: ml_collections.ConfigDict) -> int | dict[str, int]:
+  """config.cores_per_stage: a number (every stage; 0: one stage at a time)
+  or {stage kind: cores}, from an int, a mapping or a string ('2',
+  'sft=2,grpo=1')."""
+  value = config.get('cores_per_stage', 0)
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if isinstance(value, str):
+    text = value.replace(' ', '')
+    try:
+      value = (dict((k, int(v)) for k, v in (p.split('=') for p in
+                                              text.split(',')))
+               if '=' in text else int(text or 0))
+    except ValueError:
+      raise errors.ConfigError(
+          f'config.cores_per_stage={value!r}: write a number (every stage; 0: '
+          "one at a time) or kinds and numbers, 'sft=2,grpo=1'") from None
+  if isinstance(value, bool) or not isinstance(value, (int, dict)):
+    raise errors.ConfigError(
+        f'config.cores_per_stage={value!r} must be a number or a mapping of '
+        'stage kinds to numbers')
+  if isinstance(value, int) and value < 0:
+    raise errors.ConfigError(
+        f'config.cores_per_stage={value} must be >= 0 (0: one stage at a time, '
+        'on every core)')
+  return value
+
+
+def stage_cores(config: ml_collections.ConfigDict, kind: str) -> int:
+  """The cores a stage of `kind` runs on side by side; 0: one at a time."""
+  cores = cores_spec(config)
+  return int(cores.get(kind, 1)) if isinstance(cores, dict) else cores
+
+
+def _side_by_side(config: ml_collections.ConfigDict) -> bool:
+  return cores_spec(config) not in (0, {})
+
+
+def _stage_job(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+               name: str) -> dict[str, Any]:
   dirs = stage_dirs(config, workdir)
-  return resolve(config[name], dirs), dirs[name]
+  return {'config': resolve(config[name], dirs), 'workdir': str(dirs[name])}
+
+
+def _base_job(stage_config: ml_collections.ConfigDict,
+              workdir: pathlib.Path) -> dict[str, Any]:
+  return {'config': stage_config, 'workdir': str(workdir), 'base_only': True}
+
+
+def side_by_side_jobs(config: ml_collections.ConfigDict, runs,
+                      only: tuple[str, ...] = ()) -> list[pipeline_jobs.Job]:
+  """The jobs of `runs` (`seed_runs`) side by side: each missing tiny base,
+  then each unfinished stage (in --only, when given), stage by stage, seed by
+  seed; each waits for the stages it reads and the base it starts from."""
+  bases: dict[str, pipeline_jobs.Job] = {}
+  jobs = []
+  for i, name in enumerate(config.order):
+    for seed, cfg, wd in runs:
+      prefix = '' if seed is None else f'seed{seed}/'
+      header = f'=== pipeline stage {i + 1}/{len(config.order)}: {prefix}{name}'
+      if run_records.read_done(wd / name) is not None:
+        print(f'{header} ({cfg[name].stage}): finished before, skipped')
+        continue
+      if only and name not in only:
+        print(f'{header}: not in --only, skipped')
+        continue
+      deps = [prefix + ref for ref in stage_refs(cfg[name])]
+      stage_config = resolve(cfg[name], stage_dirs(cfg, wd))
+      base = tiny_base.missing(stage_config)
+      if base is not None:  # pretrained once, before the stages that need it
+        key = f'{prefix}base {base.name}'
+        if key not in bases:
+          bases[key] = pipeline_jobs.Job(
+              key, (), functools.partial(_base_job, stage_config, wd),
+              wd / f'base-{base.name}.log', stage_cores(config, 'sft'))
+        deps.append(key)
+      jobs.append(pipeline_jobs.Job(
+          prefix + name, tuple(dict.fromkeys(deps)),
+          functools.partial(_stage_job, cfg, wd, name), wd / f'{name}.log',
+          stage_cores(config, cfg[name].stage)))
+  jobs = list(bases.values()) + jobs
+  keys = {j.key for j in jobs}
+  for j in jobs:  # finished (or left out) stages are not waited for
+    j.deps = tuple(d for d in j.deps if d in keys)
+  return jobs
 
 
 def _run_side_by_side(config: ml_collections.ConfigDict, runs,
                       only: tuple[str, ...]) -> dict[Any, dict[str, Any]]:
   """Runs the unfinished stages of every seed side by side
   (`cores_per_stage`, module doc); returns {seed: {stage: done.json}}."""
-  jobs = []
-  for i, name in enumerate(config.order):
-    for seed, cfg, wd in runs:
-      key = name if seed is None else f'seed{seed}/{name}'
-      header = f'=== pipeline stage {i + 1}/{len(config.order)}: {key}'
-      if run_records.read_done(wd / name) is not None:
-        print(f'{header} ({cfg[name].stage}): finished before, skipped')
-      elif only and name not in only:
-        print(f'{header}: not in --only, skipped')
-      else:
-        deps = tuple(dict.fromkeys(
-            ref if seed is None else f'seed{seed}/{ref}'
-            for ref in stage_refs(cfg[name])))
-        jobs.append(pipeline_jobs.Job(
-            key, deps, functools.partial(_prepare, cfg, wd, name),
-            wd / f'{name}.log'))
-  keys = {j.key for j in jobs}
-  for j in jobs:  # finished (or left out) stages are not waited for
-    j.deps = tuple(d for d in j.deps if d in keys)
+  jobs = side_by_side_jobs(config, runs, only)
   t0 = time.perf_counter()
   if jobs:
-    pipeline_jobs.run_jobs(jobs, int(config.cores_per_stage))
+    pipeline_jobs.run_jobs(jobs)
   per_seed = {}
   for seed, cfg, wd in runs:
     dirs = stage_dirs(cfg, wd)
@@ -398,7 +467,9 @@ def _seed_summary(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   summary = {'stages': results, 'wall_time_s': wall_time_s,
              'stages_wall_time_s': sum(float(r.get('wall_time_s', 0.0))
                                        for r in results.values()),
-             'cores_per_stage': int(config.get('cores_per_stage', 0) or 0)}
+             'cores_per_stage': {
+                 name: stage_cores(config, config[name].stage)
+                 for name in results}}
   run_records.write_text_atomic(workdir / 'pipeline.json',
                                 json.dumps(summary, indent=1, default=str))
   print(stage_table(config, results))
@@ -452,7 +523,10 @@ def run_job(job_file: str) -> None:
   logging.set_verbosity(logging.WARNING)
   xla_cache.enable()
   with errors.one_line():
-    train.run(job['config'], job['workdir'])
+    if job.get('base_only'):  # the tiny base a stage starts from
+      tiny_base.ensure(job['config'], pathlib.Path(job['workdir']), print)
+    else:
+      train.run(job['config'], job['workdir'])
 
 
 def main(argv):

@@ -1,24 +1,29 @@
 """A pipeline's stages side by side: each stage a process of its own, pinned
-to cores of its own (a pipeline config's `cores_per_stage`, r1jax/pipeline.py).
+to cores of its own (a pipeline config's `cores_per_stage`,
+r1jax/pipeline.py).
 
-A tiny model's GRPO step does not use two cores well (on the 2-core CPU of
-the README, one stage on both cores takes 5.5 s a step, two stages with a
-core each 7.4 s a step each: 1.5x the work per second). A study has many
-stages that do not need each other (its seeds; within a seed, R1-Zero, the R1
-chain, the student's base), so `run_jobs` runs as many at once as the cores
-hold, `cores_per_stage` each:
+A tiny model's GRPO step does not use two cores well: on the 2-core CPU of
+the README one GRPO stage on both cores takes 5.5 s a step, two with a core
+each 7.4 s a step each (1.5x the work per second). Its SFT does (pretraining
+on one core is 1.8x slower alone, 2.6x beside another stage), so a study
+gives SFT stages both cores and the others one (`cores_per_stage` maps a
+stage kind to its cores). A study has many stages that do not need each
+other (its seeds; within a seed, R1-Zero, the R1 chain, the student's base),
+so `run_jobs` runs as many at once as the cores hold:
 
-  * a stage starts when the stages it reads ('@name' references) have
-    finished, in the order of the job list (the pipeline's: stage order,
-    then seed);
+  * a job starts when the jobs it waits for (the stages it reads, '@name';
+    the tiny base it starts from) have finished and its cores are free,
+    the first such in the job list's order (the pipeline's: each seed's
+    tiny base, then stage order, then seed); a job that does not fit lets
+    a later one that does start;
   * each runs as `python -c ...` in a child process whose CPU affinity is
     its cores, set before JAX starts, so XLA's thread pool has that many
-    threads: a stage's figures depend on `cores_per_stage`, not on the
-    machine's core count or on what runs beside it;
+    threads: a stage's figures depend on its core count (XLA's summation
+    order does), not on the machine's cores or on what runs beside it;
   * its output goes to its log file; this process prints one line when a
-    stage starts and one when it ends;
-  * a failed stage stops new starts; the running ones finish (their work is
-    kept), then the pipeline stops with the failed stage's error and log;
+    job starts and one when it ends;
+  * a failed job stops new starts; the running ones finish (their work is
+    kept), then the pipeline stops with the failed job's error and log;
   * a child dies with this process (Linux: PR_SET_PDEATHSIG), so a killed
     pipeline leaves no stage running, and the same command resumes it.
 
@@ -48,12 +53,14 @@ _POLL_S = 0.5
 
 @dataclasses.dataclass
 class Job:
-  """A stage to run: `prepare()` returns its (resolved) config and workdir
-  when it starts (after `deps`, keys of other jobs, have finished)."""
+  """A job to run on `cores` CPUs: `prepare()` returns its payload (for the
+  child, r1jax.pipeline.run_job) when it starts, after `deps` (keys of
+  other jobs) have finished."""
   key: str
   deps: tuple[str, ...]
-  prepare: Callable[[], tuple[Any, pathlib.Path]]
+  prepare: Callable[[], dict[str, Any]]
   log: pathlib.Path
+  cores: int = 1
 
 
 def machine_cpus() -> list[int]:
@@ -63,18 +70,14 @@ def machine_cpus() -> list[int]:
   return list(range(os.cpu_count() or 1))
 
 
-def cpu_slots(cores_per_stage: int, cpus: list[int] | None = None
-              ) -> list[tuple[int, ...]]:
-  """Disjoint sets of `cores_per_stage` CPUs, as many as `cpus` hold."""
+def check_cores(cores: int, what: str, cpus: list[int] | None = None) -> None:
+  """`cores` (of config field `what`) is a whole number the CPUs hold."""
   cpus = machine_cpus() if cpus is None else cpus
-  if cores_per_stage < 1 or cores_per_stage > len(cpus):
+  if (not isinstance(cores, int) or isinstance(cores, bool) or cores < 1
+      or cores > len(cpus)):
     raise errors.ConfigError(
-        f'config.cores_per_stage={cores_per_stage} must be between 1 and the '
-        f'{len(cpus)} CPUs this process may use (0: one stage at a time on '
-        'every core)')
-  n = len(cpus) // cores_per_stage
-  return [tuple(cpus[i * cores_per_stage:(i + 1) * cores_per_stage])
-          for i in range(n)]
+        f'{what}={cores!r} must be a whole number between 1 and the '
+        f'{len(cpus)} CPUs this process may use')
 
 
 def _stamp() -> str:
@@ -103,47 +106,45 @@ def _error_line(path: pathlib.Path) -> str:
   return lines[-1].rsplit('\r', 1)[-1] if lines else ''
 
 
-def run_jobs(jobs: list[Job], cores_per_stage: int,
-             say: Callable[[str], None] = print) -> dict[str, float]:
+def run_jobs(jobs: list[Job], say: Callable[[str], None] = print
+             ) -> dict[str, float]:
   """Runs `jobs` side by side (module doc); returns {key: seconds it ran}.
   Raises ConfigError naming the first failed job once the others ended."""
-  slots = cpu_slots(cores_per_stage)
+  cpus = machine_cpus()
   keys = {j.key for j in jobs}
   for j in jobs:
+    check_cores(j.cores, f'the cores of {j.key}', cpus)
     for d in j.deps:
       if d not in keys:
         raise ValueError(f'job {j.key} waits for {d}, which is not a job')
-  free = list(slots)
+  free = list(cpus)
   pending = list(jobs)
-  running: dict[str, tuple[subprocess.Popen, Job, tuple[int, ...], float]] = {}
+  running: dict[str, tuple[subprocess.Popen, Job, list[int], float]] = {}
   finished: set[str] = set()
   failed: list[tuple[Job, int]] = []
   times: dict[str, float] = {}
-  say(f'[{_stamp()}] {len(jobs)} stages, up to {len(slots)} at once, '
-      f'{cores_per_stage} core{"s" if cores_per_stage > 1 else ""} each')
+  say(f'[{_stamp()}] {len(jobs)} jobs on {len(cpus)} CPUs')
   try:
     while pending or running:
-      while not failed and free:
-        job = next((j for j in pending
-                    if all(d in finished for d in j.deps)), None)
-        if job is None:
+      for job in list(pending):
+        if failed:
           break
-        pending.remove(job)
-        cpus = free.pop(0)
-        running[job.key] = (_start(job, cpus), job, cpus, time.perf_counter())
-        cores = ','.join(map(str, cpus))
-        say(f'[{_stamp()}] {job.key}: started on cpu {cores} '
-            f'(log {job.log})')
+        if (job.cores <= len(free)
+            and all(d in finished for d in job.deps)):
+          pending.remove(job)
+          mine, free = free[:job.cores], free[job.cores:]
+          running[job.key] = (_start(job, mine), job, mine, time.perf_counter())
+          say(f'[{_stamp()}] {job.key}: started on cpu '
+              f'{",".join(map(str, mine))} (log {job.log})')
       if not running:
         break  # a failure left jobs that will not start
       time.sleep(_POLL_S)
-      for key, (proc, job, cpus, t0) in list(running.items()):
+      for key, (proc, job, mine, t0) in list(running.items()):
         rc = proc.poll()
         if rc is None:
           continue
         del running[key]
-        free.append(cpus)
-        free.sort()
+        free = sorted(free + mine)
         times[key] = time.perf_counter() - t0
         if rc == 0:
           finished.add(key)
@@ -156,7 +157,7 @@ def run_jobs(jobs: list[Job], cores_per_stage: int,
               f'{_minutes(times[key])}; the end of {job.log}:\n'
               f'{_tail(job.log)}')
           if running:
-            say(f'[{_stamp()}] no new stage starts; waiting for the '
+            say(f'[{_stamp()}] no new job starts; waiting for the '
                 f'{len(running)} running to finish (their work is kept)')
   finally:
     for proc, *_ in running.values():  # interrupted: stop the children
@@ -172,7 +173,7 @@ def run_jobs(jobs: list[Job], cores_per_stage: int,
         f'stage {job.key} failed (exit status {rc}): {_error_line(job.log)} '
         f'(its output: {job.log}). The stages that finished are kept; the '
         'same command resumes the rest'
-        + (f'; {len(pending)} stages did not start' if pending else ''))
+        + (f'; {len(pending)} jobs did not start' if pending else ''))
   return times
 
 
@@ -180,12 +181,11 @@ def _minutes(s: float) -> str:
   return f'{int(s // 60)}m{int(s % 60):02d}s'
 
 
-def _start(job: Job, cpus: tuple[int, ...]) -> subprocess.Popen:
-  config, workdir = job.prepare()
+def _start(job: Job, cpus: list[int]) -> subprocess.Popen:
+  payload = job.prepare()
   job.log.parent.mkdir(parents=True, exist_ok=True)
   job_file = job.log.with_name(job.log.name + '.job')
-  job_file.write_bytes(pickle.dumps({'config': config,
-                                     'workdir': str(workdir)}))
+  job_file.write_bytes(pickle.dumps(payload))
   with open(job.log, 'ab') as log:
     log.write(f'##### [{time.strftime("%Y-%m-%d %H:%M:%S")}] {job.key} on '
               f'cpu {",".join(map(str, cpus))}\n'.encode())
@@ -216,5 +216,5 @@ def pin(parent: str, cpus: str) -> None:
 
 
 def read_job(job_file: str) -> dict[str, Any]:
-  """{'config', 'workdir'} of a job file `_start` wrote."""
+  """The payload of a job file `_start` wrote."""
   return pickle.loads(pathlib.Path(job_file).read_bytes())

@@ -62,6 +62,25 @@ def resolve(config) -> None:
           BASE_KEY, base_ability.base_key(pretrain_config(config)))
 
 
+def missing(config) -> pathlib.Path | None:
+  """The cache directory of the tiny base `config` starts from when the
+  config asks for it to be pretrained and it is not there yet (a pipeline
+  pretrains it before the stages that need it); else None."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  resolve(config)
+  mc = config.get('model')
+  if (mc is None or not mc.get('hf_path')
+      or not mc.get('pretrain_if_missing', False)):
+    return None
+  path = pathlib.Path(mc.hf_path)
+  if path.name != base_ability.base_key(pretrain_config(config)):
+    return None  # not a directory of the cache
+  if ((path / 'config.json').is_file()
+      and (path / base_ability.ABILITY_FILE).is_file()):
+    return None
+  return path
+
+
 def _set_aside(path: pathlib.Path, why: str) -> pathlib.Path:
   dest = path.with_name(f'{path.name}.{why}-{time.strftime("%Y%m%d-%H%M%S")}')
   path.rename(dest)

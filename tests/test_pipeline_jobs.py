@@ -1,6 +1,7 @@
 """Stages side by side (config.cores_per_stage, r1jax/pipeline_jobs.py): the
 order they wait for, a failed stage, a killed pipeline, the tiny base's lock."""
 
+import json
 import os
 import pathlib
 import signal
@@ -10,8 +11,10 @@ import textwrap
 import threading
 import time
 
+import ml_collections
 import pytest
 
+from experiments import r1_study
 from r1jax import errors
 from r1jax import pipeline
 from r1jax import pipeline_jobs
@@ -28,21 +31,73 @@ def base(tmp_path_factory):
   return grpo_helpers.make_tiny_base(tmp_path_factory.mktemp('base') / 'hf')
 
 
-def test_cpu_slots_and_config_errors(base):
-  assert pipeline_jobs.cpu_slots(1, [0, 1, 2]) == [(0,), (1,), (2,)]
-  assert pipeline_jobs.cpu_slots(2, [4, 5, 6, 7, 8]) == [(4, 5), (6, 7)]
-  with pytest.raises(errors.ConfigError, match='between 1 and the 2 CPUs'):
-    pipeline_jobs.cpu_slots(3, [0, 1])
+def test_cores_per_stage_forms_and_errors(base):
+  assert pipeline.cores_spec(_study(base)) == 0
+  for value, want in ((1, 1), ('2', 2), ('0', 0),
+                      ('sft=2, grpo=1', {'sft': 2, 'grpo': 1}),
+                      (ml_collections.ConfigDict({'evaluate': 1}),
+                       {'evaluate': 1})):
+    c = _study(base)
+    c.cores_per_stage = value
+    assert pipeline.cores_spec(c) == want
   c = _study(base)
-  c.cores_per_stage = -1
-  with pytest.raises(errors.ConfigError, match='cores_per_stage=-1'):
-    pipeline.validate_config(c)
-  c.cores_per_stage = len(pipeline_jobs.machine_cpus()) + 1
-  with pytest.raises(errors.ConfigError, match='CPUs this process may use'):
-    pipeline.validate_config(c)
+  c.cores_per_stage = 'sft=2'
+  assert pipeline.stage_cores(c, 'sft') == 2
+  assert pipeline.stage_cores(c, 'grpo') == 1  # a kind left out: 1
+  too_many = len(pipeline_jobs.machine_cpus()) + 1
+  for value, match in ((-1, 'must be >= 0'), ('sft=x', "'sft=2,grpo=1'"),
+                       ('sfx=1', "stage kind 'sfx'"), (True, 'a number'),
+                       (too_many, 'CPUs this process may use'),
+                       (f'grpo={too_many}', 'cores_per_stage grpo'),
+                       ('grpo=0', 'between 1 and')):
+    c = _study(base)
+    c.cores_per_stage = value
+    with pytest.raises(errors.ConfigError, match=match):
+      pipeline.validate_config(c)
+  with pytest.raises(errors.ConfigError, match='between 1 and the 2 CPUs'):
+    pipeline_jobs.check_cores(3, 'x', [0, 1])
   c = _study(base)
   assert pipeline.stage_refs(c.c) == ['a', 'b']
   assert pipeline.stage_refs(c.a) == []
+
+
+def test_each_missing_tiny_base_is_one_job_before_its_stages(tmp_path,
+                                                            monkeypatch):
+  monkeypatch.setenv('R1JAX_CACHE', str(tmp_path / 'cache'))
+  c = r1_study.get_config('runlocal')
+  runs = pipeline.seed_runs(c, tmp_path / 'study')
+  jobs = pipeline.side_by_side_jobs(c, runs)
+  by_key = {j.key: j for j in jobs}
+  assert len(by_key) == len(jobs)
+  bases = [j for j in jobs if '/base ' in j.key]
+  assert [j.key.split('/')[0] for j in bases] == ['seed0', 'seed1']
+  assert jobs[:2] == bases and all(j.cores == 2 and not j.deps for j in bases)
+  assert len(jobs) == 2 + 2 * len(c.order)
+  for seed, base_job in zip((0, 1), bases):
+    s = f'seed{seed}/'
+    # R1-Zero, the cold start and stage 3's SFT start from the tiny base.
+    for name in ('zero', 'cold_start', 'sft'):
+      assert base_job.key in by_key[s + name].deps, name
+    assert by_key[s + 'reasoning_rl'].deps == (s + 'cold_start',)
+    assert set(by_key[s + 'teacher_traces'].deps) == {s + 'final_rl',
+                                                      s + 'zero'}
+    assert by_key[s + 'student_base'].deps == ()  # pretrained from scratch
+    assert by_key[s + 'student_base'].cores == 2  # an SFT stage
+    assert by_key[s + 'zero'].cores == 1 and by_key[s + 'rejection'].cores == 1
+    payload = base_job.prepare()
+    assert payload['base_only'] and payload['workdir'] == str(
+        tmp_path / 'study' / f'seed{seed}')
+  # With the bases in the cache, no base job.
+  for j in bases:
+    path = tiny_base.missing(j.prepare()['config'])
+    path.mkdir(parents=True)
+    (path / 'config.json').write_text('{}')
+    (path / 'base_ability.json').write_text('{}')
+    assert tiny_base.missing(j.prepare()['config']) is None
+  jobs = pipeline.side_by_side_jobs(c, runs)
+  assert not [j for j in jobs if '/base ' in j.key]
+  assert all(not d.split('/')[-1].startswith('base ') for j in jobs
+             for d in j.deps)
 
 
 @pytest.mark.slow
@@ -53,8 +108,8 @@ def test_side_by_side_study_waits_for_what_each_stage_reads(base, tmp_path,
   results = pipeline.run(c, str(tmp_path))
   out = capsys.readouterr().out
   assert sorted(results) == [0, 1]
-  slots = len(pipeline_jobs.cpu_slots(1))
-  assert f'6 stages, up to {slots} at once, 1 core each' in out
+  cpus = len(pipeline_jobs.machine_cpus())
+  assert f'6 jobs on {cpus} CPUs' in out
   for seed in (0, 1):
     wd = tmp_path / f'seed{seed}'
     assert sorted(results[seed]) == ['a', 'b', 'c']
@@ -71,7 +126,8 @@ def test_side_by_side_study_waits_for_what_each_stage_reads(base, tmp_path,
       log = (wd / f'{n}.log').read_text()
       assert f'seed{seed}/{n} on cpu ' in log and 'held-out' in log
       assert not (wd / f'{n}.log.job').exists()
-    assert '"cores_per_stage": 1' in (wd / 'pipeline.json').read_text()
+    cores = json.loads((wd / 'pipeline.json').read_text())['cores_per_stage']
+    assert cores == {'a': 1, 'b': 1, 'c': 1}
   assert (tmp_path / 'study.md').is_file()
   # A second run finds every stage finished.
   pipeline.run(c, str(tmp_path))
