@@ -37,15 +37,15 @@ installed).
 
 `cores_per_stage` (optional; 0, the default: one stage at a time, in this
 process, on every core) runs stages side by side instead, each in a process
-of its own pinned to that many cores (r1jax/pipeline_jobs.py); a mapping
+of its own pinned to that many cores (r1jax/pipeline_jobs.py). A mapping
 gives each stage kind its own count ({'sft': 2, 'grpo': 1}, or the string
 'sft=2,grpo=1'; a kind left out gets 1; a tiny base to pretrain counts as
-'sft'; on the command line --config.cores_per_stage=0 turns it off). A stage starts once the
+'sft'); --config.cores_per_stage=0 turns it off. A stage starts once the
 stages it reads ('@name') and the tiny base it starts from are there (each
-missing base is a job of its own), in stage order, then seed order. Each
-job's output goes to WORKDIR[/seed<S>]/<stage>.log. A stage's figures depend
-on its core count (XLA's summation order does), so they equal those of
-another run that gave it as many cores.
+missing base is a job of its own) and its cores are free, in stage order,
+then seed order. Each job's output goes to WORKDIR[/seed<S>]/<stage>.log. A
+stage's figures depend on its core count (XLA's summation order does), so
+they equal those of another run that gave it as many cores.
 
 `equal_time` (optional, with seeds) maps a GRPO stage to the comma-separated
 stages whose wall time it is compared at, e.g. {'student_rl':
@@ -276,8 +276,8 @@ def seed_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path
 def run(config: ml_collections.ConfigDict, workdir: str,
         only: tuple[str, ...] = (), overwrite: bool = False) -> dict[str, Any]:
   """Checks every stage of every seed (see `check`), then runs the stages in
-  order, seed after seed (or side by side: `cores_per_stage`); returns {stage: its final metrics} (with seeds:
-  {seed: {stage: ...}})."""
+  order, seed after seed (or side by side: `cores_per_stage`); returns
+  {stage: its final metrics} (with seeds: {seed: {stage: ...}})."""
   validate_config(config)
   for name in only:
     if name not in config.order:

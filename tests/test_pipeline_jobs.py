@@ -7,7 +7,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -206,7 +205,8 @@ def test_tiny_base_lock_makes_a_second_process_wait(tmp_path):
   with tiny_base._turn(path, said.append):  # pylint: disable=protected-access
 
     def second():
-      with tiny_base._turn(path, said.append):  # pylint: disable=protected-access
+      turn = tiny_base._turn  # pylint: disable=protected-access
+      with turn(path, said.append):
         order.append('second')
 
     t = threading.Thread(target=second)
@@ -226,7 +226,7 @@ def test_child_refuses_to_run_when_its_parent_is_gone(tmp_path):
   job = tmp_path / 'x.job'
   job.write_bytes(b'')
   r = subprocess.run(
-      [sys.executable, '-c', textwrap.dedent(pipeline_jobs._CHILD),  # pylint: disable=protected-access
+      [sys.executable, '-c', pipeline_jobs._CHILD,  # pylint: disable=protected-access
        '1' if os.getpid() != 1 else '2', '0', str(job)],
       cwd=ROOT, capture_output=True, timeout=60)
   assert r.returncode == 1 and b'Traceback' not in r.stderr
