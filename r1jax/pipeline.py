@@ -52,7 +52,8 @@ stages whose wall time it is compared at, e.g. {'student_rl':
 'teacher_traces,student_sft'}: the study then also prints that stage's
 held-out pass@1 at the others' summed wall time and at twice it (its time is
 the sum of its logged step times, compilation included, evaluations not;
-interpolated between the two evaluations that bracket it).
+interpolated between the two evaluations that bracket it). Side by side,
+the time is machine time: a stage's wall time times its cores.
 """
 
 import difflib
@@ -306,7 +307,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                  for r in per_seed.values() for d in r.values())}
   table = study.study_table(config, per_seed)
   seed_dirs = {s: wd for s, _, wd in runs}
-  timed = study.equal_time_rows(config, seed_dirs)
+  timed = study.equal_time_rows(config, seed_dirs, {
+      name: stage_cores(config, config[name].stage) for name in config.order})
   if timed:
     summary['equal_time'] = timed
     table += '\n\n' + study.equal_time_table(timed)

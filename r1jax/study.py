@@ -106,11 +106,18 @@ def _at_time(points: list[tuple[int, float, float]], t: float
 
 
 def equal_time_rows(config: ml_collections.ConfigDict,
-                    seed_dirs: dict[int, pathlib.Path]) -> list[dict]:
+                    seed_dirs: dict[int, pathlib.Path],
+                    cores: dict[str, int] | None = None) -> list[dict]:
   """For each `config.equal_time` entry and seed that finished its stages:
   the budget T (the named stages' summed wall time), their last stage's
   held-out pass@1, and the GRPO stage's pass@1 at T and at 2T (`_at_time`
-  over its evaluations, its time the running sum of its step times)."""
+  over its evaluations, its time the running sum of its step times).
+
+  `cores` ({stage: the cores it ran on}, stages side by side) makes it equal
+  machine time: each named stage's wall time counts times its cores, and T
+  is that core time over the GRPO stage's cores (a named stage on 2 cores
+  for 5 min is 10 min of a GRPO stage on 1)."""
+  cores = cores or {}
   rows = []
   for name, refs in (config.get('equal_time') or {}).items():
     refs = split_names(refs)
@@ -118,7 +125,8 @@ def equal_time_rows(config: ml_collections.ConfigDict,
       dones = [run_records.read_done(seed_dir / r) for r in refs]
       if any(d is None for d in dones):
         continue
-      budget = sum(float(d.get('wall_time_s', 0.0)) for d in dones)
+      budget = sum(float(d.get('wall_time_s', 0.0)) * max(cores.get(r, 1), 1)
+                   for r, d in zip(refs, dones)) / max(cores.get(name, 1), 1)
       # By step, the last record winning: a resumed run logs again the
       # steps after its checkpoint.
       step_s, evals = {}, {}

@@ -245,6 +245,14 @@ def test_equal_time_reads_the_budget_and_interpolates(tmp_path):
   assert '0.250 (4-8)' in table and 'past its last evaluation' in table
   # No mean over seeds where one seed has no figure.
   assert table.splitlines()[-1].endswith('| 0.250 ± 0.000 |  |')
+  # Side by side, machine time: b ran on 2 cores, rl on 1, so the budget is
+  # 30 + 2 x 30 = 90 s of rl's (between step 8, 80 s, and 12, 120 s).
+  (row,) = study.equal_time_rows(c, {0: seed_dir}, {'a': 1, 'b': 2, 'rl': 1})
+  assert row['budget_s'] == 90.0
+  assert row['pass@1_at_1x'] == pytest.approx(0.35)
+  # Cores 0 (one stage at a time) count as 1.
+  (row,) = study.equal_time_rows(c, {0: seed_dir}, {'a': 0, 'b': 0, 'rl': 0})
+  assert row['budget_s'] == 60.0
 
 
 def test_equal_time_errors():
