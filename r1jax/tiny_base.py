@@ -22,8 +22,8 @@ directory swap (r1jax/atomic.py), so a kill leaves the whole base or none.
     line;
   * failed the ability check: refused, one line with the figures and what to
     change, unless `model.require_ability` is False.
-Processes that need the same missing base (a pipeline's stages run side by
-side, r1jax/pipeline_jobs.py) take turns on a lock file beside it
+Processes that need the same base of the cache (a pipeline's stages run side
+by side, r1jax/pipeline_jobs.py) take turns on a lock file beside it
 (`.<key>.lock`): one pretrains, the others wait and then load it.
 """
 
@@ -118,19 +118,20 @@ def ensure(config, workdir: pathlib.Path, log: Callable[[str], None]) -> None:
     return
   path = pathlib.Path(mc.hf_path)
   tiny = bool(mc.get('pretrain_if_missing', False))
-  if not tiny:
-    _ensure(config, path, tiny, workdir, log)
+  # A directory of the cache (named by this config's key) follows the cache
+  # rules; any other directory is the user's: never moved, nothing written
+  # beside it.
+  cached = tiny and path.name == base_ability.base_key(pretrain_config(config))
+  if not cached:
+    _ensure(config, path, tiny, cached, workdir, log)
     return
   with _turn(path, log):
-    _ensure(config, path, tiny, workdir, log)
+    _ensure(config, path, tiny, cached, workdir, log)
 
 
-def _ensure(config, path: pathlib.Path, tiny: bool, workdir: pathlib.Path,
-            log: Callable[[str], None]) -> None:
+def _ensure(config, path: pathlib.Path, tiny: bool, cached: bool,
+            workdir: pathlib.Path, log: Callable[[str], None]) -> None:
   mc = config.model
-  # A directory of the cache (named by this config's key) follows the cache
-  # rules; any other directory is the user's and is never moved.
-  cached = tiny and path.name == base_ability.base_key(pretrain_config(config))
   # A finished stage's workdir stands for the model it exported.
   resolved = (pathlib.Path(run_records.resolve_hf_path(mc.hf_path))
               if path.is_dir() else path)
