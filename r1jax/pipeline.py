@@ -121,16 +121,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                              'whole numbers (empty: one run, no seed folders)')
   if len(set(seeds)) != len(seeds):
     raise errors.ConfigError(f'config.seeds={tuple(seeds)} repeats a seed')
-  cores = cores_spec(config)
-  for kind, n in (cores.items() if isinstance(cores, dict) else ()):
-    if kind not in train.STAGES:
-      raise errors.ConfigError(
-          f'config.cores_per_stage names the stage kind {kind!r}; kinds: '
-          f'{", ".join(train.STAGES)}')
-    pipeline_jobs.check_cores(n, f'config.cores_per_stage {kind}')
-  if isinstance(cores, int) and cores:
-    pipeline_jobs.check_cores(cores, 'config.cores_per_stage (0: one stage '
-                              'at a time, on every core)')
+  pipeline_jobs.check_spec(config, tuple(train.STAGES))
   for key in config.keys():  # stage sections left out of order may stay
     if key not in _TOP_KEYS and key not in names and not (
         isinstance(config[key], ml_collections.ConfigDict)
@@ -289,7 +280,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   for _, cfg, wd in runs:
     check(cfg, wd, overwrite)
   t0 = time.perf_counter()
-  if _side_by_side(config):
+  if pipeline_jobs.side_by_side(config):
     per_seed = _run_side_by_side(config, runs, only)
   else:
     per_seed = {}
@@ -308,7 +299,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   table = study.study_table(config, per_seed)
   seed_dirs = {s: wd for s, _, wd in runs}
   timed = study.equal_time_rows(config, seed_dirs, {
-      name: stage_cores(config, config[name].stage) for name in config.order})
+      name: pipeline_jobs.stage_cores(config, config[name].stage)
+      for name in config.order})
   if timed:
     summary['equal_time'] = timed
     table += '\n\n' + study.equal_time_table(timed)
@@ -329,44 +321,6 @@ def stage_refs(stage_config: ml_collections.ConfigDict) -> list[str]:
   """The stages whose workdirs `stage_config` reads ('@name', '@best:a,b')."""
   return [ref for _, value in _strings(stage_config) if value.startswith('@')
           for ref in _refs(value)]
-
-
-def cores_spec(config: ml_collections.ConfigDict) -> int | dict[str, int]:
-  """config.cores_per_stage: a number (every stage; 0: one stage at a time)
-  or {stage kind: cores}, from an int, a mapping or a string ('2',
-  'sft=2,grpo=1')."""
-  value = config.get('cores_per_stage', 0)
-  if isinstance(value, ml_collections.ConfigDict):
-    value = value.to_dict()
-  if isinstance(value, str):
-    text = value.replace(' ', '')
-    try:
-      value = (dict((k, int(v)) for k, v in (p.split('=') for p in
-                                              text.split(',')))
-               if '=' in text else int(text or 0))
-    except ValueError:
-      raise errors.ConfigError(
-          f'config.cores_per_stage={value!r}: write a number (every stage; 0: '
-          "one at a time) or kinds and numbers, 'sft=2,grpo=1'") from None
-  if isinstance(value, bool) or not isinstance(value, (int, dict)):
-    raise errors.ConfigError(
-        f'config.cores_per_stage={value!r} must be a number or a mapping of '
-        'stage kinds to numbers')
-  if isinstance(value, int) and value < 0:
-    raise errors.ConfigError(
-        f'config.cores_per_stage={value} must be >= 0 (0: one stage at a time, '
-        'on every core)')
-  return value
-
-
-def stage_cores(config: ml_collections.ConfigDict, kind: str) -> int:
-  """The cores a stage of `kind` runs on side by side; 0: one at a time."""
-  cores = cores_spec(config)
-  return int(cores.get(kind, 1)) if isinstance(cores, dict) else cores
-
-
-def _side_by_side(config: ml_collections.ConfigDict) -> bool:
-  return cores_spec(config) not in (0, {})
 
 
 def _stage_job(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -405,12 +359,12 @@ def side_by_side_jobs(config: ml_collections.ConfigDict, runs,
         if key not in bases:
           bases[key] = pipeline_jobs.Job(
               key, (), functools.partial(_base_job, stage_config, wd),
-              wd / f'base-{base.name}.log', stage_cores(config, 'sft'))
+              wd / f'base-{base.name}.log', pipeline_jobs.stage_cores(config, 'sft'))
         deps.append(key)
       jobs.append(pipeline_jobs.Job(
           prefix + name, tuple(dict.fromkeys(deps)),
           functools.partial(_stage_job, cfg, wd, name), wd / f'{name}.log',
-          stage_cores(config, cfg[name].stage)))
+          pipeline_jobs.stage_cores(config, cfg[name].stage)))
   jobs = list(bases.values()) + jobs
   keys = {j.key for j in jobs}
   for j in jobs:  # finished (or left out) stages are not waited for
@@ -470,7 +424,7 @@ def _seed_summary(config: ml_collections.ConfigDict, workdir: pathlib.Path,
              'stages_wall_time_s': sum(float(r.get('wall_time_s', 0.0))
                                        for r in results.values()),
              'cores_per_stage': {
-                 name: stage_cores(config, config[name].stage)
+                 name: pipeline_jobs.stage_cores(config, config[name].stage)
                  for name in results}}
   run_records.write_text_atomic(workdir / 'pipeline.json',
                                 json.dumps(summary, indent=1, default=str))

@@ -41,6 +41,8 @@ import sys
 import time
 from typing import Any, Callable
 
+import ml_collections
+
 from r1jax import errors
 
 # The child (argv: parent pid, cpus, job file): pin, then import JAX (with
@@ -78,6 +80,61 @@ def check_cores(cores: int, what: str, cpus: list[int] | None = None) -> None:
     raise errors.ConfigError(
         f'{what}={cores!r} must be a whole number between 1 and the '
         f'{len(cpus)} CPUs this process may use')
+
+
+def cores_spec(config: ml_collections.ConfigDict) -> int | dict[str, int]:
+  """config.cores_per_stage: a number (every stage; 0: one stage at a time)
+  or {stage kind: cores}, from an int, a mapping or a string ('2',
+  'sft=2,grpo=1')."""
+  value = config.get('cores_per_stage', 0)
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  if isinstance(value, str):
+    text = value.replace(' ', '')
+    try:
+      value = (dict((k, int(v)) for k, v in (p.split('=') for p in
+                                              text.split(',')))
+               if '=' in text else int(text or 0))
+    except ValueError:
+      raise errors.ConfigError(
+          f'config.cores_per_stage={value!r}: write a number (every stage; 0: '
+          "one at a time) or kinds and numbers, 'sft=2,grpo=1'") from None
+  if isinstance(value, bool) or not isinstance(value, (int, dict)):
+    raise errors.ConfigError(
+        f'config.cores_per_stage={value!r} must be a number or a mapping of '
+        'stage kinds to numbers')
+  if isinstance(value, int) and value < 0:
+    raise errors.ConfigError(
+        f'config.cores_per_stage={value} must be >= 0 (0: one stage at a time, '
+        'on every core)')
+  return value
+
+
+def stage_cores(config: ml_collections.ConfigDict, kind: str) -> int:
+  """The cores a stage of `kind` runs on side by side; 0: one at a time."""
+  cores = cores_spec(config)
+  return int(cores.get(kind, 1)) if isinstance(cores, dict) else cores
+
+
+def side_by_side(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` runs its stages side by side."""
+  return cores_spec(config) not in (0, {})
+
+
+def check_spec(config: ml_collections.ConfigDict, kinds: tuple[str, ...]
+               ) -> None:
+  """config.cores_per_stage reads (`cores_spec`), names only stage `kinds`,
+  and asks for no more cores than this process may use."""
+  cores = cores_spec(config)
+  for kind, n in (cores.items() if isinstance(cores, dict) else ()):
+    if kind not in kinds:
+      raise errors.ConfigError(
+          f'config.cores_per_stage names the stage kind {kind!r}; kinds: '
+          f'{", ".join(kinds)}')
+    check_cores(n, f'config.cores_per_stage {kind}')
+  if isinstance(cores, int) and cores:
+    check_cores(cores, 'config.cores_per_stage (0: one stage at a time, on '
+                'every core)')
 
 
 def _stamp() -> str:
@@ -148,7 +205,7 @@ def run_jobs(jobs: list[Job], say: Callable[[str], None] = print
         times[key] = time.perf_counter() - t0
         if rc == 0:
           finished.add(key)
-          job.log.with_name(job.log.name + '.job').unlink(missing_ok=True)
+          _job_file(job).unlink(missing_ok=True)
           say(f'[{_stamp()}] {key}: finished in {_minutes(times[key])} '
               f'({len(running)} running, {len(pending)} waiting)')
         else:
@@ -178,13 +235,21 @@ def run_jobs(jobs: list[Job], say: Callable[[str], None] = print
 
 
 def _minutes(s: float) -> str:
+  # Not r1jax.run.console.format_seconds: that module imports JAX, which a
+  # stage process may import only once pinned (module doc).
   return f'{int(s // 60)}m{int(s % 60):02d}s'
+
+
+def _job_file(job: Job) -> pathlib.Path:
+  """Where `_start` leaves a job's payload for its process (removed once the
+  job has finished)."""
+  return job.log.with_name(job.log.name + '.job')
 
 
 def _start(job: Job, cpus: list[int]) -> subprocess.Popen:
   payload = job.prepare()
   job.log.parent.mkdir(parents=True, exist_ok=True)
-  job_file = job.log.with_name(job.log.name + '.job')
+  job_file = _job_file(job)
   job_file.write_bytes(pickle.dumps(payload))
   with open(job.log, 'ab') as log:
     log.write(f'##### [{time.strftime("%Y-%m-%d %H:%M:%S")}] {job.key} on '

@@ -31,18 +31,18 @@ def base(tmp_path_factory):
 
 
 def test_cores_per_stage_forms_and_errors(base):
-  assert pipeline.cores_spec(_study(base)) == 0
+  assert pipeline_jobs.cores_spec(_study(base)) == 0
   for value, want in ((1, 1), ('2', 2), ('0', 0),
                       ('sft=2, grpo=1', {'sft': 2, 'grpo': 1}),
                       (ml_collections.ConfigDict({'evaluate': 1}),
                        {'evaluate': 1})):
     c = _study(base)
     c.cores_per_stage = value
-    assert pipeline.cores_spec(c) == want
+    assert pipeline_jobs.cores_spec(c) == want
   c = _study(base)
   c.cores_per_stage = 'sft=2'
-  assert pipeline.stage_cores(c, 'sft') == 2
-  assert pipeline.stage_cores(c, 'grpo') == 1  # a kind left out: 1
+  assert pipeline_jobs.stage_cores(c, 'sft') == 2
+  assert pipeline_jobs.stage_cores(c, 'grpo') == 1  # a kind left out: 1
   too_many = len(pipeline_jobs.machine_cpus()) + 1
   for value, match in ((-1, 'must be >= 0'), ('sft=x', "'sft=2,grpo=1'"),
                        ('sfx=1', "stage kind 'sfx'"), (True, 'a number'),
